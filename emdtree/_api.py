@@ -1,0 +1,377 @@
+"""Public NumPy API: EMD^rho on a tree, its gradient, Hessian and phi.
+
+Notation (Martinez et al., section 3-4): for node ``i`` with edge cost ``w_i``
+to its parent, ``phi_i`` is the total of ``p - q`` over the bins in the subtree
+of ``i`` and
+
+    EMD^rho(p, q) = sum over non-root i of w_i |phi_i|^rho.
+
+``rho = 1`` is the exact EMD (Wasserstein-1 under the tree's path metric);
+``rho = 2`` is the paper's relaxed, smooth loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from ._inputs import Rows, check_rho, prepare, restore_bins, restore_scalar
+from ._kernels import cpu, dense
+from ._tree import Tree
+
+__all__ = ["emd", "emd_grad", "emd_value_and_grad", "phi", "emd_hvp", "emd_hessian"]
+
+# Work (rows x nodes) below which one thread is used. On a busy 2-core machine a
+# parallel region can cost milliseconds to wake the second thread; below this
+# size the whole job takes less than that on one thread (benchmarks/threads.py).
+PARALLEL_MIN_WORK = 2_000_000
+
+
+def _mode(rho: float) -> int:
+    if rho == 1.0:
+        return cpu.MODE_ONE
+    if rho == 2.0:
+        return cpu.MODE_TWO
+    return cpu.MODE_GENERAL
+
+
+def _consts(rho: float, dtype: np.dtype) -> np.ndarray:
+    return np.array([rho, rho - 1.0, rho * (rho - 1.0), rho - 2.0], dtype=dtype)
+
+
+def _kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """Layout arrays in the kernels' argument order, converted once per dtype."""
+    cache = tree.__dict__.setdefault("_kernel_arrays", {})
+    key = np.dtype(dtype).str
+    if key not in cache:
+        lay = tree.layout
+        cache[key] = (
+            lay.parent,
+            np.ascontiguousarray(lay.weight, dtype=dtype),
+            lay.bin_position,
+            np.flatnonzero(lay.bin_at < 0).astype(np.int64),
+            np.ascontiguousarray(lay.bins_below, dtype=dtype),
+        )
+    return cache[key]
+
+
+def _parallel(rows: Rows) -> bool:
+    return rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK
+
+
+def _value_grad(rows: Rows, rho: float, want_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    (p, q), (ps, qs) = rows.arrays, rows.steps
+    parent, weight, bin_pos, non_bin, below = _kernel_arrays(rows.tree, rows.dtype)
+    value = np.empty(rows.n_rows, dtype=rows.dtype)
+    shape = (rows.n_rows, rows.tree.n_bins) if want_grad else (0, 0)
+    grad = np.empty(shape, dtype=rows.dtype)
+    args = (p, q, ps, qs, rows.n_rows, parent, weight, bin_pos, non_bin, below,
+            _mode(rho), _consts(rho, rows.dtype), want_grad, value, grad)
+    if _parallel(rows):
+        cpu.value_grad_parallel(*args, numba.get_num_threads())
+    else:
+        cpu.value_grad_serial(*args)
+    return value, (grad if want_grad else None)
+
+
+def _normalized_grad(grad: np.ndarray, rows: Rows) -> np.ndarray:
+    """Chain rule through p -> p / sum(p): (g - <g, p/S>) / S for each row."""
+    p_unit, total = rows.arrays[0], rows.totals[0]
+    inner = np.einsum("rk,rk->r", grad, np.broadcast_to(p_unit, grad.shape))
+    return (grad - inner[:, None]) / total.astype(grad.dtype)[:, None]
+
+
+def emd(
+    p: Any,
+    q: Any,
+    tree: Tree | None = None,
+    rho: float = 1.0,
+    axis: int = -1,
+    *,
+    normalize: str | None = None,
+    check_inputs: bool = True,
+) -> np.ndarray:
+    """Earth Mover's Distance (``rho=1``) or its relaxation EMD^rho on a tree.
+
+    ``EMD^rho(p, q) = sum_i w_i |phi_i|^rho`` over the non-root nodes ``i``,
+    where ``phi_i`` is the mass of ``p - q`` in the subtree of ``i`` and
+    ``w_i`` the cost of the edge above it (paper eq. 4 and 7).
+
+    Parameters
+    ----------
+    p, q : array_like, shape (..., n_bins, ...)
+        Non-negative masses with equal totals along ``axis``. The other
+        dimensions broadcast, so a batch can be compared with one target.
+    tree : Tree, optional
+        Ground space; default: a chain with unit spacing (ordinal bins).
+    rho : float, default 1.0
+        Exponent, >= 1. ``1`` is the exact EMD (Wasserstein-1 under the
+        tree's path metric); ``2`` is the smooth loss of the paper.
+    axis : int, default -1
+        The bin axis.
+    normalize : {None, "l1"}, optional
+        ``"l1"`` divides ``p`` and ``q`` by their totals first, so that
+        histograms of counts can be compared as distributions.
+    check_inputs : bool, default True
+        Check that masses are finite, non-negative and have equal totals.
+        ``False`` skips these checks (shapes are always checked).
+
+    Returns
+    -------
+    ndarray or NumPy scalar, shape (...)
+        One value per pair; float32 for float32 inputs, else float64.
+
+    Raises
+    ------
+    ValueError
+        For a bin axis that does not match the tree, shapes that do not
+        broadcast, NaN, infinite or negative masses, or unequal totals.
+
+    See Also
+    --------
+    emd_grad, emd_value_and_grad, Tree.distance_matrix
+
+    Examples
+    --------
+    >>> import numpy as np, emdtree
+    >>> p = np.array([0.5, 0.5, 0.0, 0.0])
+    >>> q = np.array([0.0, 0.0, 0.5, 0.5])
+    >>> float(emdtree.emd(p, q))  # every unit of mass moves 2 bins
+    2.0
+    >>> float(emdtree.emd(p, q, rho=2))  # 0.5**2 + 1**2 + 0.5**2
+    1.5
+    >>> tree = emdtree.Tree.from_nested({"cat": None, "tiger": None, "vehicle": ["starship"]})
+    >>> float(emdtree.emd([1, 0, 0], [0, 1, 0], tree)), float(emdtree.emd([1, 0, 0], [0, 0, 1], tree))
+    (2.0, 3.0)
+    """
+    rho = check_rho(rho)
+    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
+    value, _ = _value_grad(rows, rho, want_grad=False)
+    return restore_scalar(value, rows)
+
+
+def emd_value_and_grad(
+    p: Any,
+    q: Any,
+    tree: Tree | None = None,
+    rho: float = 1.0,
+    axis: int = -1,
+    *,
+    normalize: str | None = None,
+    check_inputs: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """EMD^rho and its dirt-conserving gradient with respect to ``p``, in one pass.
+
+    The gradient for bin ``k`` is the sum, over the ancestors-or-self ``i`` of
+    its node, of ``rho w_i sign(phi_i) |phi_i|^(rho - 1)`` (paper eq. 9-10),
+    minus its mean over the bins: it sums to zero, so a step along it moves
+    mass without creating any. For ``rho = 1`` it is the subgradient with
+    ``sign(0) = 0``.
+
+    Parameters
+    ----------
+    p, q, tree, rho, axis, normalize, check_inputs
+        As in :func:`emd`. With ``normalize="l1"`` the gradient is that of
+        the normalised loss with respect to the raw ``p``.
+
+    Returns
+    -------
+    value : ndarray or NumPy scalar, shape (...)
+    grad : ndarray, shape of the broadcast inputs
+        Gradient with respect to ``p`` (the gradient with respect to ``q``
+        is its negative).
+
+    Examples
+    --------
+    >>> import numpy as np, emdtree
+    >>> value, grad = emdtree.emd_value_and_grad([0.5, 0.5, 0.0], [0.0, 0.5, 0.5], rho=2)
+    >>> float(value)
+    0.5
+    >>> grad
+    array([ 1.,  0., -1.])
+    """
+    rho = check_rho(rho)
+    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
+    value, grad = _value_grad(rows, rho, want_grad=True)
+    if normalize is not None:
+        grad = _normalized_grad(grad, rows)
+    return restore_scalar(value, rows), restore_bins(grad, rows)
+
+
+def emd_grad(
+    p: Any,
+    q: Any,
+    tree: Tree | None = None,
+    rho: float = 1.0,
+    axis: int = -1,
+    *,
+    normalize: str | None = None,
+    check_inputs: bool = True,
+) -> np.ndarray:
+    """Dirt-conserving gradient of EMD^rho with respect to ``p``.
+
+    See :func:`emd_value_and_grad`, which computes the value in the same pass.
+
+    Returns
+    -------
+    ndarray, shape of the broadcast inputs
+        Sums to zero along ``axis``.
+
+    Examples
+    --------
+    >>> import emdtree
+    >>> emdtree.emd_grad([1.0, 0.0, 0.0], [0.0, 0.0, 1.0], rho=1)
+    array([ 1.,  0., -1.])
+    """
+    return emd_value_and_grad(
+        p, q, tree, rho, axis, normalize=normalize, check_inputs=check_inputs
+    )[1]
+
+
+def phi(
+    p: Any,
+    q: Any,
+    tree: Tree | None = None,
+    axis: int = -1,
+    *,
+    normalize: str | None = None,
+    check_inputs: bool = True,
+) -> np.ndarray:
+    """Mass of ``p - q`` in the subtree of every node (paper eq. 8).
+
+    On a chain this is the cumulative sum of ``p - q``; at the root it is
+    ``sum(p) - sum(q)`` (zero for balanced masses).
+
+    Returns
+    -------
+    ndarray, shape (..., n_nodes, ...)
+        The node axis replaces the bin axis; nodes in the tree's numbering.
+
+    Examples
+    --------
+    >>> import emdtree
+    >>> emdtree.phi([0.25, 0.25, 0.5], [0.5, 0.25, 0.25])
+    array([-0.25, -0.25,  0.  ])
+    """
+    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
+    (pa, qa), (ps, qs) = rows.arrays, rows.steps
+    parent, _, bin_pos, non_bin, _ = _kernel_arrays(rows.tree, rows.dtype)
+    out = np.empty((rows.n_rows, rows.tree.n_nodes), dtype=rows.dtype)
+    cpu.phi_parallel(pa, qa, ps, qs, rows.n_rows, parent, bin_pos, non_bin, out, numba.get_num_threads())
+    return restore_bins(out[:, rows.tree.layout.position], rows)
+
+
+def emd_hvp(
+    p: Any,
+    q: Any,
+    v: Any,
+    tree: Tree | None = None,
+    rho: float = 2.0,
+    axis: int = -1,
+    *,
+    check_inputs: bool = True,
+) -> np.ndarray:
+    """Hessian-vector product of EMD^rho in mass-conserving coordinates.
+
+    Returns ``P H P v`` where ``H = A^T diag(h) A`` is the Hessian of
+    EMD^rho with respect to ``p`` (``A[i, k] = 1`` when bin ``k`` lies under
+    node ``i``; ``h_i = rho (rho - 1) w_i |phi_i|^(rho - 2)``) and
+    ``P = I - 11^T / n_bins``. For a mass-conserving ``v`` (summing to zero)
+    it is the directional derivative of :func:`emd_grad` along ``v``.
+
+    For ``rho = 2`` the Hessian is constant (paper eq. 12); for ``rho = 1``
+    it is zero wherever it exists. For ``1 < rho < 2`` it is infinite where
+    some ``phi_i = 0`` and ``v`` changes ``phi_i``: the result is then not
+    finite.
+
+    Parameters
+    ----------
+    p, q : array_like, shape (..., n_bins, ...)
+        As in :func:`emd`.
+    v : array_like, shape (..., n_bins, ...)
+        Direction; broadcasts with ``p`` and ``q``.
+    tree, axis, check_inputs
+        As in :func:`emd`.
+    rho : float, default 2.0
+        Exponent, >= 1.
+
+    Returns
+    -------
+    ndarray, shape of the broadcast inputs
+
+    Examples
+    --------
+    >>> import numpy as np, emdtree
+    >>> p, q = np.array([0.6, 0.4, 0.0]), np.array([0.0, 0.4, 0.6])
+    >>> emdtree.emd_hvp(p, q, np.array([1.0, 0.0, -1.0]))
+    array([ 2.,  0., -2.])
+    """
+    rho = check_rho(rho)
+    rows = prepare({"p": p, "q": q, "v": v}, tree, axis, check_inputs)
+    out = np.zeros((rows.n_rows, rows.tree.n_bins), dtype=rows.dtype)
+    if rho != 1.0:
+        (pa, qa, va), (ps, qs, vs) = rows.arrays, rows.steps
+        parent, weight, bin_pos, non_bin, below = _kernel_arrays(rows.tree, rows.dtype)
+        cpu.hvp_parallel(
+            pa, qa, va, ps, qs, vs, rows.n_rows, parent, weight, bin_pos, non_bin, below,
+            _mode(rho), _consts(rho, rows.dtype), out, numba.get_num_threads(),
+        )
+    return restore_bins(out, rows)
+
+
+def emd_hessian(
+    p: Any,
+    q: Any,
+    tree: Tree | None = None,
+    rho: float = 2.0,
+    axis: int = -1,
+    *,
+    check_inputs: bool = True,
+) -> np.ndarray:
+    """Dense Hessian of EMD^rho in mass-conserving coordinates, ``P H P``.
+
+    ``H[k, l]`` is the sum of ``h_i = rho (rho - 1) w_i |phi_i|^(rho - 2)``
+    over the common ancestors-or-self ``i`` of bins ``k`` and ``l``; ``P``
+    removes the row and column means, so every row sums to zero. See
+    :func:`emd_hvp` for the conventions at ``rho = 1`` and ``phi_i = 0``.
+
+    Paper eq. 12 gives the Hessian of EMD^2 as this sum without the
+    projection; the projected form is what finite differences of the
+    dirt-conserving gradient along mass-conserving directions reproduce.
+
+    Returns
+    -------
+    ndarray, shape (..., n_bins, n_bins)
+        The batch dimensions of the broadcast inputs, then two bin axes.
+
+    Examples
+    --------
+    >>> import emdtree
+    >>> emdtree.emd_hessian([0.5, 0.5], [0.5, 0.5])
+    array([[ 0.5, -0.5],
+           [-0.5,  0.5]])
+    """
+    rho = check_rho(rho)
+    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs)
+    tree_, n = rows.tree, rows.tree.n_bins
+    lay = tree_.layout
+    out = np.zeros((rows.n_rows, n, n), dtype=np.float64)
+    if rho != 1.0:
+        mode = _mode(rho)
+        if mode == cpu.MODE_TWO:
+            phi_pos = np.zeros((1, tree_.n_nodes), dtype=np.float64)
+            single = np.empty((1, n, n), dtype=np.float64)
+            dense.hessian_batch(phi_pos, lay.weight, lay.parent, lay.size, lay.bin_at, lay.bin_position,
+                                mode, rho, single)
+            out[:] = single
+        else:
+            (pa, qa), (ps, qs) = rows.arrays, rows.steps
+            parent, _, bin_pos, non_bin, _ = _kernel_arrays(tree_, rows.dtype)
+            phi_pos = np.empty((rows.n_rows, tree_.n_nodes), dtype=rows.dtype)
+            cpu.phi_parallel(pa, qa, ps, qs, rows.n_rows, parent, bin_pos, non_bin, phi_pos, numba.get_num_threads())
+            dense.hessian_batch(phi_pos, lay.weight, lay.parent, lay.size, lay.bin_at, lay.bin_position,
+                                mode, rho, out)
+    out = out.astype(rows.dtype, copy=False).reshape(rows.batch_shape + (n, n))
+    return out

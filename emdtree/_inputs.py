@@ -1,0 +1,207 @@
+"""Turn user arrays into the flat, validated rows the kernels take.
+
+Every public function goes through :func:`prepare`: it resolves the bin axis,
+broadcasts the batch dimensions, picks the working dtype, checks the masses once
+and says what is wrong in the user's terms (which argument, which position,
+which value).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._kernels.checks import row_totals
+from ._tree import Tree
+
+_chain_cache: dict[int, Tree] = {}
+
+
+def resolve_tree(tree: Tree | None, n_bins: int) -> Tree:
+    """The given tree, or a unit-spacing chain of ``n_bins`` bins for ``None``."""
+    if tree is None:
+        if n_bins not in _chain_cache:
+            if len(_chain_cache) > 64:
+                _chain_cache.clear()
+            _chain_cache[n_bins] = Tree.chain(n_bins)
+        return _chain_cache[n_bins]
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
+    if tree.n_bins != n_bins:
+        raise ValueError(
+            f"the bin axis has length {n_bins} but the tree has {tree.n_bins} bins"
+        )
+    return tree
+
+
+def check_rho(rho: Any) -> float:
+    """Validate the exponent: a finite real number >= 1."""
+    try:
+        value = float(rho)
+    except (TypeError, ValueError):
+        raise TypeError(f"rho must be a real number >= 1, got {rho!r}") from None
+    if not np.isfinite(value) or value < 1.0:
+        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
+    return value
+
+
+def working_dtype(*arrays: np.ndarray) -> np.dtype:
+    """float32 stays float32, other floats and integers become float64."""
+    kinds = {a.dtype.kind for a in arrays}
+    if kinds - set("biuf"):
+        bad = next(a.dtype for a in arrays if a.dtype.kind not in "biuf")
+        raise TypeError(f"masses must be real numbers, got dtype {bad}")
+    if all(a.dtype.kind == "f" and a.dtype.itemsize <= 4 for a in arrays):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+class Rows(NamedTuple):
+    """Masses flattened to ``(rows, n_bins)`` for the kernels."""
+
+    arrays: tuple[np.ndarray, ...]  # 2-D C-contiguous, each with 1 or n_rows rows
+    steps: tuple[int, ...]  # 1 for a full array, 0 for a broadcast single row
+    n_rows: int
+    batch_shape: tuple[int, ...]
+    axis: int  # position of the bin axis in the broadcast input
+    ndim: int
+    dtype: np.dtype
+    tree: Tree
+    totals: tuple[np.ndarray | None, ...]  # row totals before normalize="l1", else Nones
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} is a GPU array; the NumPy API takes host arrays")
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have a bin axis, got a scalar")
+    return arr
+
+
+def prepare(
+    arrays: dict[str, Any],
+    tree: Tree | None,
+    axis: int,
+    check: bool,
+    normalize: str | None = None,
+    masses: tuple[str, ...] = ("p", "q"),
+) -> Rows:
+    """Broadcast, flatten and validate the named arrays.
+
+    ``masses`` names the arguments that are mass distributions (checked for
+    finite, non-negative entries and equal totals); any other array (a
+    direction ``v``) is only checked for finiteness.
+    """
+    raw = {name: _as_array(x, name) for name, x in arrays.items()}
+    dtype = working_dtype(*raw.values())
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in raw.values()))
+    except ValueError:
+        shapes = ", ".join(f"{n}{a.shape}" for n, a in raw.items())
+        raise ValueError(f"shapes do not broadcast: {shapes}") from None
+    ndim = len(shape)
+    if not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for inputs with {ndim} dimensions")
+    ax = int(axis) % ndim
+    n_bins = shape[ax]
+    batch_shape = shape[:ax] + shape[ax + 1:]
+    n_rows = int(np.prod(batch_shape, dtype=np.int64))
+    tree = resolve_tree(tree, n_bins)
+    if n_bins == 0:
+        raise ValueError("the bin axis is empty")
+
+    out, steps = [], []
+    for name, a in raw.items():
+        a = a.reshape((1,) * (ndim - a.ndim) + a.shape)
+        a = np.moveaxis(a, ax, -1)
+        if a.shape[-1] != n_bins:
+            # only possible through broadcasting a length-1 bin axis
+            raise ValueError(f"{name} has {a.shape[-1]} bins along axis {axis}; expected {n_bins}")
+        if all(d == 1 for d in a.shape[:-1]):
+            flat = np.ascontiguousarray(a.reshape(1, n_bins), dtype=dtype)
+            step = 0
+        else:
+            a = np.broadcast_to(a, batch_shape + (n_bins,))
+            flat = np.ascontiguousarray(a.reshape(n_rows, n_bins), dtype=dtype)
+            step = 1
+        out.append(flat)
+        steps.append(step)
+
+    totals: dict[str, np.ndarray] = {}
+    if check or normalize is not None:
+        for name, flat in zip(raw, out):
+            if name not in masses:
+                if check and not np.all(np.isfinite(flat)):
+                    bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
+                    where = _position(bad, flat.shape, batch_shape, n_bins, ax)
+                    raise ValueError(f"{name}{where} = {flat.flat[bad]} is not finite: entries of {name} must be finite")
+                continue
+            tot = np.empty(flat.shape[0], dtype=np.float64)
+            bad = row_totals(flat, tot)
+            if check and bad >= 0:
+                where = _position(bad, flat.shape, batch_shape, n_bins, ax)
+                value = flat.flat[bad]
+                what = "not finite" if not np.isfinite(value) else "negative"
+                raise ValueError(f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0")
+            totals[name] = tot
+        if normalize is not None:
+            if normalize != "l1":
+                raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
+            for i, name in enumerate(raw):
+                if name in masses:
+                    tot = totals[name]
+                    zero = np.flatnonzero(tot <= 0)
+                    if zero.size:
+                        where = _batch_position(int(zero[0]) if out[i].shape[0] > 1 else 0, batch_shape)
+                        raise ValueError(f"{name} has zero total mass{where}: cannot normalize")
+                    out[i] = out[i] / tot.astype(dtype)[:, None]
+        elif check and len(totals) == 2:
+            _check_totals(totals, masses, dtype, n_bins, batch_shape, out)
+    kept = tuple(totals.get(name) if normalize is not None else None for name in raw)
+    return Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree, kept)
+
+
+def _check_totals(totals, masses, dtype, n_bins, batch_shape, out) -> None:
+    a, b = masses
+    ta, tb = totals[a], totals[b]
+    scale = np.maximum(np.abs(ta), np.abs(tb))
+    tol = max(n_bins, 64) * np.finfo(dtype).eps * scale
+    off = np.abs(ta - tb) > tol
+    if np.any(off):
+        r = int(np.flatnonzero(off)[0])
+        where = _batch_position(r, batch_shape) if max(out[0].shape[0], out[1].shape[0]) > 1 else ""
+        raise ValueError(
+            f"{a} and {b} must have equal total mass{where}: sum({a}) = {ta[r]!r}, sum({b}) = {tb[r]!r}; "
+            "pass normalize='l1' to compare them as distributions"
+        )
+
+
+def _batch_position(row: int, batch_shape: tuple[int, ...]) -> str:
+    if not batch_shape:
+        return ""
+    return f" at batch index {tuple(int(i) for i in np.unravel_index(row, batch_shape))}"
+
+
+def _position(flat_index: int, shape2d, batch_shape, n_bins: int, ax: int) -> str:
+    row, k = divmod(int(flat_index), n_bins)
+    if shape2d[0] == 1:
+        return f"[bin {k}]"
+    idx = list(np.unravel_index(row, batch_shape)) if batch_shape else []
+    idx.insert(ax, k)
+    return "[" + ", ".join(str(int(i)) for i in idx) + "]"
+
+
+def restore_bins(flat: np.ndarray, rows: Rows) -> np.ndarray:
+    """(n_rows, m) kernel output back to the input layout, the m-axis at the bin axis."""
+    out = flat.reshape(rows.batch_shape + (flat.shape[-1],))
+    return np.moveaxis(out, -1, rows.axis)
+
+
+def restore_scalar(flat: np.ndarray, rows: Rows):
+    """(n_rows,) kernel output to the batch shape (a NumPy scalar for one sample)."""
+    out = flat.reshape(rows.batch_shape)
+    return out[()] if out.ndim == 0 else out

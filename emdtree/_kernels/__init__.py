@@ -1,0 +1,1 @@
+"""Compiled kernels: CPU (Numba ``@njit``) sweeps, dense matrices and input checks."""

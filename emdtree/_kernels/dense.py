@@ -1,0 +1,113 @@
+"""Dense bins x bins matrices: the projected Hessian and the path metric.
+
+Both are "sum of a per-edge quantity h over the common ancestors of two bins":
+with ``D_j`` the sum of ``h`` over the path from the root to position ``j``,
+``M[k, l] = D[lca(k, l)]``. Row ``k`` is filled by walking from bin ``k`` to the
+root: bins in the subtree of the current node ``a`` but not in that of the
+child we came from have ``lca = a``, and in post-order both subtrees are
+contiguous ranges, so a row costs O(n_nodes) whatever the depth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._layout import Layout
+
+
+@njit(cache=True)
+def _lca_fill(h, parent, size, bin_at, bin_position, out):  # pragma: no cover
+    """out[k, l] = sum of h over the common ancestors-or-self of bins k and l."""
+    n = parent.shape[0]
+    depth_sum = np.empty(n, dtype=np.float64)
+    depth_sum[n - 1] = 0.0
+    for step in range(n - 1):
+        j = n - 2 - step
+        depth_sum[j] = depth_sum[parent[j]] + h[j]
+    for k in range(bin_position.shape[0]):
+        cur = bin_position[k]
+        lo = cur - size[cur] + 1
+        val = depth_sum[cur]
+        for x in range(lo, cur + 1):
+            b = bin_at[x]
+            if b >= 0:
+                out[k, b] = val
+        while parent[cur] >= 0:
+            par = parent[cur]
+            plo = par - size[par] + 1
+            val = depth_sum[par]
+            for x in range(plo, lo):
+                b = bin_at[x]
+                if b >= 0:
+                    out[k, b] = val
+            for x in range(cur + 1, par + 1):
+                b = bin_at[x]
+                if b >= 0:
+                    out[k, b] = val
+            lo = plo
+            cur = par
+
+
+@njit(cache=True)
+def _project(out):  # pragma: no cover
+    """out <- P out P with P = I - 11^T/n (symmetric input)."""
+    n = out.shape[0]
+    mean = np.zeros(n, dtype=np.float64)
+    for k in range(n):
+        acc = 0.0
+        for l in range(n):
+            acc += out[k, l]
+        mean[k] = acc / n
+    grand = 0.0
+    for k in range(n):
+        grand += mean[k]
+    grand /= n
+    for k in range(n):
+        for l in range(n):
+            out[k, l] = out[k, l] - mean[k] - mean[l] + grand
+
+
+@njit(cache=True, parallel=True)
+def hessian_batch(phi, weight, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
+    """Projected Hessians ``P A^T diag(h) A P`` for each row of ``phi``.
+
+    ``phi`` has shape (rows, n_nodes) in layout positions (unused for mode 2);
+    ``out`` has shape (rows, n_bins, n_bins), float64.
+    """
+    n = parent.shape[0]
+    for r in prange(out.shape[0]):
+        h = np.zeros(n, dtype=np.float64)
+        for j in range(n - 1):
+            if mode == 2:
+                h[j] = 2.0 * weight[j]
+            else:
+                f = abs(np.float64(phi[r, j]))
+                # |phi|^(rho-2) is infinite at phi = 0 for rho < 2: the Hessian does not exist
+                h[j] = rho * (rho - 1.0) * weight[j] * f ** (rho - 2.0) if weight[j] != 0.0 else 0.0
+        _lca_fill(h, parent, size, bin_at, bin_position, out[r])
+        _project(out[r])
+
+
+@njit(cache=True)
+def _distance_fill(weight, parent, size, bin_at, bin_position, out):  # pragma: no cover
+    _lca_fill(weight, parent, size, bin_at, bin_position, out)
+    n = parent.shape[0]
+    depth_sum = np.empty(n, dtype=np.float64)
+    depth_sum[n - 1] = 0.0
+    for step in range(n - 1):
+        j = n - 2 - step
+        depth_sum[j] = depth_sum[parent[j]] + weight[j]
+    m = bin_position.shape[0]
+    for k in range(m):
+        dk = depth_sum[bin_position[k]]
+        for l in range(m):
+            out[k, l] = dk + depth_sum[bin_position[l]] - 2.0 * out[k, l]
+        out[k, k] = 0.0
+
+
+def distance_matrix(layout: Layout, n_bins: int) -> np.ndarray:
+    """Bins x bins path metric of a tree layout (float64)."""
+    out = np.empty((n_bins, n_bins), dtype=np.float64)
+    _distance_fill(layout.weight, layout.parent, layout.size, layout.bin_at, layout.bin_position, out)
+    return out
