@@ -17,7 +17,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ._inputs import Rows, check_rho, prepare, restore_bins, restore_scalar
+from ._inputs import Rows, check_rho, check_stats, prepare, restore_bins, restore_scalar
 from ._kernels import cpu, dense
 from ._tree import Tree
 
@@ -61,19 +61,26 @@ def _parallel(rows: Rows) -> bool:
     return rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK
 
 
-def _value_grad(rows: Rows, rho: float, want_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _value_grad(
+    rows: Rows, rho: float, want_grad: bool, check: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the fused kernel; validate p and q from the statistics it gathers."""
     (p, q), (ps, qs) = rows.arrays, rows.steps
     parent, weight, bin_pos, non_bin, below = _kernel_arrays(rows.tree, rows.dtype)
-    value = np.empty(rows.n_rows, dtype=rows.dtype)
-    shape = (rows.n_rows, rows.tree.n_bins) if want_grad else (0, 0)
-    grad = np.empty(shape, dtype=rows.dtype)
-    args = (p, q, ps, qs, rows.n_rows, parent, weight, bin_pos, non_bin, below,
-            _mode(rho), _consts(rho, rows.dtype), want_grad, value, grad)
+    n_rows, n_bins = rows.n_rows, rows.tree.n_bins
+    value = np.empty(n_rows, dtype=rows.dtype)
+    grad = np.empty(n_rows * n_bins if want_grad else 0, dtype=rows.dtype)
+    totals = np.empty((n_rows, 2), dtype=np.float64)
+    low = np.empty((n_rows + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
+    args = (p.reshape(-1), q.reshape(-1), ps, qs, n_rows, parent, weight, bin_pos, non_bin, below,
+            _mode(rho), _consts(rho, rows.dtype), want_grad, value, grad, totals, low)
     if _parallel(rows):
         cpu.value_grad_parallel(*args, numba.get_num_threads())
     else:
         cpu.value_grad_serial(*args)
-    return value, (grad if want_grad else None)
+    if check:
+        check_stats(rows, totals, low)
+    return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
 
 
 def _normalized_grad(grad: np.ndarray, rows: Rows) -> np.ndarray:
@@ -147,8 +154,8 @@ def emd(
     (2.0, 3.0)
     """
     rho = check_rho(rho)
-    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
-    value, _ = _value_grad(rows, rho, want_grad=False)
+    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize, defer=True)
+    value, _ = _value_grad(rows, rho, want_grad=False, check=check_inputs and normalize is None)
     return restore_scalar(value, rows)
 
 
@@ -193,8 +200,8 @@ def emd_value_and_grad(
     array([ 1.,  0., -1.])
     """
     rho = check_rho(rho)
-    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
-    value, grad = _value_grad(rows, rho, want_grad=True)
+    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize, defer=True)
+    value, grad = _value_grad(rows, rho, want_grad=True, check=check_inputs and normalize is None)
     if normalize is not None:
         grad = _normalized_grad(grad, rows)
     return restore_scalar(value, rows), restore_bins(grad, rows)
@@ -259,7 +266,8 @@ def phi(
     (pa, qa), (ps, qs) = rows.arrays, rows.steps
     parent, _, bin_pos, non_bin, _ = _kernel_arrays(rows.tree, rows.dtype)
     out = np.empty((rows.n_rows, rows.tree.n_nodes), dtype=rows.dtype)
-    cpu.phi_parallel(pa, qa, ps, qs, rows.n_rows, parent, bin_pos, non_bin, out, numba.get_num_threads())
+    cpu.phi_parallel(pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, out,
+                     numba.get_num_threads())
     return restore_bins(out[:, rows.tree.layout.position], rows)
 
 
@@ -310,15 +318,15 @@ def emd_hvp(
     """
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q, "v": v}, tree, axis, check_inputs)
-    out = np.zeros((rows.n_rows, rows.tree.n_bins), dtype=rows.dtype)
+    out = np.zeros(rows.n_rows * rows.tree.n_bins, dtype=rows.dtype)
     if rho != 1.0:
         (pa, qa, va), (ps, qs, vs) = rows.arrays, rows.steps
         parent, weight, bin_pos, non_bin, below = _kernel_arrays(rows.tree, rows.dtype)
         cpu.hvp_parallel(
-            pa, qa, va, ps, qs, vs, rows.n_rows, parent, weight, bin_pos, non_bin, below,
-            _mode(rho), _consts(rho, rows.dtype), out, numba.get_num_threads(),
+            pa.reshape(-1), qa.reshape(-1), va.reshape(-1), ps, qs, vs, rows.n_rows, parent, weight,
+            bin_pos, non_bin, below, _mode(rho), _consts(rho, rows.dtype), out, numba.get_num_threads(),
         )
-    return restore_bins(out, rows)
+    return restore_bins(out.reshape(rows.n_rows, rows.tree.n_bins), rows)
 
 
 def emd_hessian(
@@ -370,7 +378,8 @@ def emd_hessian(
             (pa, qa), (ps, qs) = rows.arrays, rows.steps
             parent, _, bin_pos, non_bin, _ = _kernel_arrays(tree_, rows.dtype)
             phi_pos = np.empty((rows.n_rows, tree_.n_nodes), dtype=rows.dtype)
-            cpu.phi_parallel(pa, qa, ps, qs, rows.n_rows, parent, bin_pos, non_bin, phi_pos, numba.get_num_threads())
+            cpu.phi_parallel(pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin,
+                             phi_pos, numba.get_num_threads())
             dense.hessian_batch(phi_pos, lay.weight, lay.parent, lay.size, lay.bin_at, lay.bin_position,
                                 mode, rho, out)
     out = out.astype(rows.dtype, copy=False).reshape(rows.batch_shape + (n, n))

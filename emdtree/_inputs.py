@@ -87,12 +87,15 @@ def prepare(
     check: bool,
     normalize: str | None = None,
     masses: tuple[str, ...] = ("p", "q"),
+    defer: bool = False,
 ) -> Rows:
     """Broadcast, flatten and validate the named arrays.
 
     ``masses`` names the arguments that are mass distributions (checked for
     finite, non-negative entries and equal totals); any other array (a
-    direction ``v``) is only checked for finiteness.
+    direction ``v``) is only checked for finiteness. With ``defer`` (and no
+    ``normalize``) the mass checks are left to :func:`check_stats`, fed by
+    the statistics a kernel gathers while it reads the masses.
     """
     raw = {name: _as_array(x, name) for name, x in arrays.items()}
     dtype = working_dtype(*raw.values())
@@ -128,11 +131,13 @@ def prepare(
             a = np.broadcast_to(a, batch_shape + (n_bins,))
             flat = np.ascontiguousarray(a.reshape(n_rows, n_bins), dtype=dtype)
             step = 1
+        flat = flat.view()
+        flat.flags.writeable = False  # one kernel specialisation whatever the caller's flags
         out.append(flat)
         steps.append(step)
 
     totals: dict[str, np.ndarray] = {}
-    if check or normalize is not None:
+    if normalize is not None or (check and not defer):
         for name, flat in zip(raw, out):
             if name not in masses:
                 if check and not np.all(np.isfinite(flat)):
@@ -163,6 +168,26 @@ def prepare(
             _check_totals(totals, masses, dtype, n_bins, batch_shape, out)
     kept = tuple(totals.get(name) if normalize is not None else None for name in raw)
     return Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree, kept)
+
+
+def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
+    """Validate p and q from a kernel's row totals (rows, 2) and block minima.
+
+    Non-finite entries make a row total non-finite and negative ones show in
+    the minima; only then are the arrays scanned again, to name the entry.
+    """
+    if not (np.all(low >= 0) and np.all(np.isfinite(totals))):
+        for name, flat in zip(("p", "q"), rows.arrays):
+            tot = np.empty(flat.shape[0], dtype=np.float64)
+            bad = row_totals(flat, tot)
+            if bad >= 0:
+                where = _position(bad, flat.shape, rows.batch_shape, rows.tree.n_bins, rows.axis)
+                value = flat.flat[bad]
+                what = "not finite" if not np.isfinite(value) else "negative"
+                raise ValueError(f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0")
+        raise ValueError("the total mass of p or q overflows the floating-point range")
+    sums = {"p": totals[:, 0], "q": totals[:, 1]}
+    _check_totals(sums, ("p", "q"), rows.dtype, rows.tree.n_bins, rows.batch_shape, rows.arrays)
 
 
 def _check_totals(totals, masses, dtype, n_bins, batch_shape, out) -> None:

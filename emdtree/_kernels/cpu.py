@@ -36,7 +36,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-BLOCK = 32
+from .simd import (
+    BLOCK,
+    row_add,
+    row_down_linear,
+    row_down_sign,
+    row_up_abs,
+    row_up_sq,
+    tile_in,
+    tile_out,
+)
+
 CHUNK = 64
 
 MODE_GENERAL = 0
@@ -44,38 +54,89 @@ MODE_ONE = 1
 MODE_TWO = 2
 
 
-@njit(cache=True, inline="always")
-def _load_diff(p, q, p_step, q_step, r0, n_valid, bin_position, buf):  # pragma: no cover
-    """buf[bin node, s] = p[r0 + s] - q[r0 + s]; padding lanes get 0."""
+ACC_ROWS = 4  # independent accumulator rows, so consecutive nodes do not wait on each other
+
+
+@njit(cache=True)
+def _load_diff(pf, qf, p_stride, q_stride, r0, n_valid, k_start, bin_position, buf, sums_p, sums_q, low):  # pragma: no cover
+    """Scalar path of :func:`tile_in` for bins ``k_start:`` (and partial blocks)."""
     n_bins = bin_position.shape[0]
-    zero = buf[0] - buf[0]
-    for k in range(n_bins):
+    m = 64 // buf.itemsize
+    lo = low[0]
+    for k in range(k_start, n_bins):
         base = bin_position[k] * BLOCK
         for s in range(n_valid):
-            r = r0 + s
-            buf[base + s] = p[r * p_step, k] - q[r * q_step, k]
+            a = pf[(r0 + s) * p_stride + k]
+            b = qf[(r0 + s) * q_stride + k]
+            sums_p[s * m] += a
+            sums_q[s * m] += b
+            lo = min(lo, min(a, b))
+            buf[base + s] = a - b
         for s in range(n_valid, BLOCK):
-            buf[base + s] = zero
+            buf[base + s] = 0.0
+    low[0] = lo
+
+
+@njit(cache=True)
+def _load_block(pf, qf, p_stride, q_stride, r0, n_valid, bin_position, non_bin, buf, sums_p, sums_q, low):  # pragma: no cover
+    """buf[bin node, s] = p[r0 + s] - q[r0 + s], zero elsewhere; row sums and minimum on the way."""
+    n_bins = bin_position.shape[0]
+    m = 64 // buf.itemsize
+    sums_p[:] = 0.0
+    sums_q[:] = 0.0
+    low[:] = 0.0
+    _zero_rows(non_bin, buf)
+    k_start = 0
+    if n_valid == BLOCK:
+        k_start = n_bins - n_bins % m
+        for s0 in range(0, BLOCK, m):
+            for k0 in range(0, k_start, m):
+                tile_in(buf, pf, qf, (r0 + s0) * p_stride, p_stride, (r0 + s0) * q_stride, q_stride,
+                        k0, bin_position, s0, sums_p, sums_q, low)
+    _load_diff(pf, qf, p_stride, q_stride, r0, n_valid, k_start, bin_position, buf, sums_p, sums_q, low)
+
+
+@njit(cache=True)
+def _store_block(buf, outf, r0, n_valid, bin_position, mean):  # pragma: no cover
+    """out[r0 + s, k] = buf[bin node k, s] - mean[s]."""
+    n_bins = bin_position.shape[0]
+    m = 64 // buf.itemsize
+    k_start = 0
+    if n_valid == BLOCK:
+        k_start = n_bins - n_bins % m
+        for s0 in range(0, BLOCK, m):
+            for k0 in range(0, k_start, m):
+                tile_out(buf, outf, (r0 + s0) * n_bins, n_bins, k0, bin_position, s0, mean)
+    for k in range(k_start, n_bins):
+        base = bin_position[k] * BLOCK
+        for s in range(n_valid):
+            outf[(r0 + s) * n_bins + k] = buf[base + s] - mean[s]
 
 
 @njit(cache=True, inline="always")
 def _zero_rows(rows, buf):  # pragma: no cover
-    zero = buf[0] - buf[0]
     for i in range(rows.shape[0]):
         base = rows[i] * BLOCK
         for s in range(BLOCK):
-            buf[base + s] = zero
+            buf[base + s] = 0.0
 
 
 @njit(cache=True)
 def _accumulate_up(buf, parent):  # pragma: no cover
     """Ascending sweep: replace every node's mass by its subtree sum (phi, eq. 8)."""
-    n = parent.shape[0]
-    for j in range(n - 1):
-        a = j * BLOCK
-        b = parent[j] * BLOCK
-        for s in range(BLOCK):
-            buf[b + s] += buf[a + s]
+    for j in range(parent.shape[0] - 1):
+        row_add(buf, parent[j] * BLOCK, j * BLOCK)
+
+
+@njit(cache=True)
+def _flush(acc, total):  # pragma: no cover
+    """total[s] += sum of the accumulator rows at lane s (in float64); zero them."""
+    for s in range(BLOCK):
+        t = 0.0
+        for r in range(ACC_ROWS):
+            t += acc[r * BLOCK + s]
+            acc[r * BLOCK + s] = 0.0
+        total[s] += t
 
 
 @njit(cache=True)
@@ -83,35 +144,25 @@ def _sweep_up(buf, parent, weight, mode, consts, acc, total):  # pragma: no cove
     """Ascending sweep: subtree sums in place; total[s] = sum_j w_j |phi_j|^rho."""
     n = parent.shape[0]
     rho = consts[0]
-    zero = consts[0] - consts[0]
-    for s in range(BLOCK):
-        acc[s] = zero
-        total[s] = 0.0
+    acc[:] = 0.0
+    total[:] = 0.0
     for j in range(n - 1):
         a = j * BLOCK
         b = parent[j] * BLOCK
-        w = weight[j]
+        r = (j % ACC_ROWS) * BLOCK
         if mode == MODE_TWO:
-            for s in range(BLOCK):
-                v = buf[a + s]
-                acc[s] += w * (v * v)
-                buf[b + s] += v
+            row_up_sq(buf, a, b, weight[j], acc, r)
         elif mode == MODE_ONE:
-            for s in range(BLOCK):
-                v = buf[a + s]
-                acc[s] += w * abs(v)
-                buf[b + s] += v
+            row_up_abs(buf, a, b, weight[j], acc, r)
         else:
+            w = weight[j]
             for s in range(BLOCK):
                 v = buf[a + s]
-                acc[s] += w * abs(v) ** rho
+                acc[r + s] += w * abs(v) ** rho
                 buf[b + s] += v
         if (j + 1) % CHUNK == 0:
-            for s in range(BLOCK):
-                total[s] += acc[s]
-                acc[s] = zero
-    for s in range(BLOCK):
-        total[s] += acc[s]
+            _flush(acc, total)
+    _flush(acc, total)
 
 
 @njit(cache=True)
@@ -125,59 +176,65 @@ def _sweep_down(buf, parent, weight, bins_below, mode, consts, acc, total):  # p
     root = (n - 1) * BLOCK
     for s in range(BLOCK):
         buf[root + s] = zero
-        acc[s] = zero
-        total[s] = 0.0
+    acc[:] = zero
+    total[:] = 0.0
     for step in range(n - 1):
         j = n - 2 - step
         a = j * BLOCK
         b = parent[j] * BLOCK
+        r = (step % ACC_ROWS) * BLOCK
         w = weight[j]
-        nb = bins_below[j]
         if mode == MODE_TWO:
-            w2 = w + w
-            for s in range(BLOCK):
-                c = w2 * buf[a + s]
-                buf[a + s] = buf[b + s] + c
-                acc[s] += nb * c
+            row_down_linear(buf, a, b, w + w, bins_below[j], acc, r)
         elif mode == MODE_ONE:
-            for s in range(BLOCK):
-                c = w * np.sign(buf[a + s])  # subgradient, sign(0) = 0
-                buf[a + s] = buf[b + s] + c
-                acc[s] += nb * c
+            row_down_sign(buf, a, b, w, bins_below[j], acc, r)  # subgradient, sign(0) = 0
         else:
             # rho > 1 here, so |phi|^(rho - 1) is finite and 0 at phi = 0
             wr = rho * w
+            nb = bins_below[j]
             for s in range(BLOCK):
                 v = buf[a + s]
                 c = wr * np.sign(v) * abs(v) ** rho_m1
                 buf[a + s] = buf[b + s] + c
-                acc[s] += nb * c
+                acc[r + s] += nb * c
         if (step + 1) % CHUNK == 0:
-            for s in range(BLOCK):
-                total[s] += acc[s]
-                acc[s] = zero
-    for s in range(BLOCK):
-        total[s] += acc[s]
+            _flush(acc, total)
+    _flush(acc, total)
 
 
 @njit(cache=True)
 def _value_grad_blocks(
-    blk0, blk1, p, q, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
-    mode, consts, want_grad, value, grad,
+    blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    mode, consts, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
-    buf = np.empty(n_nodes * BLOCK, dtype=consts.dtype)
-    acc = np.empty(BLOCK, dtype=consts.dtype)
+    dt = consts.dtype
+    m = 64 // pf.itemsize
+    buf = np.empty(n_nodes * BLOCK, dtype=dt)
+    acc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
     total = np.empty(BLOCK, dtype=np.float64)
-    mean = np.empty(BLOCK, dtype=consts.dtype)
-    _zero_rows(non_bin, buf)
+    mean = np.empty(BLOCK, dtype=dt)
+    sums_p = np.empty(BLOCK * m, dtype=dt)
+    sums_q = np.empty(BLOCK * m, dtype=dt)
+    low_lanes = np.empty(m, dtype=dt)
     for blk in range(blk0, blk1):
         r0 = blk * BLOCK
         n_valid = min(BLOCK, n_rows - r0)
-        if blk > blk0:
-            _zero_rows(non_bin, buf)
-        _load_diff(p, q, p_step, q_step, r0, n_valid, bin_position, buf)
+        _load_block(pf, qf, p_step * n_bins, q_step * n_bins, r0, n_valid, bin_position, non_bin, buf,
+                    sums_p, sums_q, low_lanes)
+        for s in range(n_valid):
+            tp = 0.0
+            tq = 0.0
+            for i in range(m):
+                tp += sums_p[s * m + i]
+                tq += sums_q[s * m + i]
+            totals[r0 + s, 0] = tp
+            totals[r0 + s, 1] = tq
+        lo = low_lanes[0]
+        for i in range(m):
+            lo = min(lo, low_lanes[i])
+        low[blk] = lo
         _sweep_up(buf, parent, weight, mode, consts, acc, total)
         for s in range(n_valid):
             value[r0 + s] = total[s]
@@ -185,51 +242,64 @@ def _value_grad_blocks(
             _sweep_down(buf, parent, weight, bins_below, mode, consts, acc, total)
             for s in range(BLOCK):
                 mean[s] = total[s] / n_bins
-            for k in range(n_bins):
-                base = bin_position[k] * BLOCK
-                for s in range(n_valid):
-                    grad[r0 + s, k] = buf[base + s] - mean[s]
+            _store_block(buf, gradf, r0, n_valid, bin_position, mean)
+
+
+_VG_DOC = """EMD^rho and its projected gradient for ``n_rows`` samples.
+
+    ``pf``/``qf`` are the flattened (rows, n_bins) inputs with ``p_step``/``q_step``
+    1 (full) or 0 (one broadcast row). Outputs: ``value`` (n_rows,), ``gradf``
+    (n_rows * n_bins,) when ``want_grad``, ``totals`` (n_rows, 2) float64 row sums
+    of p and q, and ``low`` (n_blocks,) the smallest entry of p or q read in each
+    block (or 0): the caller validates the inputs from these at no extra pass.
+    """
 
 
 @njit(cache=True)
 def value_grad_serial(
-    p, q, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
-    mode, consts, want_grad, value, grad,
+    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    mode, consts, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
-    """EMD^rho (into ``value``) and its projected gradient (into ``grad``) on one thread."""
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
     _value_grad_blocks(
-        0, n_blocks, p, q, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
-        bins_below, mode, consts, want_grad, value, grad,
+        0, n_blocks, pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+        bins_below, mode, consts, want_grad, value, gradf, totals, low,
     )
 
 
 @njit(cache=True, parallel=True)
 def value_grad_parallel(
-    p, q, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
-    mode, consts, want_grad, value, grad, n_threads,
+    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    mode, consts, want_grad, value, gradf, totals, low, n_threads,
 ):  # pragma: no cover
-    """As :func:`value_grad_serial`, with contiguous runs of blocks across threads."""
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
     n_parts = min(n_blocks, n_threads)
     for part in prange(n_parts):
-        blk0 = part * n_blocks // n_parts
-        blk1 = (part + 1) * n_blocks // n_parts
         _value_grad_blocks(
-            blk0, blk1, p, q, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
-            bins_below, mode, consts, want_grad, value, grad,
+            part * n_blocks // n_parts, (part + 1) * n_blocks // n_parts,
+            pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+            bins_below, mode, consts, want_grad, value, gradf, totals, low,
         )
 
 
+value_grad_serial.__doc__ = _VG_DOC
+value_grad_parallel.__doc__ = _VG_DOC + "\n    Contiguous runs of blocks go to ``n_threads`` threads.\n"
+
+
 @njit(cache=True)
-def _phi_blocks(blk0, blk1, p, q, p_step, q_step, n_rows, parent, bin_position, non_bin, out):  # pragma: no cover
+def _phi_blocks(blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out):  # pragma: no cover
     n_nodes = parent.shape[0]
+    n_bins = bin_position.shape[0]
+    m = 64 // pf.itemsize
     buf = np.empty(n_nodes * BLOCK, dtype=out.dtype)
+    sums_p = np.empty(BLOCK * m, dtype=out.dtype)
+    sums_q = np.empty(BLOCK * m, dtype=out.dtype)
+    low = np.empty(m, dtype=out.dtype)
     for blk in range(blk0, blk1):
         r0 = blk * BLOCK
         n_valid = min(BLOCK, n_rows - r0)
-        _zero_rows(non_bin, buf)
-        _load_diff(p, q, p_step, q_step, r0, n_valid, bin_position, buf)
+        _load_block(pf, qf, p_step * n_bins, q_step * n_bins, r0, n_valid, bin_position, non_bin, buf,
+                    sums_p, sums_q, low)
         _accumulate_up(buf, parent)
         for j in range(n_nodes):
             base = j * BLOCK
@@ -238,30 +308,34 @@ def _phi_blocks(blk0, blk1, p, q, p_step, q_step, n_rows, parent, bin_position, 
 
 
 @njit(cache=True, parallel=True)
-def phi_parallel(p, q, p_step, q_step, n_rows, parent, bin_position, non_bin, out, n_threads):  # pragma: no cover
+def phi_parallel(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out, n_threads):  # pragma: no cover
     """Subtree mass differences in layout positions: ``out[r, j] = phi`` at position ``j``."""
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
     n_parts = min(n_blocks, n_threads)
     for part in prange(n_parts):
         _phi_blocks(
             part * n_blocks // n_parts, (part + 1) * n_blocks // n_parts,
-            p, q, p_step, q_step, n_rows, parent, bin_position, non_bin, out,
+            pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out,
         )
 
 
 @njit(cache=True)
 def _hvp_blocks(
-    blk0, blk1, p, q, v, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin,
-    bins_below, mode, consts, out,
+    blk0, blk1, pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin,
+    bins_below, mode, consts, outf,
 ):  # pragma: no cover
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     dt = consts.dtype
+    m = 64 // pf.itemsize
     phi = np.empty(n_nodes * BLOCK, dtype=dt)
     psi = np.empty(n_nodes * BLOCK, dtype=dt)
-    acc = np.empty(BLOCK, dtype=dt)
+    acc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
     total = np.empty(BLOCK, dtype=np.float64)
     mean = np.empty(BLOCK, dtype=dt)
+    sums_p = np.empty(BLOCK * m, dtype=dt)
+    sums_q = np.empty(BLOCK * m, dtype=dt)
+    low = np.empty(m, dtype=dt)
     zero = consts[0] - consts[0]
     rho_rho_m1 = consts[2]
     rho_m2 = consts[3]
@@ -270,67 +344,60 @@ def _hvp_blocks(
         n_valid = min(BLOCK, n_rows - r0)
         # u = P v: the projection of v onto mass-conserving directions
         for s in range(BLOCK):
-            acc[s] = zero
-        for k in range(n_bins):
-            for s in range(n_valid):
-                acc[s] += v[(r0 + s) * v_step, k]
-        for s in range(BLOCK):
-            mean[s] = acc[s] / n_bins
+            t = 0.0
+            if s < n_valid:
+                off = (r0 + s) * v_step * n_bins
+                for k in range(n_bins):
+                    t += vf[off + k]
+            mean[s] = t / n_bins
         _zero_rows(non_bin, psi)
         for k in range(n_bins):
             base = bin_position[k] * BLOCK
             for s in range(n_valid):
-                psi[base + s] = v[(r0 + s) * v_step, k] - mean[s]
+                psi[base + s] = vf[(r0 + s) * v_step * n_bins + k] - mean[s]
             for s in range(n_valid, BLOCK):
                 psi[base + s] = zero
         _accumulate_up(psi, parent)
         if mode != MODE_TWO:
-            _zero_rows(non_bin, phi)
-            _load_diff(p, q, p_step, q_step, r0, n_valid, bin_position, phi)
+            _load_block(pf, qf, p_step * n_bins, q_step * n_bins, r0, n_valid, bin_position, non_bin, phi,
+                        sums_p, sums_q, low)
             _accumulate_up(phi, parent)
         # descending sweep of t_i = h_i psi_i with h_i = rho (rho-1) w_i |phi_i|^(rho-2)
         root = (n_nodes - 1) * BLOCK
         for s in range(BLOCK):
             psi[root + s] = zero
-            acc[s] = zero
-            total[s] = 0.0
+        acc[:] = zero
+        total[:] = 0.0
         for step in range(n_nodes - 1):
             j = n_nodes - 2 - step
             a = j * BLOCK
             b = parent[j] * BLOCK
+            r = (step % ACC_ROWS) * BLOCK
             w = weight[j]
-            nb = bins_below[j]
             if mode == MODE_TWO:
-                h = w + w
-                for s in range(BLOCK):
-                    t = h * psi[a + s]
-                    psi[a + s] = psi[b + s] + t
-                    acc[s] += nb * t
+                row_down_linear(psi, a, b, w + w, bins_below[j], acc, r)
             else:
                 wr = rho_rho_m1 * w
+                nb = bins_below[j]
                 for s in range(BLOCK):
                     d = psi[a + s]
                     # a direction that leaves phi_i unchanged adds nothing, even where
                     # |phi_i|^(rho-2) is infinite (phi_i = 0, rho < 2)
                     t = wr * abs(phi[a + s]) ** rho_m2 * d if d != zero else zero
                     psi[a + s] = psi[b + s] + t
-                    acc[s] += nb * t
+                    acc[r + s] += nb * t
             if (step + 1) % CHUNK == 0:
-                for s in range(BLOCK):
-                    total[s] += acc[s]
-                    acc[s] = zero
+                _flush(acc, total)
+        _flush(acc, total)
         for s in range(BLOCK):
-            mean[s] = (total[s] + acc[s]) / n_bins
-        for k in range(n_bins):
-            base = bin_position[k] * BLOCK
-            for s in range(n_valid):
-                out[r0 + s, k] = psi[base + s] - mean[s]
+            mean[s] = total[s] / n_bins
+        _store_block(psi, outf, r0, n_valid, bin_position, mean)
 
 
 @njit(cache=True, parallel=True)
 def hvp_parallel(
-    p, q, v, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
-    mode, consts, out, n_threads,
+    pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    mode, consts, outf, n_threads,
 ):  # pragma: no cover
     """Projected Hessian-vector product ``P H P v`` of EMD^rho, for rho > 1."""
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
@@ -338,6 +405,6 @@ def hvp_parallel(
     for part in prange(n_parts):
         _hvp_blocks(
             part * n_blocks // n_parts, (part + 1) * n_blocks // n_parts,
-            p, q, v, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin,
-            bins_below, mode, consts, out,
+            pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin,
+            bins_below, mode, consts, outf,
         )

@@ -72,15 +72,15 @@ def row_add(typingctx, buf, dst, src):
 
 
 def _make_up(power):
-    def row_up(typingctx, buf, src, dst, w, acc):
+    def row_up(typingctx, buf, src, dst, w, acc, acc_row):
         _check(buf, acc)
-        sig = types.void(buf, types.intp, types.intp, buf.dtype, acc)
+        sig = types.void(buf, types.intp, types.intp, buf.dtype, acc, types.intp)
 
         def codegen(context, builder, signature, args):
-            arr, s, d, wv, accv = args
+            arr, s, d, wv, accv, ar = args
             ps, vty = _row(context, builder, signature.args[0], arr, s)
             pd, _ = _row(context, builder, signature.args[0], arr, d)
-            pa, _ = _row(context, builder, signature.args[4], accv, ir.Constant(ir.IntType(64), 0))
+            pa, _ = _row(context, builder, signature.args[4], accv, ar)
             v = _load(builder, ps, vty)
             if power == 2:
                 f = builder.fmul(v, v)
@@ -95,21 +95,21 @@ def _make_up(power):
 
     row_up.__name__ = row_up.__qualname__ = f"row_up_{power}"
     row_up.__doc__ = (
-        f"v = buf[src row]; acc += w * |v|^{power}; buf[dst row] += v (ascending sweep with the value)."
+        f"v = buf[src row]; acc[acc row] += w * |v|^{power}; buf[dst row] += v (ascending sweep)."
     )
     return intrinsic(row_up)
 
 
 def _make_down(kind):
-    def row_down(typingctx, buf, row, par, w, nb, acc):
+    def row_down(typingctx, buf, row, par, w, nb, acc, acc_row):
         _check(buf, acc)
-        sig = types.void(buf, types.intp, types.intp, buf.dtype, buf.dtype, acc)
+        sig = types.void(buf, types.intp, types.intp, buf.dtype, buf.dtype, acc, types.intp)
 
         def codegen(context, builder, signature, args):
-            arr, r, pr, wv, nbv, accv = args
+            arr, r, pr, wv, nbv, accv, ar = args
             pr_ptr, vty = _row(context, builder, signature.args[0], arr, r)
             pp_ptr, _ = _row(context, builder, signature.args[0], arr, pr)
-            pa, _ = _row(context, builder, signature.args[5], accv, ir.Constant(ir.IntType(64), 0))
+            pa, _ = _row(context, builder, signature.args[5], accv, ar)
             v = _load(builder, pr_ptr, vty)
             wvec = _splat(builder, wv, vty)
             if kind == "linear":
@@ -129,7 +129,7 @@ def _make_down(kind):
     row_down.__name__ = row_down.__qualname__ = f"row_down_{kind}"
     row_down.__doc__ = (
         "Descending step: c = w * " + ("buf[row]" if kind == "linear" else "sign(buf[row])")
-        + "; buf[row] = buf[par] + c; acc += nb * c."
+        + "; buf[row] = buf[par] + c; acc[acc row] += nb * c."
     )
     return intrinsic(row_down)
 
@@ -139,4 +139,128 @@ row_up_abs = _make_up(1)
 row_down_linear = _make_down("linear")
 row_down_sign = _make_down("sign")
 
-__all__ = ["BLOCK", "row_add", "row_up_sq", "row_up_abs", "row_down_linear", "row_down_sign"]
+
+# ---------------------------------------------------------------------------- tile transposes
+#
+# Moving between the caller's sample-major rows and the node-major buffer is a
+# transpose. A tile of TILE x TILE entries (TILE = 64 bytes / itemsize: one
+# zmm register per row) is loaded row by row, transposed in registers by
+# log2(TILE) rounds of interleaving shuffles, and stored column by column.
+
+
+def tile_lanes(dtype) -> int:
+    """Lanes of one 64-byte vector: 16 for float32, 8 for float64."""
+    return 16 if dtype == types.float32 else 8
+
+
+def _vec(context, builder, arrty, arr, offset, lanes):
+    ary = context.make_array(arrty)(context, builder, arr)
+    vty = ir.VectorType(context.get_data_type(arrty.dtype), lanes)
+    ptr = builder.gep(ary.data, [offset], inbounds=True)
+    return builder.bitcast(ptr, vty.as_pointer()), vty
+
+
+def _item(context, builder, arrty, arr, index):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.load(builder.gep(ary.data, [index], inbounds=True))
+
+
+def _transpose(builder, rows):
+    """Transpose m vectors of m lanes (m a power of two) by interleaving rounds."""
+    m = len(rows)
+    h = m // 2
+    i32 = ir.IntType(32)
+    lo = ir.Constant(ir.VectorType(i32, m), [x for i in range(h) for x in (i, m + i)])
+    hi = ir.Constant(ir.VectorType(i32, m), [x for i in range(h, m) for x in (i, m + i)])
+    v = list(rows)
+    for _ in range(m.bit_length() - 1):
+        nxt = []
+        for i in range(h):
+            nxt.append(builder.shuffle_vector(v[i], v[i + h], lo))
+            nxt.append(builder.shuffle_vector(v[i], v[i + h], hi))
+        v = nxt
+    return v
+
+
+def _min(builder, a, b):
+    return builder.select(builder.fcmp_ordered("<", a, b), a, b)
+
+
+@intrinsic
+def tile_in(typingctx, buf, pf, qf, p_off, p_stride, q_off, q_stride, k0, bin_position, s0, sums_p, sums_q, low):
+    """Load a tile of p - q into the node-major buffer, with its checks.
+
+    For i, j < m (m = tile_lanes): ``buf[bin_position[k0 + j] * BLOCK + s0 + i]
+    = pf[p_off + i * p_stride + k0 + j] - qf[...]``; the row-partial sums of p
+    and q go to ``sums_p/sums_q[(s0 + i) * m:(s0 + i + 1) * m]`` and the lane-wise
+    minimum of every entry read to ``low[:m]``.
+    """
+    _check(buf)
+    m = tile_lanes(buf.dtype)
+    intp = types.intp
+    sig = types.void(buf, pf, qf, intp, intp, intp, intp, intp, bin_position, intp, sums_p, sums_q, low)
+
+    def codegen(context, builder, signature, args):
+        (abuf, apf, aqf, p_off, p_stride, q_off, q_stride, k0, abp, s0, asp, asq, alow) = args
+        t = signature.args
+        low_ptr, vty = _vec(context, builder, t[12], alow, ir.Constant(ir.IntType(64), 0), m)
+        low_v = builder.load(low_ptr, align=4)
+        diffs = []
+        for i in range(m):
+            ii = ir.Constant(p_off.type, i)
+            po = builder.add(builder.add(p_off, builder.mul(ii, p_stride)), k0)
+            qo = builder.add(builder.add(q_off, builder.mul(ii, q_stride)), k0)
+            a = builder.load(_vec(context, builder, t[1], apf, po, m)[0], align=4)
+            b = builder.load(_vec(context, builder, t[2], aqf, qo, m)[0], align=4)
+            so = builder.mul(builder.add(s0, ii), ir.Constant(s0.type, m))
+            sp = _vec(context, builder, t[10], asp, so, m)[0]
+            sq = _vec(context, builder, t[11], asq, so, m)[0]
+            builder.store(builder.fadd(builder.load(sp, align=4), a), sp, align=4)
+            builder.store(builder.fadd(builder.load(sq, align=4), b), sq, align=4)
+            low_v = _min(builder, _min(builder, low_v, a), b)
+            diffs.append(builder.fsub(a, b))
+        builder.store(low_v, low_ptr, align=4)
+        for j, col in enumerate(_transpose(builder, diffs)):
+            node = _item(context, builder, t[8], abp, builder.add(k0, ir.Constant(k0.type, j)))
+            off = builder.add(builder.mul(node, ir.Constant(node.type, BLOCK)), s0)
+            builder.store(col, _vec(context, builder, t[0], abuf, off, m)[0], align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def tile_out(typingctx, buf, outf, o_off, o_stride, k0, bin_position, s0, mean):
+    """Store a tile of the node-major buffer, minus a per-sample mean, to rows.
+
+    ``outf[o_off + i * o_stride + k0 + j] = buf[bin_position[k0 + j] * BLOCK + s0 + i]
+    - mean[s0 + i]`` for i, j < m.
+    """
+    _check(buf)
+    m = tile_lanes(buf.dtype)
+    intp = types.intp
+    sig = types.void(buf, outf, intp, intp, intp, bin_position, intp, mean)
+
+    def codegen(context, builder, signature, args):
+        abuf, aout, o_off, o_stride, k0, abp, s0, amean = args
+        t = signature.args
+        mean_v = builder.load(_vec(context, builder, t[7], amean, s0, m)[0], align=4)
+        cols = []
+        for j in range(m):
+            node = _item(context, builder, t[5], abp, builder.add(k0, ir.Constant(k0.type, j)))
+            off = builder.add(builder.mul(node, ir.Constant(node.type, BLOCK)), s0)
+            col = builder.load(_vec(context, builder, t[0], abuf, off, m)[0], align=4)
+            cols.append(builder.fsub(col, mean_v))
+        for i, row in enumerate(_transpose(builder, cols)):
+            ii = ir.Constant(o_off.type, i)
+            oo = builder.add(builder.add(o_off, builder.mul(ii, o_stride)), k0)
+            builder.store(row, _vec(context, builder, t[1], aout, oo, m)[0], align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+__all__ = [
+    "BLOCK", "row_add", "row_up_sq", "row_up_abs", "row_down_linear", "row_down_sign",
+    "tile_lanes", "tile_in", "tile_out",
+]

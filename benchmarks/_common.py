@@ -1,0 +1,249 @@
+"""Helpers shared by the benchmark scripts: inputs, timing, machine description."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def softmax_rows(rng: np.random.Generator, n_rows: int, n_bins: int, scale: float = 2.0) -> np.ndarray:
+    """Softmax of Gaussian logits (standard deviation ``scale``), float64, rows sum to 1."""
+    logits = rng.standard_normal((n_rows, n_bins)) * scale
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def random_rows(rng: np.random.Generator, n_rows: int, n_bins: int) -> np.ndarray:
+    """Uniform random histograms, float64, rows sum to 1."""
+    q = rng.random((n_rows, n_bins))
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def one_hot_rows(rng: np.random.Generator, n_rows: int, n_bins: int) -> np.ndarray:
+    """One-hot rows at uniformly random bins, float64."""
+    q = np.zeros((n_rows, n_bins))
+    q[np.arange(n_rows), rng.integers(0, n_bins, n_rows)] = 1.0
+    return q
+
+
+def as_dtype(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` in ``dtype``, each row rescaled in that dtype so that its total is as close to 1 as it gets."""
+    out = np.ascontiguousarray(a, dtype=dtype)
+    out /= out.sum(axis=1, keepdims=True, dtype=np.float64).astype(dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------- timing
+
+class Timer:
+    """Interleaved timing of several callables.
+
+    Every callable is called twice to warm up (Numba compiles or loads its
+    cache on the first call), then the number of calls per sample is chosen
+    so that one sample lasts at least ``min_sample_s``. Samples are taken
+    round-robin (one sample of each callable in turn, the order rotated
+    every round), so that a change in the load of a shared machine affects
+    all of them alike. A callable whose samples take long gets fewer of
+    them (at least ``min_repeats``) so that it uses about ``max_total_s``.
+    """
+
+    def __init__(self, repeats: int, min_sample_s: float = 2e-3, max_total_s: float = 2.0,
+                 min_repeats: int = 3, pause_s: float = 0.0) -> None:
+        self.repeats = repeats
+        self.min_sample_s = min_sample_s
+        self.max_total_s = max_total_s
+        self.min_repeats = min_repeats
+        self.pause_s = pause_s
+
+    def run(self, fns: dict[str, Callable[[], object]]) -> dict[str, dict]:
+        plan = {}
+        for name, fn in fns.items():
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            once = max(time.perf_counter() - t0, 1e-7)
+            inner = 1 if self.min_sample_s <= 0 else max(1, int(np.ceil(self.min_sample_s / once)))
+            reps = max(self.min_repeats, min(self.repeats, int(self.max_total_s / (once * inner))))
+            plan[name] = (fn, inner, reps)
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        names = list(fns)
+        for r in range(max(reps for _, _, reps in plan.values())):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                fn, inner, reps = plan[name]
+                if len(samples[name]) >= reps:
+                    continue
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / inner)
+        return {name: summarize(samples[name], plan[name][1]) for name in names}
+
+
+def summarize(samples: list[float], inner: int = 1) -> dict:
+    s = np.asarray(samples) * 1e3
+    return {
+        "median_ms": float(np.median(s)),
+        "p10_ms": float(np.percentile(s, 10)),
+        "p90_ms": float(np.percentile(s, 90)),
+        "n_samples": int(s.size),
+        "calls_per_sample": int(inner),
+    }
+
+
+@contextlib.contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """Temporarily set Numba's thread count."""
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def kernel_path_probe() -> Iterator[list[str]]:
+    """Record which of emdtree's CPU value/gradient kernels the public API calls.
+
+    Yields a list that receives ``"serial"`` or ``"parallel"`` for every
+    call made while the context is active. If the kernels are not found
+    under these names nothing is recorded.
+    """
+    from emdtree._kernels import cpu
+
+    seen: list[str] = []
+    originals = {}
+    for label in ("serial", "parallel"):
+        name = f"value_grad_{label}"
+        fn = getattr(cpu, name, None)
+        if fn is None:
+            continue
+        originals[name] = fn
+
+        def wrapper(*args, _fn=fn, _label=label, **kwargs):
+            seen.append(_label)
+            return _fn(*args, **kwargs)
+
+        setattr(cpu, name, wrapper)
+    try:
+        yield seen
+    finally:
+        for name, fn in originals.items():
+            setattr(cpu, name, fn)
+
+
+def kernel_path(call: Callable[[], object]) -> str:
+    """``"serial"``, ``"parallel"`` or ``"?"``: the kernel that one call of ``call`` uses."""
+    try:
+        with kernel_path_probe() as seen:
+            call()
+    except ImportError:
+        return "?"
+    return "/".join(sorted(set(seen))) or "?"
+
+
+# ----------------------------------------------------------------------------- machine
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    import numba
+
+    import emdtree
+
+    n_threads = numba.get_num_threads()  # also starts Numba's threading layer
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = None
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "emdtree": emdtree.__version__,
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "scipy": _version("scipy"),
+        "pot": _version("pot") or _version("POT"),
+        "numba_threading_layer": layer,
+        "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
+        "numba_default_threads": n_threads,
+    }
+
+
+def print_machine(info: dict) -> None:
+    print(f"CPU: {info['cpu_model']} ({info['cpus_usable']} usable of {info['cpu_count']}), "
+          f"load average {', '.join(f'{x:.2f}' for x in info['load_average'] or [])}")
+    print(f"emdtree {info['emdtree']}, numpy {info['numpy']}, numba {info['numba']} "
+          f"(threading layer {info['numba_threading_layer']}, up to {info['numba_max_threads']} threads), "
+          f"scipy {info['scipy']}, POT {info['pot'] or 'not installed'}, Python {info['python']}")
+
+
+def write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    print(f"wrote {path}")
+
+
+def fmt_ms(ms: float) -> str:
+    if not np.isfinite(ms):
+        return "-"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def print_table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for r in rows:
+        print(line(r))
