@@ -241,7 +241,8 @@ def print_table(headers: list[str], rows: list[list[str]], right: set[int] = fro
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        cols = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(cols).rstrip()
 
     print(line(headers))
     print(line(["-" * w for w in widths]))

@@ -57,8 +57,13 @@ def _kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     return cache[key]
 
 
-def _parallel(rows: Rows) -> bool:
-    return rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK
+def _launch(serial, parallel, rows: Rows, *args) -> None:
+    """Run a kernel on one thread, or across Numba's threads for large enough work."""
+    n_threads = numba.get_num_threads()
+    if n_threads > 1 and rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK:
+        parallel(*args, n_threads)
+    else:
+        serial(*args)
 
 
 def _value_grad(
@@ -74,10 +79,7 @@ def _value_grad(
     low = np.empty((n_rows + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
     args = (p.reshape(-1), q.reshape(-1), ps, qs, n_rows, parent, weight, bin_pos, non_bin, below,
             _mode(rho), _consts(rho, rows.dtype), want_grad, value, grad, totals, low)
-    if _parallel(rows):
-        cpu.value_grad_parallel(*args, numba.get_num_threads())
-    else:
-        cpu.value_grad_serial(*args)
+    _launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows, *args)
     if check:
         check_stats(rows, totals, low)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
@@ -266,8 +268,8 @@ def phi(
     (pa, qa), (ps, qs) = rows.arrays, rows.steps
     parent, _, bin_pos, non_bin, _ = _kernel_arrays(rows.tree, rows.dtype)
     out = np.empty((rows.n_rows, rows.tree.n_nodes), dtype=rows.dtype)
-    cpu.phi_parallel(pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, out,
-                     numba.get_num_threads())
+    _launch(cpu.phi_serial, cpu.phi_parallel, rows,
+            pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, out)
     return restore_bins(out[:, rows.tree.layout.position], rows)
 
 
@@ -322,9 +324,10 @@ def emd_hvp(
     if rho != 1.0:
         (pa, qa, va), (ps, qs, vs) = rows.arrays, rows.steps
         parent, weight, bin_pos, non_bin, below = _kernel_arrays(rows.tree, rows.dtype)
-        cpu.hvp_parallel(
+        _launch(
+            cpu.hvp_serial, cpu.hvp_parallel, rows,
             pa.reshape(-1), qa.reshape(-1), va.reshape(-1), ps, qs, vs, rows.n_rows, parent, weight,
-            bin_pos, non_bin, below, _mode(rho), _consts(rho, rows.dtype), out, numba.get_num_threads(),
+            bin_pos, non_bin, below, _mode(rho), _consts(rho, rows.dtype), out,
         )
     return restore_bins(out.reshape(rows.n_rows, rows.tree.n_bins), rows)
 
@@ -369,18 +372,21 @@ def emd_hessian(
     if rho != 1.0:
         mode = _mode(rho)
         if mode == cpu.MODE_TWO:
+            # constant (paper eq. 12): one matrix, copied to every sample
             phi_pos = np.zeros((1, tree_.n_nodes), dtype=np.float64)
             single = np.empty((1, n, n), dtype=np.float64)
-            dense.hessian_batch(phi_pos, lay.weight, lay.parent, lay.size, lay.bin_at, lay.bin_position,
-                                mode, rho, single)
+            dense.hessian_batch_serial(phi_pos, lay.weight, lay.bins_below, lay.parent, lay.size, lay.bin_at,
+                                       lay.bin_position, mode, rho, single)
             out[:] = single
         else:
             (pa, qa), (ps, qs) = rows.arrays, rows.steps
             parent, _, bin_pos, non_bin, _ = _kernel_arrays(tree_, rows.dtype)
             phi_pos = np.empty((rows.n_rows, tree_.n_nodes), dtype=rows.dtype)
-            cpu.phi_parallel(pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin,
-                             phi_pos, numba.get_num_threads())
-            dense.hessian_batch(phi_pos, lay.weight, lay.parent, lay.size, lay.bin_at, lay.bin_position,
-                                mode, rho, out)
+            _launch(cpu.phi_serial, cpu.phi_parallel, rows,
+                    pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, phi_pos)
+            big = rows.n_rows > 1 and rows.n_rows * n * n >= PARALLEL_MIN_WORK
+            fill = dense.hessian_batch if big and numba.get_num_threads() > 1 else dense.hessian_batch_serial
+            fill(phi_pos, lay.weight, lay.bins_below, lay.parent, lay.size, lay.bin_at, lay.bin_position,
+                 mode, rho, out)
     out = out.astype(rows.dtype, copy=False).reshape(rows.batch_shape + (n, n))
     return out

@@ -134,7 +134,7 @@ class Tree:
     >>> import emdtree
     >>> tree = emdtree.Tree.from_parents([-1, 0, 0, 1, 1], weights=[0, 1, 2, 1, 1])
     >>> tree
-    Tree(n_nodes=5, n_bins=3, depth=2)
+    Tree(n_nodes=5, n_bins=3, depth=2, weights=[1, 2])
     >>> tree.bins
     array([2, 3, 4])
     >>> tree.distance_matrix()

@@ -307,6 +307,13 @@ def _phi_blocks(blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, bin_position
                 out[r0 + s, j] = buf[base + s]
 
 
+@njit(cache=True)
+def phi_serial(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out):  # pragma: no cover
+    """Subtree mass differences in layout positions: ``out[r, j] = phi`` at position ``j``."""
+    _phi_blocks(0, (n_rows + BLOCK - 1) // BLOCK, pf, qf, p_step, q_step, n_rows, parent, bin_position,
+                non_bin, out)
+
+
 @njit(cache=True, parallel=True)
 def phi_parallel(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out, n_threads):  # pragma: no cover
     """Subtree mass differences in layout positions: ``out[r, j] = phi`` at position ``j``."""
@@ -373,17 +380,20 @@ def _hvp_blocks(
             a = j * BLOCK
             b = parent[j] * BLOCK
             r = (step % ACC_ROWS) * BLOCK
-            w = weight[j]
+            nb = bins_below[j]
+            # An edge with all bins (or none) below it has phi_i = sum(p) - sum(q) and a
+            # mass-conserving direction never changes it: its term vanishes under P, and is
+            # dropped here because its curvature can be infinite (phi_i = 0, rho < 2).
+            w = weight[j] if 0 < nb < n_bins else zero
             if mode == MODE_TWO:
-                row_down_linear(psi, a, b, w + w, bins_below[j], acc, r)
+                row_down_linear(psi, a, b, w + w, nb, acc, r)
             else:
                 wr = rho_rho_m1 * w
-                nb = bins_below[j]
                 for s in range(BLOCK):
                     d = psi[a + s]
                     # a direction that leaves phi_i unchanged adds nothing, even where
                     # |phi_i|^(rho-2) is infinite (phi_i = 0, rho < 2)
-                    t = wr * abs(phi[a + s]) ** rho_m2 * d if d != zero else zero
+                    t = wr * abs(phi[a + s]) ** rho_m2 * d if (d != zero and wr != zero) else zero
                     psi[a + s] = psi[b + s] + t
                     acc[r + s] += nb * t
             if (step + 1) % CHUNK == 0:
@@ -392,6 +402,18 @@ def _hvp_blocks(
         for s in range(BLOCK):
             mean[s] = total[s] / n_bins
         _store_block(psi, outf, r0, n_valid, bin_position, mean)
+
+
+@njit(cache=True)
+def hvp_serial(
+    pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    mode, consts, outf,
+):  # pragma: no cover
+    """Projected Hessian-vector product ``P H P v`` of EMD^rho, for rho > 1."""
+    _hvp_blocks(
+        0, (n_rows + BLOCK - 1) // BLOCK, pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight,
+        bin_position, non_bin, bins_below, mode, consts, outf,
+    )
 
 
 @njit(cache=True, parallel=True)

@@ -68,25 +68,40 @@ def _project(out):  # pragma: no cover
             out[k, l] = out[k, l] - mean[k] - mean[l] + grand
 
 
+@njit(cache=True)
+def _hessian_one(phi_row, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
+    n = parent.shape[0]
+    n_bins = bin_position.shape[0]
+    h = np.zeros(n, dtype=np.float64)
+    for j in range(n - 1):
+        if not 0 < bins_below[j] < n_bins:
+            # all bins (or none) below: P removes the term, whose curvature may be infinite
+            continue
+        if mode == 2:
+            h[j] = 2.0 * weight[j]
+        elif weight[j] != 0.0:
+            # |phi|^(rho-2) is infinite at phi = 0 for rho < 2: the Hessian does not exist there
+            h[j] = rho * (rho - 1.0) * weight[j] * abs(np.float64(phi_row[j])) ** (rho - 2.0)
+    _lca_fill(h, parent, size, bin_at, bin_position, out)
+    _project(out)
+
+
 @njit(cache=True, parallel=True)
-def hessian_batch(phi, weight, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
+def hessian_batch(phi, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
     """Projected Hessians ``P A^T diag(h) A P`` for each row of ``phi``.
 
     ``phi`` has shape (rows, n_nodes) in layout positions (unused for mode 2);
     ``out`` has shape (rows, n_bins, n_bins), float64.
     """
-    n = parent.shape[0]
     for r in prange(out.shape[0]):
-        h = np.zeros(n, dtype=np.float64)
-        for j in range(n - 1):
-            if mode == 2:
-                h[j] = 2.0 * weight[j]
-            else:
-                f = abs(np.float64(phi[r, j]))
-                # |phi|^(rho-2) is infinite at phi = 0 for rho < 2: the Hessian does not exist
-                h[j] = rho * (rho - 1.0) * weight[j] * f ** (rho - 2.0) if weight[j] != 0.0 else 0.0
-        _lca_fill(h, parent, size, bin_at, bin_position, out[r])
-        _project(out[r])
+        _hessian_one(phi[r], weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out[r])
+
+
+@njit(cache=True)
+def hessian_batch_serial(phi, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
+    """As :func:`hessian_batch` on one thread."""
+    for r in range(out.shape[0]):
+        _hessian_one(phi[r], weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out[r])
 
 
 @njit(cache=True)

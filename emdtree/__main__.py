@@ -1,0 +1,333 @@
+"""Command line: ``emdtree demo`` (the default) and ``emdtree info``.
+
+``python -m emdtree`` runs the demo: the ImageNet WordNet tree, the EMD
+between single classes, and two classifiers with the same accuracy but
+different EMD. ``python -m emdtree info`` describes the installation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import time
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+# Classes compared with the first one in the demo, from near to far in the tree.
+DEMO_CLASSES = [
+    "tabby, tabby cat",
+    "tiger cat",
+    "Egyptian cat",
+    "golden retriever",
+    "tiger, Panthera tigris",
+    "airliner",
+]
+DEMO_ACCURACY = 0.7  # chance that a generated prediction is right
+DEMO_TOP = 0.75  # probability a generated prediction puts on its top-1 class
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise _UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _build_parser() -> _Parser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="emdtree",
+        description="Exact and relaxed Earth Mover's Distances on chains and trees.",
+        epilog="Without a command, 'demo' runs.",
+    )
+    parser.add_argument("--version", action="version", version=f"emdtree {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="tree EMD on the ImageNet class hierarchy (default)",
+                          description="Tree EMD on the ImageNet WordNet class hierarchy.")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated predictions (default 0)")
+    demo.add_argument("--batch", type=_positive_int, default=512,
+                      help="images in the generated batch, also the batch that is timed (default 512)")
+    sub.add_parser("info", help="versions, threads, GPU and cache locations",
+                   description="Versions, Numba threading, CUDA and Numba's cache directory.")
+    return parser
+
+
+# ----------------------------------------------------------------------------- demo
+
+def _short(name: str) -> str:
+    """First lemma of a WordNet name: 'tabby, tabby cat' -> 'tabby'."""
+    return name.split(", ")[0]
+
+
+def _class_index(tree, name: str) -> int:
+    hits = [k for k, n in enumerate(tree.names) if n == name]
+    if len(hits) != 1:
+        raise LookupError(f"class {name!r} is not (exactly once) in the ImageNet tree")
+    return hits[0]
+
+
+def _path_to_root(tree, node: int) -> list[int]:
+    path = [int(node)]
+    while tree.parents[path[-1]] >= 0:
+        path.append(int(tree.parents[path[-1]]))
+    return path
+
+
+def _meeting_point(tree, a: int, b: int) -> tuple[int, float]:
+    """Lowest common ancestor of bins ``a`` and ``b`` and the length of the path between them."""
+    up_a, up_b = _path_to_root(tree, tree.bins[a]), _path_to_root(tree, tree.bins[b])
+    on_b = set(up_b)
+    lca = next(n for n in up_a if n in on_b)
+    w = tree.weights
+    below_lca = up_a[: up_a.index(lca)] + up_b[: up_b.index(lca)]
+    length = sum(float(w[n]) for n in below_lca)
+    return lca, length
+
+
+def _table(headers: list[str], rows: list[list[str]], right: Sequence[int] = ()) -> list[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _predictions(rng, labels, predicted, n_bins):
+    """Probabilities with DEMO_TOP on the predicted class and the rest spread by a random softmax."""
+    logits = rng.standard_normal((labels.size, n_bins))
+    rest = np.exp(logits - logits.max(axis=1, keepdims=True))
+    rest /= rest.sum(axis=1, keepdims=True)
+    p = (1.0 - DEMO_TOP) * rest
+    p[np.arange(labels.size), predicted] += DEMO_TOP
+    return p
+
+
+def _demo(args, out) -> None:
+    import emdtree
+    from emdtree.datasets import imagenet_wordnet
+
+    tree = imagenet_wordnet()
+    n = tree.n_bins
+    root = tree.node_names[tree.root]
+    print(f"emdtree {emdtree.__version__}: Earth Mover's Distance on a tree of classes", file=out)
+    print(file=out)
+    w = np.delete(np.asarray(tree.weights), tree.root)
+    costs = "every edge costs 1" if np.all(w == 1) else f"edge costs {w.min():g} to {w.max():g}"
+    print(f"ImageNet WordNet tree: {tree.n_nodes} nodes, {n} bins (the ILSVRC-2012 classes in class-index",
+          file=out)
+    print(f"order), depth {tree.depth}, root '{_short(root)}', {costs}.", file=out)
+    print(file=out)
+
+    # 1. One-hot distributions: the EMD is the length of the path between the two classes.
+    idx = [_class_index(tree, name) for name in DEMO_CLASSES]
+    a = idx[0]
+    eye = np.eye(n)
+    rows = []
+    for b in idx:
+        lca, length = _meeting_point(tree, a, b)
+        e1 = float(emdtree.emd(eye[a], eye[b], tree))
+        e2 = float(emdtree.emd(eye[a], eye[b], tree, rho=2))
+        rows.append([_short(tree.names[a]), _short(tree.names[b]), f"{length:g}", f"{e1:g}", f"{e2:g}",
+                     _short(tree.node_names[lca])])
+    print("All mass on one class against all mass on another: the EMD is the length of the tree path",
+          file=out)
+    print("between them (and EMD^2 equals it when every edge costs 1). Top-1 accuracy and cross-entropy",
+          file=out)
+    print("count all of these mistakes the same.", file=out)
+    print(file=out)
+    for line in _table(["true class", "predicted", "tree path", "EMD", "EMD^2", "paths meet at"], rows,
+                       right=(2, 3, 4)):
+        print("  " + line, file=out)
+    print(file=out)
+
+    # 2. Two classifiers with the same top-1 accuracy, mistakes near the true class or anywhere.
+    rng = np.random.default_rng(args.seed)
+    m = args.batch
+    labels = rng.integers(0, n, m)
+    correct = rng.random(m) < DEMO_ACCURACY
+    D = tree.distance_matrix()
+    np.fill_diagonal(D, np.inf)
+    near = labels.copy()
+    anywhere = labels.copy()
+    for i in np.flatnonzero(~correct):
+        y = labels[i]
+        near[i] = rng.choice(np.flatnonzero(D[y] == D[y].min()))
+        other = rng.integers(0, n - 1)
+        anywhere[i] = other + (other >= y)
+    targets = np.zeros((m, n))
+    targets[np.arange(m), labels] = 1.0
+    models = [("good: mistakes go to the nearest classes", near),
+              ("bad: mistakes go to any class", anywhere)]
+    rows = []
+    p_good = None
+    for name, predicted in models:
+        p = _predictions(np.random.default_rng(args.seed + 1), labels, predicted, n)
+        p_good = p if p_good is None else p_good
+        accuracy = float(np.mean(p.argmax(axis=1) == labels))
+        e1 = emdtree.emd(p, targets, tree)
+        e2 = emdtree.emd(p, targets, tree, rho=2)
+        wrong = predicted != labels
+        dist = float(D[labels[wrong], predicted[wrong]].mean()) if wrong.any() else 0.0
+        rows.append([name, f"{accuracy:.1%}", f"{dist:.2f}", f"{float(np.mean(e1)):.3f}",
+                     f"{float(np.mean(e2)):.3f}"])
+    print(f"Two generated classifiers on a batch of {m} images (seed {args.seed}). Both are right on the",
+          file=out)
+    print(f"same images; each prediction puts {DEMO_TOP:g} on its top-1 class and spreads "
+          f"{1 - DEMO_TOP:g} over all classes.", file=out)
+    print("The EMD compares a prediction with the one-hot true class; 'path of mistakes' is the mean",
+          file=out)
+    print("tree distance between the true and the predicted class over the wrong predictions.", file=out)
+    print(file=out)
+    for line in _table(["model", "top-1 acc", "path of mistakes", "mean EMD", "mean EMD^2"], rows,
+                       right=(1, 2, 3, 4)):
+        print("  " + line, file=out)
+    print(file=out)
+    print("Same accuracy, different EMD: the tree EMD rewards mistakes that stay close to the truth.",
+          file=out)
+    print(file=out)
+
+    # 3. Speed of the loss: value and gradient of EMD^2 for the batch in float32.
+    import numba
+
+    p32, q32 = p_good.astype(np.float32), targets.astype(np.float32)
+    emdtree.emd_value_and_grad(p32, q32, tree, rho=2)  # compiles, or loads Numba's cache
+    times = []
+    budget = time.perf_counter() + 0.5
+    while len(times) < 5 or (len(times) < 50 and time.perf_counter() < budget):
+        t0 = time.perf_counter()
+        emdtree.emd_value_and_grad(p32, q32, tree, rho=2)
+        times.append(time.perf_counter() - t0)
+    ms = np.median(times) * 1e3
+    print(f"EMD^2 value and gradient for the batch of {m} (float32): {ms:.2f} ms", file=out)
+    print(f"(median of {len(times)} calls, up to {numba.get_num_threads()} Numba threads).", file=out)
+
+
+# ----------------------------------------------------------------------------- info
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cuda_status() -> tuple[str, str]:
+    """(numba-cuda installed?, CUDA GPU available?) as text; never raises."""
+    installed = importlib.util.find_spec("numba_cuda") is not None
+    package = f"installed ({_version('numba-cuda')})" if installed else "not installed"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from numba import cuda
+
+            if not cuda.is_available():
+                return package, "no (no CUDA driver or device found)"
+            names = []
+            for gpu in cuda.gpus:
+                name = gpu.name
+                names.append(name.decode() if isinstance(name, bytes) else str(name))
+            return package, "yes: " + ", ".join(names)
+    except Exception as exc:  # any failure here just means "no GPU"
+        return package, f"no ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def _cache_dir() -> str:
+    """Where Numba keeps emdtree's compiled kernels."""
+    from numba.core import config
+
+    env = os.environ.get("NUMBA_CACHE_DIR") or config.CACHE_DIR
+    try:
+        from emdtree._kernels import cpu
+
+        for obj in vars(cpu).values():
+            cache = getattr(obj, "_cache", None)
+            path = getattr(cache, "_cache_path", None)
+            if path:
+                writable = "writable" if os.access(path, os.W_OK) else "not writable"
+                source = "NUMBA_CACHE_DIR" if env else "next to the modules"
+                return f"{path} ({source}, {writable})"
+    except Exception:
+        pass
+    return f"{env} (NUMBA_CACHE_DIR)" if env else "__pycache__ next to each module (Numba's default)"
+
+
+def _info(out) -> None:
+    import numba
+
+    import emdtree
+
+    n_threads = numba.get_num_threads()  # also starts Numba's threading layer
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "not started"
+    package, gpu = _cuda_status()
+    rows = [
+        ("emdtree", emdtree.__version__),
+        ("Python", sys.version.split()[0]),
+        ("numpy", np.__version__),
+        ("numba", numba.__version__),
+        ("scipy", _version("scipy")),
+        ("Numba threading layer", str(layer)),
+        ("Numba threads", f"{n_threads} (at most {numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)"),
+        ("numba-cuda", package),
+        ("CUDA GPU", gpu),
+        ("Numba cache", _cache_dir()),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}", file=out)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``emdtree`` command line; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
+        args_list.insert(0, "demo")
+    try:
+        args = _build_parser().parse_args(args_list)
+    except _UsageError as exc:
+        print(f"emdtree: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    out = sys.stdout
+    try:
+        if args.command == "info":
+            _info(out)
+        else:
+            _demo(args, out)
+    except KeyboardInterrupt:
+        print("emdtree: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"emdtree: error: {type(exc).__name__}: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
