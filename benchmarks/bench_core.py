@@ -20,19 +20,29 @@ Run ``python benchmarks/bench_core.py --help`` for the options and
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-import warnings
+import os
 
-import numpy as np
-import scipy.sparse
+# One BLAS thread (used only by POT's Sinkhorn here) unless the caller sets it:
+# BLAS threads that compete with other work for a few cores can slow
+# ot.sinkhorn2 down many times over and make its timings meaningless.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-import emdtree
-from emdtree.datasets import imagenet_wordnet
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
 
-from _common import (Timer, as_dtype, fmt_ms, kernel_path, machine_info, num_threads, one_hot_rows,
-                     print_machine, print_table, random_rows, softmax_rows, write_json)
+import numpy as np  # noqa: E402
+import scipy.sparse  # noqa: E402
+
+import emdtree  # noqa: E402
+from emdtree.datasets import imagenet_wordnet  # noqa: E402
+
+from _common import (  # noqa: E402
+    Timer, as_dtype, fmt_ms, kernel_path, machine_info, num_threads, one_hot_rows, print_machine, print_table,
+    random_rows, softmax_rows, write_json,
+)
 
 try:
     import ot
@@ -78,15 +88,6 @@ class SparseEMD:
             grad = (rho * w * np.sign(phi) * a ** (rho - 1)) @ A
         grad -= grad.mean(1, keepdims=True)
         return value, grad
-
-
-# Which correctness check belongs to which timed method.
-CHECK_OF = {
-    "emdtree value+grad rho=2, check_inputs=False": "emdtree value+grad rho=2",
-    "emdtree value only (emd) rho=2": "emdtree value rho=2",
-    "emdtree value only (emd) rho=2, check_inputs=False": "emdtree value rho=2",
-    "numpy+scipy.sparse value+grad rho=2": "numpy+scipy.sparse rho=2",
-}
 
 
 def rel_diff(value, grad, ref_value, ref_grad) -> tuple[float, float]:
@@ -167,11 +168,16 @@ def run_case(tree_name, tree, dtype, args, thread_counts, rng_seed, pot_pairs):
     pr, qr = p.astype(np.float64), q.astype(np.float64)
     ref_v2, ref_g2 = ref.value_and_grad(pr, qr, rho=2)
     ref_v1, ref_g1 = ref.value_and_grad(pr, qr, rho=1)
+    vg, value = emdtree.emd_value_and_grad, emdtree.emd
     checks = {
-        "emdtree value+grad rho=2": rel_diff(*emdtree.emd_value_and_grad(p, q, tree, rho=2), ref_v2, ref_g2),
-        "emdtree value+grad rho=1": rel_diff(*emdtree.emd_value_and_grad(p, q, tree, rho=1), ref_v1, ref_g1),
-        "emdtree value rho=2": rel_diff(emdtree.emd(p, q, tree, rho=2), None, ref_v2, None),
-        "numpy+scipy.sparse rho=2": rel_diff(*sparse.value_and_grad(p, q), ref_v2, ref_g2),
+        "emdtree value+grad rho=2": rel_diff(*vg(p, q, tree, rho=2), ref_v2, ref_g2),
+        "emdtree value+grad rho=2, check_inputs=False":
+            rel_diff(*vg(p, q, tree, rho=2, check_inputs=False), ref_v2, ref_g2),
+        "emdtree value only (emd) rho=2": rel_diff(value(p, q, tree, rho=2), None, ref_v2, None),
+        "emdtree value only (emd) rho=2, check_inputs=False":
+            rel_diff(value(p, q, tree, rho=2, check_inputs=False), None, ref_v2, None),
+        "emdtree value+grad rho=1": rel_diff(*vg(p, q, tree, rho=1), ref_v1, ref_g1),
+        "numpy+scipy.sparse value+grad rho=2": rel_diff(*sparse.value_and_grad(p, q), ref_v2, ref_g2),
     }
     # rho=1 gradients differ legitimately where some phi_i is exactly zero
     # (subgradient): one-hot targets make that common, so only values count there.
@@ -201,7 +207,7 @@ def run_case(tree_name, tree, dtype, args, thread_counts, rng_seed, pot_pairs):
             paths = {name: kernel_path(fn) for name, fn in emd_fns.items()}
         base = timed["floor np.subtract(p, q, out=g)"]["median_ms"]
         for name, t in timed.items():
-            check = checks.get(CHECK_OF.get(name, name))
+            check = checks.get(name)
             results.append(dict(
                 tree=tree_name, dtype=str(dtype), threads=n, uses_numba_threads=name.startswith("emdtree"),
                 method=name, ratio_to_floor=t["median_ms"] / base, kernel=paths.get(name, ""),
@@ -306,6 +312,8 @@ def main(argv=None) -> int:
           + (f"; parallel kernel from batch x n_nodes >= {threshold:,}" if threshold is not None else ""))
     if ot is None:
         print("POT is not installed: its rows are skipped")
+    else:
+        print(f"BLAS threads for POT: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
 
     trees = [("ImageNet WordNet", imagenet_wordnet()), ("chain(1000)", emdtree.Tree.chain(1000))]
     all_results, problems = [], []
@@ -330,7 +338,8 @@ def main(argv=None) -> int:
             "config": {"batch": args.batch, "targets": args.targets, "repeat": args.repeat,
                        "threads": thread_counts, "quick": args.quick, "pot_pairs": pot_pairs,
                        "min_sample_ms": args.min_sample_ms, "max_seconds": args.max_seconds,
-                       "seed": args.seed, "parallel_min_work": threshold},
+                       "seed": args.seed, "parallel_min_work": threshold,
+                       "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS")},
             "results": all_results, "problems": problems,
         })
     return 1 if problems else 0

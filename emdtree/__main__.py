@@ -187,8 +187,8 @@ def _demo(args, out) -> None:
         e1 = emdtree.emd(p, targets, tree)
         e2 = emdtree.emd(p, targets, tree, rho=2)
         wrong = predicted != labels
-        dist = float(D[labels[wrong], predicted[wrong]].mean()) if wrong.any() else 0.0
-        rows.append([name, f"{accuracy:.1%}", f"{dist:.2f}", f"{float(np.mean(e1)):.3f}",
+        dist = f"{float(D[labels[wrong], predicted[wrong]].mean()):.2f}" if wrong.any() else "-"
+        rows.append([name, f"{accuracy:.1%}", dist, f"{float(np.mean(e1)):.3f}",
                      f"{float(np.mean(e2)):.3f}"])
     print(f"Two generated classifiers on a batch of {m} images (seed {args.seed}). Both are right on the",
           file=out)

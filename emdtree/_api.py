@@ -12,6 +12,7 @@ of ``i`` and
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numba
@@ -23,10 +24,14 @@ from ._tree import Tree
 
 __all__ = ["emd", "emd_grad", "emd_value_and_grad", "phi", "emd_hvp", "emd_hessian"]
 
-# Work (rows x nodes) below which one thread is used. On a busy 2-core machine a
-# parallel region can cost milliseconds to wake the second thread; below this
-# size the whole job takes less than that on one thread (benchmarks/threads.py).
-PARALLEL_MIN_WORK = 2_000_000
+# Work (rows x nodes) from which the kernels run across Numba's threads. Measured
+# with benchmarks/bench_threads.py on a 2-core machine shared with other work:
+# one thread takes about 1 ns per row and node (ImageNet tree, float32); two
+# threads halve that when the second core is idle, but a busy second core was
+# seen to add 5-8 ms to a parallel call whatever its size. At 16M the serial
+# time (~16 ms) is large enough that the parallel call is never slower, and up
+# to 1.9x faster when the core is free. Override with EMDTREE_PARALLEL_MIN_WORK.
+PARALLEL_MIN_WORK = int(os.environ.get("EMDTREE_PARALLEL_MIN_WORK", 16_000_000))
 
 
 def _mode(rho: float) -> int:

@@ -1,0 +1,148 @@
+"""The CPU kernels' own edges: block and tile boundaries, broadcast rows, the
+parallel driver, tiny trees, and the input statistics gathered in the load."""
+
+import numba
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import emdtree
+import oracle
+from emdtree import Tree, _api
+from emdtree._kernels import cpu
+from trees import random_masses, random_tree
+
+BLOCK = cpu.BLOCK
+
+
+def _tree(seed, n_nodes, internal=True):
+    parents, weights, bins = random_tree(np.random.default_rng(seed), n_nodes, bins_on_internal=internal)
+    return parents, weights, bins, Tree.from_parents(parents, weights, bins)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_bins", [1, 2, 7, 8, 9, 15, 16, 17, 33])
+@pytest.mark.parametrize("batch", [1, 31, 32, 33, 64, 97])
+def test_batch_equals_loop_across_block_and_tile_edges(dtype, n_bins, batch):
+    # full blocks of 32 rows go through the vector tile transposes, partial blocks and
+    # the last n_bins % 16 (float32) or % 8 (float64) bins through the scalar path:
+    # every row must come out as if computed alone
+    rng = np.random.default_rng(n_bins * 1000 + batch)
+    tree = Tree.chain(n_bins, spacing=rng.uniform(0.5, 2.0, max(n_bins - 1, 0)))
+    p, q = random_masses(rng, n_bins, batch=(batch,), dtype=dtype)
+    for rho in (1.0, 2.0, 2.5):
+        value, grad = emdtree.emd_value_and_grad(p, q, tree, rho=rho)
+        for r in range(0, batch, max(1, batch // 5)):
+            v1, g1 = emdtree.emd_value_and_grad(p[r], q[r], tree, rho=rho)
+            tol = 1e-6 if dtype == np.float32 else 1e-13
+            assert_allclose(value[r], v1, rtol=tol, atol=tol)
+            assert_allclose(grad[r], g1, rtol=tol, atol=tol * max(1.0, np.abs(g1).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradient_rows_match_oracle_on_tree_with_internal_bins(dtype):
+    parents, weights, bins, tree = _tree(3, 300)
+    rng = np.random.default_rng(0)
+    p, q = random_masses(rng, tree.n_bins, batch=(70,), dtype=dtype)
+    for rho in (1.0, 2.0, 1.5):
+        value, grad = emdtree.emd_value_and_grad(p, q, tree, rho=rho)
+        for r in (0, 31, 32, 69):
+            p64, q64 = p[r].astype(np.float64), q[r].astype(np.float64)
+            g_ref = oracle.grad(p64, q64, parents, weights, bins, rho)
+            v_ref = oracle.emd(p64, q64, parents, weights, bins, rho)
+            tol = 2e-5 if dtype == np.float32 else 1e-12
+            assert_allclose(value[r], v_ref, rtol=tol)
+            assert_allclose(grad[r], g_ref, atol=tol * np.abs(g_ref).max())
+
+
+@pytest.mark.parametrize("func", ["value_and_grad", "phi", "hvp"])
+def test_parallel_driver_equals_serial(monkeypatch, func):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    parents, weights, bins, tree = _tree(5, 200)
+    rng = np.random.default_rng(1)
+    p, q = random_masses(rng, tree.n_bins, batch=(3 * BLOCK + 5,))
+    v = rng.standard_normal(p.shape)
+
+    def run():
+        if func == "value_and_grad":
+            return emdtree.emd_value_and_grad(p, q, tree, rho=2)
+        if func == "phi":
+            return (emdtree.phi(p, q, tree),)
+        return (emdtree.emd_hvp(p, q, v, tree, rho=3),)
+
+    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 10**18)
+    serial = run()
+    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 0)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        parallel = run()
+    finally:
+        numba.set_num_threads(previous)
+    for a, b in zip(serial, parallel):
+        assert_array_equal(a, b)  # same blocks, same order of operations
+
+
+def test_dense_hessian_parallel_equals_serial(monkeypatch):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    _, _, _, tree = _tree(6, 40)
+    p, q = random_masses(np.random.default_rng(2), tree.n_bins, batch=(5,))
+    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 10**18)
+    serial = emdtree.emd_hessian(p, q, tree, rho=3)
+    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 0)
+    assert_array_equal(emdtree.emd_hessian(p, q, tree, rho=3), serial)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_broadcast_rows_are_not_copied_but_agree(dtype):
+    # a single target row is read with stride 0 by every sample
+    _, _, _, tree = _tree(7, 120)
+    rng = np.random.default_rng(3)
+    p, q = random_masses(rng, tree.n_bins, batch=(40,), dtype=dtype)
+    target = q[0]
+    v1, g1 = emdtree.emd_value_and_grad(p, target, tree, rho=2)
+    v2, g2 = emdtree.emd_value_and_grad(p, np.broadcast_to(target, p.shape).copy(), tree, rho=2)
+    assert_array_equal(v1, v2)
+    assert_array_equal(g1, g2)
+    v3 = emdtree.emd(target, p, tree, rho=2)  # broadcast p instead of q
+    assert_array_equal(v3, v1)
+
+
+def test_single_node_tree():
+    tree = Tree.from_parents([-1])
+    assert tree.n_bins == 1 and tree.n_nodes == 1
+    value, grad = emdtree.emd_value_and_grad(np.ones((3, 1)), np.ones((3, 1)), tree, rho=2)
+    assert_array_equal(value, 0.0)
+    assert_array_equal(grad, 0.0)
+    assert_array_equal(emdtree.emd_hessian([1.0], [1.0], tree), [[0.0]])
+
+
+def test_non_finite_entry_after_finite_ones_is_found_in_a_full_block():
+    # the load gathers row totals and minima; the error still names the entry
+    tree = Tree.chain(40)
+    rng = np.random.default_rng(4)
+    p, q = random_masses(rng, 40, batch=(64,))
+    p[45, 37] = np.nan
+    with pytest.raises(ValueError, match=r"p\[45, 37\] = nan is not finite"):
+        emdtree.emd_value_and_grad(p, q, tree)
+    p[45, 37] = -1e-3
+    with pytest.raises(ValueError, match=r"p\[45, 37\] = -0\.001 is negative"):
+        emdtree.emd(p, q, tree)
+    p[45, 37] = np.inf
+    with pytest.raises(ValueError, match=r"p\[45, 37\] = inf is not finite"):
+        emdtree.emd(p, q, tree)
+
+
+def test_kernel_specialisations_stay_few():
+    # read-only views and cached layout arrays keep one compiled variant per dtype
+    tree = Tree.chain(20)
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        p, q = random_masses(rng, 20, batch=(40,), dtype=dtype)
+        emdtree.emd_value_and_grad(p, q, tree, rho=2)
+        p.flags.writeable = False
+        emdtree.emd_value_and_grad(p, q, tree, rho=2)
+        emdtree.emd(p[0], q, tree)
+    assert len(cpu.value_grad_serial.signatures) <= 2
