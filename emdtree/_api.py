@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from ._inputs import Rows, check_rho, check_stats, prepare, restore_bins, restore_scalar
-from ._kernels import cpu, dense
+from ._kernels import chain, cpu, dense
 from ._tree import Tree
 
 __all__ = ["emd", "emd_grad", "emd_value_and_grad", "phi", "emd_hvp", "emd_hessian"]
@@ -64,11 +64,12 @@ def _kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
 
 def _launch(serial, parallel, rows: Rows, *args) -> None:
     """Run a kernel on one thread, or across Numba's threads for large enough work."""
-    n_threads = numba.get_num_threads()
-    if n_threads > 1 and rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK:
-        parallel(*args, n_threads)
-    else:
-        serial(*args)
+    if rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK:
+        n_threads = numba.get_num_threads()
+        if n_threads > 1:
+            parallel(*args, n_threads)
+            return
+    serial(*args)
 
 
 def _value_grad(
@@ -81,10 +82,16 @@ def _value_grad(
     value = np.empty(n_rows, dtype=rows.dtype)
     grad = np.empty(n_rows * n_bins if want_grad else 0, dtype=rows.dtype)
     totals = np.empty((n_rows, 2), dtype=np.float64)
-    low = np.empty((n_rows + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
-    args = (p.reshape(-1), q.reshape(-1), ps, qs, n_rows, parent, weight, bin_pos, non_bin, below,
-            _mode(rho), _consts(rho, rows.dtype), want_grad, value, grad, totals, low)
-    _launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows, *args)
+    mode = _mode(rho)
+    if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL:
+        low = np.empty(n_rows, dtype=np.float64)
+        _launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
+                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, weight, mode, want_grad, value, grad, totals, low)
+    else:
+        low = np.empty((n_rows + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
+        _launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
+                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, parent, weight, bin_pos, non_bin, below,
+                mode, _consts(rho, rows.dtype), want_grad, value, grad, totals, low)
     if check:
         check_stats(rows, totals, low)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)

@@ -34,16 +34,22 @@ def _load(builder, ptr, vty):
     return builder.load(ptr, align=4)
 
 
-def _splat(builder, value, vty):
+def _splat_n(builder, value, vty, lanes):
+    """A vector of ``lanes`` copies of the scalar ``value``."""
     vec = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(vec, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), [0] * BLOCK))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    return builder.shuffle_vector(vec, ir.Constant(vty, ir.Undefined), mask)
+
+
+def _splat(builder, value, vty):
+    return _splat_n(builder, value, vty, BLOCK)
 
 
 def _call(builder, name, vty, *args):
-    """Call the LLVM vector intrinsic ``llvm.<name>.v<BLOCK>f<bits>``."""
+    """Call the LLVM vector intrinsic ``llvm.<name>.v<lanes>f<bits>``."""
     bits = 32 if isinstance(vty.element, ir.FloatType) else 64
     fnty = ir.FunctionType(vty, [vty] * len(args))
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.v{BLOCK}f{bits}")
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.v{vty.count}f{bits}")
     return builder.call(fn, list(args))
 
 

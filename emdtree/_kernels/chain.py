@@ -1,0 +1,224 @@
+"""Chain fast path: EMD^rho and its gradient on ordinal bins, row by row.
+
+On a chain (bin ``k`` on node ``k``, parent ``k + 1``) phi is the prefix sum of
+``p - q`` and the gradient before projection is the suffix sum of
+``c_k = d(w_k |phi_k|^rho)/d(phi_k)``. Both are scans along the row, so the
+chain needs no transpose into a node-major buffer: each row is read in tiles
+of one vector (16 float32 or 8 float64), scanned inside the register by
+``log2(lanes)`` shift-and-add steps, and offset by the running total of the
+previous tiles. Only that carry is a dependency between tiles.
+
+Per row, one ascending pass computes phi, the value, ``c`` (kept in a
+row-sized scratch buffer) and the mean of the gradient
+(``sum_k g_k = sum_k c_k (k + 1)``); one descending pass writes the projected
+gradient. The same modes as :mod:`emdtree._kernels.cpu` apply: this path serves
+``rho = 1`` and ``rho = 2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .simd import _call, _splat_n, tile_lanes
+
+
+def _scan(builder, x, m, reverse):
+    """Inclusive prefix (or suffix, with ``reverse``) sum of the lanes of ``x``."""
+    zero = ir.Constant(x.type, [0.0] * m)
+    i32 = ir.IntType(32)
+    s = 1
+    while s < m:
+        if reverse:  # lane i takes lane i + s
+            mask = [i + s if i + s < m else m for i in range(m)]
+        else:  # lane i takes lane i - s
+            mask = [i - s if i >= s else m for i in range(m)]
+        shifted = builder.shuffle_vector(x, zero, ir.Constant(ir.VectorType(i32, m), mask))
+        x = builder.fadd(x, shifted)
+        s *= 2
+    return x
+
+
+def _ptr(context, builder, arrty, arr, offset, vty):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.bitcast(builder.gep(ary.data, [offset], inbounds=True), vty.as_pointer())
+
+
+def _make_up(power):
+    def chain_up(typingctx, pf, qf, p_off, q_off, n_tiles, weight, scratch, out):
+        if pf.dtype not in (types.float32, types.float64) or out.dtype != types.float64:
+            raise TypeError("chain_up takes float32/float64 rows and a float64 out")
+        m = tile_lanes(pf.dtype)
+        sig = types.void(pf, qf, types.intp, types.intp, types.intp, weight, scratch, out)
+
+        def codegen(context, builder, signature, args):
+            apf, aqf, p_off, q_off, n_tiles, aw, asc, aout = args
+            t = signature.args
+            ety = context.get_data_type(t[0].dtype)
+            vty = ir.VectorType(ety, m)
+            zero = ir.Constant(vty, [0.0] * m)
+            carry = cgutils.alloca_once_value(builder, zero)
+            value = cgutils.alloca_once_value(builder, zero)
+            below = cgutils.alloca_once_value(builder, zero)
+            sum_p = cgutils.alloca_once_value(builder, zero)
+            sum_q = cgutils.alloca_once_value(builder, zero)
+            low = cgutils.alloca_once_value(builder, zero)
+            iota = ir.Constant(vty, [float(i + 1) for i in range(m)])
+            with cgutils.for_range(builder, n_tiles) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(loop.index.type, m))
+                a = builder.load(_ptr(context, builder, t[0], apf, builder.add(p_off, k0), vty), align=4)
+                b = builder.load(_ptr(context, builder, t[1], aqf, builder.add(q_off, k0), vty), align=4)
+                w = builder.load(_ptr(context, builder, t[5], aw, k0, vty), align=4)
+                builder.store(builder.fadd(builder.load(sum_p), a), sum_p)
+                builder.store(builder.fadd(builder.load(sum_q), b), sum_q)
+                lo = builder.load(low)
+                lo = builder.select(builder.fcmp_ordered("<", a, lo), a, lo)
+                builder.store(builder.select(builder.fcmp_ordered("<", b, lo), b, lo), low)
+                phi = builder.fadd(_scan(builder, builder.fsub(a, b), m, False), builder.load(carry))
+                last = builder.extract_element(phi, ir.Constant(ir.IntType(32), m - 1))
+                builder.store(_splat_n(builder, last, vty, m), carry)
+                if power == 2:
+                    f = builder.fmul(phi, phi)
+                    c = builder.fmul(builder.fadd(w, w), phi)
+                else:
+                    f = _call(builder, "fabs", vty, phi)
+                    cs = _call(builder, "copysign", vty, w, phi)
+                    c = builder.select(builder.fcmp_unordered("==", phi, zero), zero, cs)
+                builder.store(builder.fadd(builder.load(value), builder.fmul(w, f)), value)
+                # bins below node k on a chain: k + 1
+                nb = builder.fadd(iota, _splat_n(builder, builder.sitofp(k0, ety), vty, m))
+                builder.store(builder.fadd(builder.load(below), builder.fmul(c, nb)), below)
+                builder.store(c, _ptr(context, builder, t[6], asc, k0, vty), align=4)
+            # lanes reduced in float64: out = [value, sum_k c_k (k + 1), phi at the last tiled
+            # bin, sum(p), sum(q), min(0, p, q)]
+            dbl = ir.DoubleType()
+            for slot, vec in enumerate((builder.load(value), builder.load(below), None,
+                                        builder.load(sum_p), builder.load(sum_q), builder.load(low))):
+                if vec is None:
+                    continue
+                acc = ir.Constant(dbl, 0.0)
+                for i in range(m):
+                    lane = builder.extract_element(vec, ir.Constant(ir.IntType(32), i))
+                    lane = lane if ety == dbl else builder.fpext(lane, dbl)
+                    if slot == 5:
+                        acc = builder.select(builder.fcmp_ordered("<", lane, acc), lane, acc)
+                    else:
+                        acc = builder.fadd(acc, lane)
+                builder.store(acc, _ptr(context, builder, t[7], aout, ir.Constant(p_off.type, slot), dbl))
+            last = builder.extract_element(builder.load(carry), ir.Constant(ir.IntType(32), 0))
+            last = last if ety == dbl else builder.fpext(last, dbl)
+            builder.store(last, _ptr(context, builder, t[7], aout, ir.Constant(p_off.type, 2), dbl))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    chain_up.__name__ = chain_up.__qualname__ = f"chain_up_{power}"
+    return intrinsic(chain_up)
+
+
+@intrinsic
+def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, mean):
+    """Descending pass over the tiled bins: grad[k] = sum_{i >= k} c_i - mean."""
+    m = tile_lanes(scratch.dtype)
+    sig = types.void(scratch, gradf, types.intp, types.intp, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        asc, ag, g_off, n_tiles, carry_in, mean = args
+        t = signature.args
+        ety = context.get_data_type(t[0].dtype)
+        vty = ir.VectorType(ety, m)
+        if ety != carry_in.type:
+            carry_in = builder.fptrunc(carry_in, ety)
+            mean = builder.fptrunc(mean, ety)
+        carry = cgutils.alloca_once_value(builder, _splat_n(builder, carry_in, vty, m))
+        mean_v = _splat_n(builder, mean, vty, m)
+        with cgutils.for_range(builder, n_tiles) as loop:
+            tile = builder.sub(builder.sub(n_tiles, loop.index), ir.Constant(n_tiles.type, 1))
+            k0 = builder.mul(tile, ir.Constant(tile.type, m))
+            c = builder.load(_ptr(context, builder, t[0], asc, k0, vty), align=4)
+            g = builder.fadd(_scan(builder, c, m, True), builder.load(carry))
+            first = builder.extract_element(g, ir.Constant(ir.IntType(32), 0))
+            builder.store(_splat_n(builder, first, vty, m), carry)
+            builder.store(builder.fsub(g, mean_v), _ptr(context, builder, t[1], ag, builder.add(g_off, k0), vty),
+                          align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+chain_up_sq = _make_up(2)
+chain_up_abs = _make_up(1)
+
+
+@njit(cache=True)
+def _chain_rows(r0, r1, pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low):  # pragma: no cover
+    n = weight.shape[0]
+    m = 64 // pf.itemsize
+    n_tiles = n // m
+    tail = n_tiles * m
+    scratch = np.empty(n, dtype=pf.dtype)
+    out = np.zeros(6, dtype=np.float64)
+    for r in range(r0, r1):
+        po = r * p_step * n
+        qo = r * q_step * n
+        if mode == 2:
+            chain_up_sq(pf, qf, po, qo, n_tiles, weight, scratch, out)
+        else:
+            chain_up_abs(pf, qf, po, qo, n_tiles, weight, scratch, out)
+        val = out[0]
+        below = out[1]
+        phi = out[2] if n_tiles > 0 else 0.0
+        sp = out[3]
+        sq = out[4]
+        lo = out[5]
+        for k in range(tail, n):
+            a = np.float64(pf[po + k])
+            b = np.float64(qf[qo + k])
+            sp += a
+            sq += b
+            lo = min(lo, min(a, b))
+            phi += a - b
+            w = np.float64(weight[k])
+            if mode == 2:
+                val += w * phi * phi
+                c = 2.0 * w * phi
+            else:
+                val += w * abs(phi)
+                c = w * np.sign(phi)
+            scratch[k] = c
+            below += c * (k + 1)
+        value[r] = val
+        totals[r, 0] = sp
+        totals[r, 1] = sq
+        low[r] = lo
+        if want_grad:
+            mean = below / n
+            g = 0.0
+            for k in range(n - 1, tail - 1, -1):
+                g += scratch[k]
+                gradf[r * n + k] = g - mean
+            chain_down(scratch, gradf, r * n, n_tiles, g, mean)
+
+
+@njit(cache=True)
+def chain_value_grad_serial(pf, qf, p_step, q_step, n_rows, weight, mode, want_grad, value, gradf, totals, low):  # pragma: no cover
+    """EMD^rho (rho = 1 or 2) and its projected gradient on a canonical chain.
+
+    Arguments as :func:`emdtree._kernels.cpu.value_grad_serial`, except that
+    ``low`` holds one entry per row.
+    """
+    _chain_rows(0, n_rows, pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low)
+
+
+@njit(cache=True, parallel=True)
+def chain_value_grad_parallel(
+    pf, qf, p_step, q_step, n_rows, weight, mode, want_grad, value, gradf, totals, low, n_threads,
+):  # pragma: no cover
+    """As :func:`chain_value_grad_serial`, with contiguous runs of rows across threads."""
+    n_parts = min(n_rows, n_threads)
+    for part in prange(n_parts):
+        _chain_rows(part * n_rows // n_parts, (part + 1) * n_rows // n_parts,
+                    pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low)
