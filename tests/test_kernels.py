@@ -151,14 +151,14 @@ def test_kernel_specialisations_stay_few():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_bins", [1, 2, 15, 16, 17, 100])
 def test_chain_fast_path_equals_tree_kernel(dtype, n_bins):
-    # Tree.chain takes the row-scan path; the same path numbered from the other end
-    # is an ordinary tree to the kernels and takes the blocked sweeps
+    # Tree.chain takes the row-scan path; the same chain with one more leaf that
+    # carries no bin (so no mass ever crosses its edge) takes the blocked sweeps
     rng = np.random.default_rng(n_bins)
     spacing = rng.uniform(0.5, 2.0, n_bins - 1)
     fast = Tree.chain(n_bins, spacing=spacing)
-    parents = np.arange(-1, n_bins - 1)  # node i's parent is i - 1: root is node 0
-    weights = np.concatenate([[0.0], spacing[::-1]])
-    generic = Tree.from_parents(parents, weights, bins=np.arange(n_bins)[::-1])
+    parents = np.append(fast.parents, n_bins - 1)
+    weights = np.append(fast.weights, 5.0)
+    generic = Tree.from_parents(parents, weights, bins=np.arange(n_bins))
     assert fast._is_canonical_chain and not generic._is_canonical_chain
     p, q = random_masses(rng, n_bins, batch=(45,), dtype=dtype)
     tol = 2e-6 if dtype == np.float32 else 1e-13
