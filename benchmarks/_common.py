@@ -120,31 +120,32 @@ def num_threads(n: int) -> Iterator[None]:
 def kernel_path_probe() -> Iterator[list[str]]:
     """Record which of emdtree's CPU value/gradient kernels the public API calls.
 
-    Yields a list that receives ``"serial"`` or ``"parallel"`` for every
-    call made while the context is active. If the kernels are not found
-    under these names nothing is recorded.
+    Yields a list that receives ``"serial"`` or ``"parallel"`` (prefixed with
+    ``"chain "`` for the chain fast path) for every call made while the
+    context is active. Kernels not found under these names are not recorded.
     """
-    from emdtree._kernels import cpu
+    from emdtree._kernels import chain, cpu
 
     seen: list[str] = []
-    originals = {}
-    for label in ("serial", "parallel"):
-        name = f"value_grad_{label}"
-        fn = getattr(cpu, name, None)
-        if fn is None:
-            continue
-        originals[name] = fn
+    originals = []
+    for module, prefix, tag in ((cpu, "value_grad", ""), (chain, "chain_value_grad", "chain ")):
+        for label in ("serial", "parallel"):
+            name = f"{prefix}_{label}"
+            fn = getattr(module, name, None)
+            if fn is None:
+                continue
+            originals.append((module, name, fn))
 
-        def wrapper(*args, _fn=fn, _label=label, **kwargs):
-            seen.append(_label)
-            return _fn(*args, **kwargs)
+            def wrapper(*args, _fn=fn, _label=tag + label, **kwargs):
+                seen.append(_label)
+                return _fn(*args, **kwargs)
 
-        setattr(cpu, name, wrapper)
+            setattr(module, name, wrapper)
     try:
         yield seen
     finally:
-        for name, fn in originals.items():
-            setattr(cpu, name, fn)
+        for module, name, fn in originals:
+            setattr(module, name, fn)
 
 
 def kernel_path(call: Callable[[], object]) -> str:

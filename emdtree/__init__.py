@@ -7,6 +7,7 @@ dirt-conserving gradient and its Hessian with Numba kernels, exactly and in
 time linear in the size of the tree.
 """
 
+from . import datasets
 from ._api import emd, emd_grad, emd_hessian, emd_hvp, emd_value_and_grad, phi
 from ._tree import Tree
 
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tree",
+    "datasets",
     "emd",
     "emd_grad",
     "emd_hessian",
