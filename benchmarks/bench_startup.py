@@ -52,7 +52,9 @@ def main() -> int:
     print(f"{'run':>3}  {'wall s':>7}  {'import s':>8}  {'tree result s':>13}  {'chain result s':>14}")
     for run in range(1, args.runs + 1):
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True
+        )
         wall = time.perf_counter() - start
         imp, tree_s, chain_s = (float(x) for x in out.stdout.split())
         rows.append({"run": run, "wall_s": wall, "import_s": imp, "tree_first_result_s": tree_s,

@@ -86,7 +86,8 @@ def _value_grad(
     if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL:
         low = np.empty(n_rows, dtype=np.float64)
         _launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
-                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, weight, mode, want_grad, value, grad, totals, low)
+                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, weight, mode, want_grad, value, grad, totals,
+                low)
     else:
         low = np.empty((n_rows + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
         _launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,

@@ -321,7 +321,7 @@ def build_from_edges(
             if key not in weights:
                 raise ValueError(f"weights has no entry for {describe(k)}")
             used.add(key)
-            costs.append(_edge_cost(weights[key], lambda: describe(k)))
+            costs.append(_edge_cost(weights[key], lambda k=k: describe(k)))
         if len(used) < len(weights):
             extra = next(key for key in weights if key not in used)
             raise ValueError(f"weights has an entry for {extra!r}, which is not an edge")
@@ -334,7 +334,7 @@ def build_from_edges(
             ) from None
         if array.shape != (m,):
             raise ValueError(f"weights has shape {array.shape} but there are {m} edges")
-        costs = [_edge_cost(w, lambda: describe(k)) for k, w in enumerate(array.tolist())]
+        costs = [_edge_cost(w, lambda k=k: describe(k)) for k, w in enumerate(array.tolist())]
     if root is not None:
         try:
             known = root in index
@@ -401,7 +401,7 @@ def build_from_networkx(
         return f"edge {edge_list[k][:2]!r}"
 
     costs = [
-        1.0 if weight is None else _edge_cost(data.get(weight, 1.0), lambda: describe(k))
+        1.0 if weight is None else _edge_cost(data.get(weight, 1.0), lambda k=k: describe(k))
         for k, (_, _, data) in enumerate(edge_list)
     ]
     pairs = [(index[u], index[v]) for u, v, _ in edge_list]
@@ -562,7 +562,7 @@ def build_from_nested(mapping: Mapping[Any, Any] | Sequence[Any]) -> TreeArrays:
                     f"the value of {path(i)} appears twice in the structure (a cycle or a shared subtree)"
                 )
             seen_containers.add(id(value))
-        children = _subtrees(value, lambda: path(i))
+        children = _subtrees(value, lambda i=i: path(i))
         if not children:
             if node_names[i] in seen_leaves:
                 raise ValueError(

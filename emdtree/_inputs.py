@@ -153,7 +153,9 @@ def prepare(
                 if check and not np.all(np.isfinite(flat)):
                     bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
                     where = _position(bad, flat.shape, batch_shape, n_bins, ax)
-                    raise ValueError(f"{name}{where} = {flat.flat[bad]} is not finite: entries of {name} must be finite")
+                    raise ValueError(
+                        f"{name}{where} = {flat.flat[bad]} is not finite: entries of {name} must be finite"
+                    )
                 continue
             tot = np.empty(flat.shape[0], dtype=np.float64)
             bad = row_totals(flat, tot)
@@ -161,7 +163,9 @@ def prepare(
                 where = _position(bad, flat.shape, batch_shape, n_bins, ax)
                 value = flat.flat[bad]
                 what = "not finite" if not np.isfinite(value) else "negative"
-                raise ValueError(f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0")
+                raise ValueError(
+                    f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0"
+                )
             totals[name] = tot
         if normalize is not None:
             for i, name in enumerate(raw):
@@ -193,12 +197,16 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
                 where = _position(bad, flat.shape, rows.batch_shape, rows.tree.n_bins, rows.axis)
                 value = flat.flat[bad]
                 what = "not finite" if not np.isfinite(value) else "negative"
-                raise ValueError(f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0")
+                raise ValueError(
+                    f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0"
+                )
         raise ValueError("the total mass of p or q overflows the floating-point range")
     sp, sq = totals[:, 0], totals[:, 1]
     tol = max(rows.tree.n_bins, 64) * np.finfo(rows.dtype).eps
     if np.any(np.abs(sp - sq) > tol * np.maximum(np.abs(sp), np.abs(sq))):
-        _check_totals({"p": sp, "q": sq}, ("p", "q"), rows.dtype, rows.tree.n_bins, rows.batch_shape, rows.arrays)
+        _check_totals(
+            {"p": sp, "q": sq}, ("p", "q"), rows.dtype, rows.tree.n_bins, rows.batch_shape, rows.arrays
+        )
 
 
 def _check_totals(totals, masses, dtype, n_bins, batch_shape, out) -> None:

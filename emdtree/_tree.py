@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._layout import Layout, build_layout
+from ._layout import build_layout
 
 _FORMAT = "emdtree.Tree"
 _FORMAT_VERSION = 1
@@ -285,7 +285,9 @@ class Tree:
             elif sp.shape == (n - 1,):
                 weights[:-1] = sp
             else:
-                raise ValueError(f"spacing has shape {sp.shape}; expected a scalar or ({n - 1},) for {n} bins")
+                raise ValueError(
+                    f"spacing has shape {sp.shape}; expected a scalar or ({n - 1},) for {n} bins"
+                )
             bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
             if bad.size:
                 i = int(bad[0])

@@ -625,7 +625,7 @@ def test_normalize_l1_grad_matches_finite_differences_of_normalised_loss(rho):
         for d in rng.standard_normal((3, n)):  # arbitrary directions: the total changes too
             h = min(1e-6, 1e-3 * margin * pc[r].sum() / np.abs(d).sum())
 
-            def f(x):
+            def f(x, r=r):
                 return emdtree.emd(x, qc[r], tree, rho=rho, normalize="l1")
 
             fd = (f(pc[r] + h * d) - f(pc[r] - h * d)) / (2 * h)

@@ -131,6 +131,7 @@ def test_package_data_globs_cover_every_data_file():
         "emdtree.datasets"
     ]
     files = [entry.name for entry in DATA.iterdir() if entry.is_file()]
-    assert {"tree.tsv", "tree_uncollapsed.tsv", "classes.tsv", "LICENSE-WordNet.txt", "README.md"} <= set(files)
+    expected = {"tree.tsv", "tree_uncollapsed.tsv", "classes.tsv", "LICENSE-WordNet.txt", "README.md"}
+    assert expected <= set(files)
     for name in files:
         assert any(fnmatch.fnmatch(f"data/imagenet_wordnet/{name}", g) for g in globs), name

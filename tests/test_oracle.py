@@ -232,7 +232,8 @@ def test_grad_check_detects_a_wrong_exponent():
     d = _directions(np.random.default_rng(33), len(bins), 1)[0]
     h = 1e-6
     fd = (
-        oracle.emd(p + h * d, q, parents, weights, bins, 2.0) - oracle.emd(p - h * d, q, parents, weights, bins, 2.0)
+        oracle.emd(p + h * d, q, parents, weights, bins, 2.0)
+        - oracle.emd(p - h * d, q, parents, weights, bins, 2.0)
     ) / (2 * h)
     assert oracle.grad(p, q, parents, weights, bins, 2.0) @ d == pytest.approx(fd, rel=1e-6)
     assert oracle.grad(p, q, parents, weights, bins, 2.1) @ d != pytest.approx(fd, rel=1e-3)
@@ -268,7 +269,9 @@ def test_hessian_matches_finite_differences_of_grad(build, rho):
     assert np.abs(H).max() > 1e-3  # not a trivial zero matrix
 
     v = rng.standard_normal(n)  # not mass-conserving on purpose
-    np.testing.assert_allclose(oracle.hvp(p, q, parents, weights, bins, v, rho), H @ v, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(
+        oracle.hvp(p, q, parents, weights, bins, v, rho), H @ v, rtol=1e-13, atol=1e-13
+    )
 
 
 def test_hessian_rho1_is_zero():

@@ -142,8 +142,11 @@ def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, mean):
             g = builder.fadd(_scan(builder, c, m, True), builder.load(carry))
             first = builder.extract_element(g, ir.Constant(ir.IntType(32), 0))
             builder.store(_splat_n(builder, first, vty, m), carry)
-            builder.store(builder.fsub(g, mean_v), _ptr(context, builder, t[1], ag, builder.add(g_off, k0), vty),
-                          align=4)
+            builder.store(
+                builder.fsub(g, mean_v),
+                _ptr(context, builder, t[1], ag, builder.add(g_off, k0), vty),
+                align=4,
+            )
         return context.get_dummy_value()
 
     return sig, codegen
@@ -154,7 +157,9 @@ chain_up_abs = _make_up(1)
 
 
 @njit(cache=True)
-def _chain_rows(r0, r1, pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low):  # pragma: no cover
+def _chain_rows(
+    r0, r1, pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low,
+):  # pragma: no cover
     n = weight.shape[0]
     m = 64 // pf.itemsize
     n_tiles = n // m
@@ -204,7 +209,9 @@ def _chain_rows(r0, r1, pf, qf, p_step, q_step, weight, mode, want_grad, value, 
 
 
 @njit(cache=True)
-def chain_value_grad_serial(pf, qf, p_step, q_step, n_rows, weight, mode, want_grad, value, gradf, totals, low):  # pragma: no cover
+def chain_value_grad_serial(
+    pf, qf, p_step, q_step, n_rows, weight, mode, want_grad, value, gradf, totals, low,
+):  # pragma: no cover
     """EMD^rho (rho = 1 or 2) and its projected gradient on a canonical chain.
 
     Arguments as :func:`emdtree._kernels.cpu.value_grad_serial`, except that

@@ -58,7 +58,9 @@ ACC_ROWS = 4  # independent accumulator rows, so consecutive nodes do not wait o
 
 
 @njit(cache=True)
-def _load_diff(pf, qf, p_stride, q_stride, r0, n_valid, k_start, bin_position, buf, sums_p, sums_q, low):  # pragma: no cover
+def _load_diff(
+    pf, qf, p_stride, q_stride, r0, n_valid, k_start, bin_position, buf, sums_p, sums_q, low,
+):  # pragma: no cover
     """Scalar path of :func:`tile_in` for bins ``k_start:`` (and partial blocks)."""
     n_bins = bin_position.shape[0]
     m = 64 // buf.itemsize
@@ -78,7 +80,9 @@ def _load_diff(pf, qf, p_stride, q_stride, r0, n_valid, k_start, bin_position, b
 
 
 @njit(cache=True)
-def _load_block(pf, qf, p_stride, q_stride, r0, n_valid, bin_position, non_bin, buf, sums_p, sums_q, low):  # pragma: no cover
+def _load_block(
+    pf, qf, p_stride, q_stride, r0, n_valid, bin_position, non_bin, buf, sums_p, sums_q, low,
+):  # pragma: no cover
     """buf[bin node, s] = p[r0 + s] - q[r0 + s], zero elsewhere; row sums and minimum on the way."""
     n_bins = bin_position.shape[0]
     m = 64 // buf.itemsize
@@ -287,7 +291,9 @@ value_grad_parallel.__doc__ = _VG_DOC + "\n    Contiguous runs of blocks go to `
 
 
 @njit(cache=True)
-def _phi_blocks(blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out):  # pragma: no cover
+def _phi_blocks(
+    blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out,
+):  # pragma: no cover
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     m = 64 // pf.itemsize
@@ -315,7 +321,9 @@ def phi_serial(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, ou
 
 
 @njit(cache=True, parallel=True)
-def phi_parallel(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out, n_threads):  # pragma: no cover
+def phi_parallel(
+    pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out, n_threads,
+):  # pragma: no cover
     """Subtree mass differences in layout positions: ``out[r, j] = phi`` at position ``j``."""
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
     n_parts = min(n_blocks, n_threads)

@@ -17,14 +17,21 @@ from .._layout import Layout
 
 
 @njit(cache=True)
-def _lca_fill(h, parent, size, bin_at, bin_position, out):  # pragma: no cover
-    """out[k, l] = sum of h over the common ancestors-or-self of bins k and l."""
+def _depth_sum(h, parent):  # pragma: no cover
+    """Sum of h over the path from the root (last position) to each position."""
     n = parent.shape[0]
     depth_sum = np.empty(n, dtype=np.float64)
     depth_sum[n - 1] = 0.0
     for step in range(n - 1):
         j = n - 2 - step
         depth_sum[j] = depth_sum[parent[j]] + h[j]
+    return depth_sum
+
+
+@njit(cache=True)
+def _lca_fill(h, parent, size, bin_at, bin_position, out):  # pragma: no cover
+    """out[k, l] = sum of h over the common ancestors-or-self of bins k and l."""
+    depth_sum = _depth_sum(h, parent)
     for k in range(bin_position.shape[0]):
         cur = bin_position[k]
         lo = cur - size[cur] + 1
@@ -56,20 +63,22 @@ def _project(out):  # pragma: no cover
     mean = np.zeros(n, dtype=np.float64)
     for k in range(n):
         acc = 0.0
-        for l in range(n):
-            acc += out[k, l]
+        for col in range(n):
+            acc += out[k, col]
         mean[k] = acc / n
     grand = 0.0
     for k in range(n):
         grand += mean[k]
     grand /= n
     for k in range(n):
-        for l in range(n):
-            out[k, l] = out[k, l] - mean[k] - mean[l] + grand
+        for col in range(n):
+            out[k, col] = out[k, col] - mean[k] - mean[col] + grand
 
 
 @njit(cache=True)
-def _hessian_one(phi_row, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
+def _hessian_one(
+    phi_row, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out,
+):  # pragma: no cover
     n = parent.shape[0]
     n_bins = bin_position.shape[0]
     h = np.zeros(n, dtype=np.float64)
@@ -87,7 +96,9 @@ def _hessian_one(phi_row, weight, bins_below, parent, size, bin_at, bin_position
 
 
 @njit(cache=True, parallel=True)
-def hessian_batch(phi, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
+def hessian_batch(
+    phi, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out,
+):  # pragma: no cover
     """Projected Hessians ``P A^T diag(h) A P`` for each row of ``phi``.
 
     ``phi`` has shape (rows, n_nodes) in layout positions (unused for mode 2);
@@ -98,7 +109,9 @@ def hessian_batch(phi, weight, bins_below, parent, size, bin_at, bin_position, m
 
 
 @njit(cache=True)
-def hessian_batch_serial(phi, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out):  # pragma: no cover
+def hessian_batch_serial(
+    phi, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out,
+):  # pragma: no cover
     """As :func:`hessian_batch` on one thread."""
     for r in range(out.shape[0]):
         _hessian_one(phi[r], weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out[r])
@@ -107,17 +120,12 @@ def hessian_batch_serial(phi, weight, bins_below, parent, size, bin_at, bin_posi
 @njit(cache=True)
 def _distance_fill(weight, parent, size, bin_at, bin_position, out):  # pragma: no cover
     _lca_fill(weight, parent, size, bin_at, bin_position, out)
-    n = parent.shape[0]
-    depth_sum = np.empty(n, dtype=np.float64)
-    depth_sum[n - 1] = 0.0
-    for step in range(n - 1):
-        j = n - 2 - step
-        depth_sum[j] = depth_sum[parent[j]] + weight[j]
+    depth_sum = _depth_sum(weight, parent)
     m = bin_position.shape[0]
     for k in range(m):
         dk = depth_sum[bin_position[k]]
-        for l in range(m):
-            out[k, l] = dk + depth_sum[bin_position[l]] - 2.0 * out[k, l]
+        for col in range(m):
+            out[k, col] = dk + depth_sum[bin_position[col]] - 2.0 * out[k, col]
         out[k, k] = 0.0
 
 

@@ -193,7 +193,9 @@ def _min(builder, a, b):
 
 
 @intrinsic
-def tile_in(typingctx, buf, pf, qf, p_off, p_stride, q_off, q_stride, k0, bin_position, s0, sums_p, sums_q, low):
+def tile_in(
+    typingctx, buf, pf, qf, p_off, p_stride, q_off, q_stride, k0, bin_position, s0, sums_p, sums_q, low,
+):
     """Load a tile of p - q into the node-major buffer, with its checks.
 
     For i, j < m (m = tile_lanes): ``buf[bin_position[k0 + j] * BLOCK + s0 + i]
