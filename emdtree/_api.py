@@ -333,6 +333,12 @@ def emd_hvp(
     """
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q, "v": v}, tree, axis, check_inputs)
+    return restore_bins(_hvp(rows, rho, project_out=True), rows)
+
+
+def _hvp(rows: Rows, rho: float, project_out: bool) -> np.ndarray:
+    """``P H P v`` (or ``H P v``, the transposed Jacobian of the projected gradient
+    applied to ``v``, for reverse-mode second derivatives) as (n_rows, n_bins)."""
     out = np.zeros(rows.n_rows * rows.tree.n_bins, dtype=rows.dtype)
     if rho != 1.0:
         (pa, qa, va), (ps, qs, vs) = rows.arrays, rows.steps
@@ -340,9 +346,9 @@ def emd_hvp(
         _launch(
             cpu.hvp_serial, cpu.hvp_parallel, rows,
             pa.reshape(-1), qa.reshape(-1), va.reshape(-1), ps, qs, vs, rows.n_rows, parent, weight,
-            bin_pos, non_bin, below, _mode(rho), _consts(rho, rows.dtype), out,
+            bin_pos, non_bin, below, _mode(rho), _consts(rho, rows.dtype), project_out, out,
         )
-    return restore_bins(out.reshape(rows.n_rows, rows.tree.n_bins), rows)
+    return out.reshape(rows.n_rows, rows.tree.n_bins)
 
 
 def emd_hessian(

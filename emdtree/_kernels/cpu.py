@@ -337,7 +337,7 @@ def phi_parallel(
 @njit(cache=True)
 def _hvp_blocks(
     blk0, blk1, pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin,
-    bins_below, mode, consts, outf,
+    bins_below, mode, consts, project_out, outf,
 ):  # pragma: no cover
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
@@ -408,26 +408,30 @@ def _hvp_blocks(
                 _flush(acc, total)
         _flush(acc, total)
         for s in range(BLOCK):
-            mean[s] = total[s] / n_bins
+            mean[s] = total[s] / n_bins if project_out else 0.0
         _store_block(psi, outf, r0, n_valid, bin_position, mean)
 
 
 @njit(cache=True)
 def hvp_serial(
     pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
-    mode, consts, outf,
+    mode, consts, project_out, outf,
 ):  # pragma: no cover
-    """Projected Hessian-vector product ``P H P v`` of EMD^rho, for rho > 1."""
+    """Hessian-vector product ``P H P v`` (``H P v`` without ``project_out``) of EMD^rho, rho > 1.
+
+    ``H P v`` is the product with the transposed Jacobian of the projected
+    gradient, ``(P H)^T v``: what a reverse-mode second derivative needs.
+    """
     _hvp_blocks(
         0, (n_rows + BLOCK - 1) // BLOCK, pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight,
-        bin_position, non_bin, bins_below, mode, consts, outf,
+        bin_position, non_bin, bins_below, mode, consts, project_out, outf,
     )
 
 
 @njit(cache=True, parallel=True)
 def hvp_parallel(
     pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
-    mode, consts, outf, n_threads,
+    mode, consts, project_out, outf, n_threads,
 ):  # pragma: no cover
     """Projected Hessian-vector product ``P H P v`` of EMD^rho, for rho > 1."""
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
@@ -436,5 +440,5 @@ def hvp_parallel(
         _hvp_blocks(
             part * n_blocks // n_parts, (part + 1) * n_blocks // n_parts,
             pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin,
-            bins_below, mode, consts, outf,
+            bins_below, mode, consts, project_out, outf,
         )

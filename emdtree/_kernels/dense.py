@@ -95,6 +95,12 @@ def _hessian_one(
     _project(out)
 
 
+# Paper eq. 12 writes the Hessian of EMD^2 as H[k, l] = 2 * (sum of w over the common
+# ancestors of k and l), without the projection. Finite differences of the
+# dirt-conserving gradient (the one the paper trains with) along mass-conserving
+# directions give P H P instead, and they are what we follow: P H P is symmetric, its
+# rows sum to zero, and it agrees with those differences (tests/test_api.py). The
+# unprojected H is recovered by dropping _project.
 @njit(cache=True, parallel=True)
 def hessian_batch(
     phi, weight, bins_below, parent, size, bin_at, bin_position, mode, rho, out,
