@@ -77,7 +77,7 @@ def _value_grad(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Run the fused kernel; validate p and q from the statistics it gathers."""
     (p, q), (ps, qs) = rows.arrays, rows.steps
-    parent, weight, bin_pos, non_bin, below = _kernel_arrays(rows.tree, rows.dtype)
+    parent, weight, bin_pos, non_bin, _ = _kernel_arrays(rows.tree, rows.dtype)
     n_rows, n_bins = rows.n_rows, rows.tree.n_bins
     value = np.empty(n_rows, dtype=rows.dtype)
     grad = np.empty(n_rows * n_bins if want_grad else 0, dtype=rows.dtype)
@@ -91,7 +91,7 @@ def _value_grad(
     else:
         low = np.empty((n_rows + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
         _launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
-                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, parent, weight, bin_pos, non_bin, below,
+                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, parent, weight, bin_pos, non_bin,
                 mode, _consts(rho, rows.dtype), want_grad, value, grad, totals, low)
     if check:
         check_stats(rows, totals, low)

@@ -8,11 +8,11 @@ of one vector (16 float32 or 8 float64), scanned inside the register by
 ``log2(lanes)`` shift-and-add steps, and offset by the running total of the
 previous tiles. Only that carry is a dependency between tiles.
 
-Per row, one ascending pass computes phi, the value, ``c`` (kept in a
-row-sized scratch buffer) and the mean of the gradient
-(``sum_k g_k = sum_k c_k (k + 1)``); one descending pass writes the projected
-gradient. The same modes as :mod:`emdtree._kernels.cpu` apply: this path serves
-``rho = 1`` and ``rho = 2``.
+Per row, one ascending pass computes phi, the value and ``c`` (kept in a
+row-sized scratch buffer); one descending pass writes the gradient and sums
+it in float64, and a last pass over the (cached) row subtracts its mean. The
+modes of :mod:`emdtree._kernels.cpu` apply: this path serves ``rho = 1`` and
+``rho = 2``.
 """
 
 from __future__ import annotations
@@ -62,11 +62,9 @@ def _make_up(power):
             zero = ir.Constant(vty, [0.0] * m)
             carry = cgutils.alloca_once_value(builder, zero)
             value = cgutils.alloca_once_value(builder, zero)
-            below = cgutils.alloca_once_value(builder, zero)
             sum_p = cgutils.alloca_once_value(builder, zero)
             sum_q = cgutils.alloca_once_value(builder, zero)
             low = cgutils.alloca_once_value(builder, zero)
-            iota = ir.Constant(vty, [float(i + 1) for i in range(m)])
             with cgutils.for_range(builder, n_tiles) as loop:
                 k0 = builder.mul(loop.index, ir.Constant(loop.index.type, m))
                 a = builder.load(_ptr(context, builder, t[0], apf, builder.add(p_off, k0), vty), align=4)
@@ -88,29 +86,26 @@ def _make_up(power):
                     cs = _call(builder, "copysign", vty, w, phi)
                     c = builder.select(builder.fcmp_unordered("==", phi, zero), zero, cs)
                 builder.store(builder.fadd(builder.load(value), builder.fmul(w, f)), value)
-                # bins below node k on a chain: k + 1
-                nb = builder.fadd(iota, _splat_n(builder, builder.sitofp(k0, ety), vty, m))
-                builder.store(builder.fadd(builder.load(below), builder.fmul(c, nb)), below)
                 builder.store(c, _ptr(context, builder, t[6], asc, k0, vty), align=4)
-            # lanes reduced in float64: out = [value, sum_k c_k (k + 1), phi at the last tiled
-            # bin, sum(p), sum(q), min(0, p, q)]
+            # lanes reduced in float64: out = [value, phi at the last tiled bin, sum(p),
+            # sum(q), min(0, p, q)]
             dbl = ir.DoubleType()
-            for slot, vec in enumerate((builder.load(value), builder.load(below), None,
-                                        builder.load(sum_p), builder.load(sum_q), builder.load(low))):
+            for slot, vec in enumerate((builder.load(value), None, builder.load(sum_p),
+                                        builder.load(sum_q), builder.load(low))):
                 if vec is None:
                     continue
                 acc = ir.Constant(dbl, 0.0)
                 for i in range(m):
                     lane = builder.extract_element(vec, ir.Constant(ir.IntType(32), i))
                     lane = lane if ety == dbl else builder.fpext(lane, dbl)
-                    if slot == 5:
+                    if slot == 4:
                         acc = builder.select(builder.fcmp_ordered("<", lane, acc), lane, acc)
                     else:
                         acc = builder.fadd(acc, lane)
                 builder.store(acc, _ptr(context, builder, t[7], aout, ir.Constant(p_off.type, slot), dbl))
             last = builder.extract_element(builder.load(carry), ir.Constant(ir.IntType(32), 0))
             last = last if ety == dbl else builder.fpext(last, dbl)
-            builder.store(last, _ptr(context, builder, t[7], aout, ir.Constant(p_off.type, 2), dbl))
+            builder.store(last, _ptr(context, builder, t[7], aout, ir.Constant(p_off.type, 1), dbl))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -120,21 +115,28 @@ def _make_up(power):
 
 
 @intrinsic
-def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, mean):
-    """Descending pass over the tiled bins: grad[k] = sum_{i >= k} c_i - mean."""
+def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, tail_sum, n_bins):
+    """Descending pass over the tiled bins: g[k] = sum_{i >= k} c_i, then the
+    projection: every g[k] of the row (tail included) minus their mean.
+
+    The mean is the average of the stored values themselves (``tail_sum``
+    holds those of the untiled tail), so the row sums to zero up to the
+    rounding of its entries.
+    """
     m = tile_lanes(scratch.dtype)
-    sig = types.void(scratch, gradf, types.intp, types.intp, types.float64, types.float64)
+    sig = types.void(scratch, gradf, types.intp, types.intp, types.float64, types.float64, types.intp)
 
     def codegen(context, builder, signature, args):
-        asc, ag, g_off, n_tiles, carry_in, mean = args
+        asc, ag, g_off, n_tiles, carry_in, tail_sum, n_bins = args
         t = signature.args
         ety = context.get_data_type(t[0].dtype)
+        dbl = ir.DoubleType()
         vty = ir.VectorType(ety, m)
-        if ety != carry_in.type:
+        if ety != dbl:
             carry_in = builder.fptrunc(carry_in, ety)
-            mean = builder.fptrunc(mean, ety)
         carry = cgutils.alloca_once_value(builder, _splat_n(builder, carry_in, vty, m))
-        mean_v = _splat_n(builder, mean, vty, m)
+        dvty = ir.VectorType(dbl, m)
+        total = cgutils.alloca_once_value(builder, ir.Constant(dvty, [0.0] * m))
         with cgutils.for_range(builder, n_tiles) as loop:
             tile = builder.sub(builder.sub(n_tiles, loop.index), ir.Constant(n_tiles.type, 1))
             k0 = builder.mul(tile, ir.Constant(tile.type, m))
@@ -142,11 +144,25 @@ def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, mean):
             g = builder.fadd(_scan(builder, c, m, True), builder.load(carry))
             first = builder.extract_element(g, ir.Constant(ir.IntType(32), 0))
             builder.store(_splat_n(builder, first, vty, m), carry)
-            builder.store(
-                builder.fsub(g, mean_v),
-                _ptr(context, builder, t[1], ag, builder.add(g_off, k0), vty),
-                align=4,
-            )
+            g64 = g if ety == dbl else builder.fpext(g, dvty)
+            builder.store(builder.fadd(builder.load(total), g64), total)
+            builder.store(g, _ptr(context, builder, t[1], ag, builder.add(g_off, k0), vty), align=4)
+        acc = tail_sum
+        vec = builder.load(total)
+        for i in range(m):
+            acc = builder.fadd(acc, builder.extract_element(vec, ir.Constant(ir.IntType(32), i)))
+        mean = builder.fdiv(acc, builder.sitofp(n_bins, dbl))
+        mean = mean if ety == dbl else builder.fptrunc(mean, ety)
+        mean_v = _splat_n(builder, mean, vty, m)
+        with cgutils.for_range(builder, n_tiles) as loop:
+            ptr = _ptr(context, builder, t[1], ag, builder.add(g_off, builder.mul(loop.index,
+                       ir.Constant(loop.index.type, m))), vty)
+            builder.store(builder.fsub(builder.load(ptr, align=4), mean_v), ptr, align=4)
+        tail = builder.mul(n_tiles, ir.Constant(n_tiles.type, m))
+        with cgutils.for_range(builder, builder.sub(n_bins, tail)) as loop:
+            ary = context.make_array(t[1])(context, builder, ag)
+            ptr = builder.gep(ary.data, [builder.add(builder.add(g_off, tail), loop.index)], inbounds=True)
+            builder.store(builder.fsub(builder.load(ptr), mean), ptr)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -165,7 +181,7 @@ def _chain_rows(
     n_tiles = n // m
     tail = n_tiles * m
     scratch = np.empty(n, dtype=pf.dtype)
-    out = np.zeros(6, dtype=np.float64)
+    out = np.zeros(5, dtype=np.float64)
     for r in range(r0, r1):
         po = r * p_step * n
         qo = r * q_step * n
@@ -174,11 +190,10 @@ def _chain_rows(
         else:
             chain_up_abs(pf, qf, po, qo, n_tiles, weight, scratch, out)
         val = out[0]
-        below = out[1]
-        phi = out[2] if n_tiles > 0 else 0.0
-        sp = out[3]
-        sq = out[4]
-        lo = out[5]
+        phi = out[1] if n_tiles > 0 else 0.0
+        sp = out[2]
+        sq = out[3]
+        lo = out[4]
         for k in range(tail, n):
             a = np.float64(pf[po + k])
             b = np.float64(qf[qo + k])
@@ -189,23 +204,22 @@ def _chain_rows(
             w = np.float64(weight[k])
             if mode == 2:
                 val += w * phi * phi
-                c = 2.0 * w * phi
+                scratch[k] = 2.0 * w * phi
             else:
                 val += w * abs(phi)
-                c = w * np.sign(phi)
-            scratch[k] = c
-            below += c * (k + 1)
+                scratch[k] = w * np.sign(phi)
         value[r] = val
         totals[r, 0] = sp
         totals[r, 1] = sq
         low[r] = lo
         if want_grad:
-            mean = below / n
             g = 0.0
+            tail_sum = 0.0
             for k in range(n - 1, tail - 1, -1):
                 g += scratch[k]
-                gradf[r * n + k] = g - mean
-            chain_down(scratch, gradf, r * n, n_tiles, g, mean)
+                gradf[r * n + k] = g
+                tail_sum += gradf[r * n + k]  # the stored (rounded) value
+            chain_down(scratch, gradf, r * n, n_tiles, g, tail_sum, n)
 
 
 @njit(cache=True)

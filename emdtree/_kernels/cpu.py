@@ -38,6 +38,7 @@ from numba import njit, prange
 
 from .simd import (
     BLOCK,
+    row_accumulate,
     row_add,
     row_down_linear,
     row_down_sign,
@@ -170,9 +171,9 @@ def _sweep_up(buf, parent, weight, mode, consts, acc, total):  # pragma: no cove
 
 
 @njit(cache=True)
-def _sweep_down(buf, parent, weight, bins_below, mode, consts, acc, total, vacc, vtotal):  # pragma: no cover
+def _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal):  # pragma: no cover
     """Descending sweep: buf[j] <- sum over ancestors-or-self i of j of c_i, with
-    c_i = d(w_i |phi_i|^rho)/d(phi_i); total[s] = sum_k buf[bin k] (for the mean).
+    c_i = d(w_i |phi_i|^rho)/d(phi_i): the gradient before projection (eq. 9-10).
 
     For a general rho the value is accumulated here too, into ``vtotal``, from
     the same ``|phi|^(rho - 1)``: one ``pow`` per node and sample instead of two.
@@ -184,42 +185,52 @@ def _sweep_down(buf, parent, weight, bins_below, mode, consts, acc, total, vacc,
     root = (n - 1) * BLOCK
     for s in range(BLOCK):
         buf[root + s] = zero
-    acc[:] = zero
     vacc[:] = zero
-    total[:] = 0.0
     vtotal[:] = 0.0
     for step in range(n - 1):
         j = n - 2 - step
         a = j * BLOCK
         b = parent[j] * BLOCK
-        r = (step % ACC_ROWS) * BLOCK
         w = weight[j]
         if mode == MODE_TWO:
-            row_down_linear(buf, a, b, w + w, bins_below[j], acc, r)
+            row_down_linear(buf, a, b, w + w)
         elif mode == MODE_ONE:
-            row_down_sign(buf, a, b, w, bins_below[j], acc, r)  # subgradient, sign(0) = 0
+            row_down_sign(buf, a, b, w)  # subgradient, sign(0) = 0
         else:
             # rho > 1 here, so |phi|^(rho - 1) is finite and 0 at phi = 0
             wr = rho * w
-            nb = bins_below[j]
+            r = (step % ACC_ROWS) * BLOCK
             for s in range(BLOCK):
                 v = buf[a + s]
                 f = abs(v) ** rho_m1
-                c = wr * np.sign(v) * f
                 vacc[r + s] += w * (abs(v) * f)
-                buf[a + s] = buf[b + s] + c
-                acc[r + s] += nb * c
-        if (step + 1) % CHUNK == 0:
-            _flush(acc, total)
-            if mode == MODE_GENERAL:
+                buf[a + s] = buf[b + s] + wr * np.sign(v) * f
+            if (step + 1) % CHUNK == 0:
                 _flush(vacc, vtotal)
-    _flush(acc, total)
     _flush(vacc, vtotal)
 
 
 @njit(cache=True)
+def _bin_mean(buf, bin_position, acc64, mean):  # pragma: no cover
+    """mean[s] = average over the bins of buf[bin node, s], summed in float64.
+
+    Summed from the very values that are stored, so that the projected gradient
+    sums to zero up to the rounding of its own entries and of the mean.
+    """
+    n_bins = bin_position.shape[0]
+    acc64[:] = 0.0
+    for k in range(n_bins):
+        row_accumulate(acc64, (k % ACC_ROWS) * BLOCK, buf, bin_position[k] * BLOCK)
+    for s in range(BLOCK):
+        t = 0.0
+        for r in range(ACC_ROWS):
+            t += acc64[r * BLOCK + s]
+        mean[s] = t / n_bins
+
+
+@njit(cache=True)
 def _value_grad_blocks(
-    blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
     mode, consts, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n_nodes = parent.shape[0]
@@ -229,6 +240,7 @@ def _value_grad_blocks(
     buf = np.empty(n_nodes * BLOCK, dtype=dt)
     acc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
     vacc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
+    acc64 = np.empty(ACC_ROWS * BLOCK, dtype=np.float64)
     total = np.empty(BLOCK, dtype=np.float64)
     vtotal = np.empty(BLOCK, dtype=np.float64)
     mean = np.empty(BLOCK, dtype=dt)
@@ -255,7 +267,7 @@ def _value_grad_blocks(
         if want_grad and mode == MODE_GENERAL:
             # the value comes with the gradient's pow in the descending sweep
             _accumulate_up(buf, parent)
-            _sweep_down(buf, parent, weight, bins_below, mode, consts, acc, total, vacc, vtotal)
+            _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal)
             for s in range(n_valid):
                 value[r0 + s] = vtotal[s]
         else:
@@ -263,10 +275,9 @@ def _value_grad_blocks(
             for s in range(n_valid):
                 value[r0 + s] = total[s]
             if want_grad:
-                _sweep_down(buf, parent, weight, bins_below, mode, consts, acc, total, vacc, vtotal)
+                _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal)
         if want_grad:
-            for s in range(BLOCK):
-                mean[s] = total[s] / n_bins
+            _bin_mean(buf, bin_position, acc64, mean)
             _store_block(buf, gradf, r0, n_valid, bin_position, mean)
 
 
@@ -282,19 +293,19 @@ _VG_DOC = """EMD^rho and its projected gradient for ``n_rows`` samples.
 
 @njit(cache=True)
 def value_grad_serial(
-    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
     mode, consts, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
     _value_grad_blocks(
         0, n_blocks, pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
-        bins_below, mode, consts, want_grad, value, gradf, totals, low,
+        mode, consts, want_grad, value, gradf, totals, low,
     )
 
 
 @njit(cache=True, parallel=True)
 def value_grad_parallel(
-    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
     mode, consts, want_grad, value, gradf, totals, low, n_threads,
 ):  # pragma: no cover
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
@@ -303,7 +314,7 @@ def value_grad_parallel(
         _value_grad_blocks(
             part * n_blocks // n_parts, (part + 1) * n_blocks // n_parts,
             pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
-            bins_below, mode, consts, want_grad, value, gradf, totals, low,
+            mode, consts, want_grad, value, gradf, totals, low,
         )
 
 
@@ -366,8 +377,7 @@ def _hvp_blocks(
     m = 64 // pf.itemsize
     phi = np.empty(n_nodes * BLOCK, dtype=dt)
     psi = np.empty(n_nodes * BLOCK, dtype=dt)
-    acc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
-    total = np.empty(BLOCK, dtype=np.float64)
+    acc64 = np.empty(ACC_ROWS * BLOCK, dtype=np.float64)
     mean = np.empty(BLOCK, dtype=dt)
     sums_p = np.empty(BLOCK * m, dtype=dt)
     sums_q = np.empty(BLOCK * m, dtype=dt)
@@ -402,20 +412,17 @@ def _hvp_blocks(
         root = (n_nodes - 1) * BLOCK
         for s in range(BLOCK):
             psi[root + s] = zero
-        acc[:] = zero
-        total[:] = 0.0
         for step in range(n_nodes - 1):
             j = n_nodes - 2 - step
             a = j * BLOCK
             b = parent[j] * BLOCK
-            r = (step % ACC_ROWS) * BLOCK
             nb = bins_below[j]
             # An edge with all bins (or none) below it has phi_i = sum(p) - sum(q) and a
             # mass-conserving direction never changes it: its term vanishes under P, and is
             # dropped here because its curvature can be infinite (phi_i = 0, rho < 2).
             w = weight[j] if 0 < nb < n_bins else zero
             if mode == MODE_TWO:
-                row_down_linear(psi, a, b, w + w, nb, acc, r)
+                row_down_linear(psi, a, b, w + w)
             else:
                 wr = rho_rho_m1 * w
                 for s in range(BLOCK):
@@ -424,12 +431,10 @@ def _hvp_blocks(
                     # |phi_i|^(rho-2) is infinite (phi_i = 0, rho < 2)
                     t = wr * abs(phi[a + s]) ** rho_m2 * d if (d != zero and wr != zero) else zero
                     psi[a + s] = psi[b + s] + t
-                    acc[r + s] += nb * t
-            if (step + 1) % CHUNK == 0:
-                _flush(acc, total)
-        _flush(acc, total)
-        for s in range(BLOCK):
-            mean[s] = total[s] / n_bins if project_out else 0.0
+        if project_out:
+            _bin_mean(psi, bin_position, acc64, mean)
+        else:
+            mean[:] = 0.0
         _store_block(psi, outf, r0, n_valid, bin_position, mean)
 
 

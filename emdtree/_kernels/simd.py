@@ -7,8 +7,8 @@ These intrinsics state the operation on ``<BLOCK x float>`` vectors directly:
 each is a handful of vector loads, arithmetic and stores, inlined into the
 calling kernel. Offsets are element indices of the first lane of a row.
 
-``acc`` arguments are separate ``BLOCK``-lane arrays that accumulate a per-sample
-sum (the value, or the mean of the gradient).
+``acc`` arguments are separate arrays of ``BLOCK``-lane rows that accumulate a
+per-sample sum (the value, or the mean of the gradient).
 """
 
 from __future__ import annotations
@@ -107,15 +107,14 @@ def _make_up(power):
 
 
 def _make_down(kind):
-    def row_down(typingctx, buf, row, par, w, nb, acc, acc_row):
-        _check(buf, acc)
-        sig = types.void(buf, types.intp, types.intp, buf.dtype, buf.dtype, acc, types.intp)
+    def row_down(typingctx, buf, row, par, w):
+        _check(buf)
+        sig = types.void(buf, types.intp, types.intp, buf.dtype)
 
         def codegen(context, builder, signature, args):
-            arr, r, pr, wv, nbv, accv, ar = args
+            arr, r, pr, wv = args
             pr_ptr, vty = _row(context, builder, signature.args[0], arr, r)
             pp_ptr, _ = _row(context, builder, signature.args[0], arr, pr)
-            pa, _ = _row(context, builder, signature.args[5], accv, ar)
             v = _load(builder, pr_ptr, vty)
             wvec = _splat(builder, wv, vty)
             if kind == "linear":
@@ -126,18 +125,37 @@ def _make_down(kind):
                 zero = ir.Constant(vty, [0.0] * BLOCK)
                 c = builder.select(builder.fcmp_unordered("==", v, zero), zero, cs)
             builder.store(builder.fadd(_load(builder, pp_ptr, vty), c), pr_ptr, align=4)
-            a = builder.fadd(_load(builder, pa, vty), builder.fmul(_splat(builder, nbv, vty), c))
-            builder.store(a, pa, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
     row_down.__name__ = row_down.__qualname__ = f"row_down_{kind}"
     row_down.__doc__ = (
-        "Descending step: c = w * " + ("buf[row]" if kind == "linear" else "sign(buf[row])")
-        + "; buf[row] = buf[par] + c; acc[acc row] += nb * c."
+        "Descending step: buf[row] = buf[par] + w * "
+        + ("buf[row]." if kind == "linear" else "sign(buf[row]), with sign(0) = 0.")
     )
     return intrinsic(row_down)
+
+
+@intrinsic
+def row_accumulate(typingctx, acc, acc_row, buf, src):
+    """acc[acc_row:acc_row+BLOCK] += buf[src:src+BLOCK], with ``acc`` in float64."""
+    _check(buf)
+    if not (isinstance(acc, types.Array) and acc.dtype == types.float64):
+        raise TypeError("row_accumulate accumulates into a float64 array")
+    sig = types.void(acc, types.intp, buf, types.intp)
+
+    def codegen(context, builder, signature, args):
+        accv, ar, arr, s = args
+        pa, aty = _row(context, builder, signature.args[0], accv, ar)
+        ps, vty = _row(context, builder, signature.args[2], arr, s)
+        v = _load(builder, ps, vty)
+        if vty != aty:
+            v = builder.fpext(v, aty)
+        builder.store(builder.fadd(_load(builder, pa, aty), v), pa, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 row_up_sq = _make_up(2)
@@ -269,6 +287,6 @@ def tile_out(typingctx, buf, outf, o_off, o_stride, k0, bin_position, s0, mean):
 
 
 __all__ = [
-    "BLOCK", "row_add", "row_up_sq", "row_up_abs", "row_down_linear", "row_down_sign",
+    "BLOCK", "row_add", "row_accumulate", "row_up_sq", "row_up_abs", "row_down_linear", "row_down_sign",
     "tile_lanes", "tile_in", "tile_out",
 ]
