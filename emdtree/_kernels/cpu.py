@@ -11,9 +11,10 @@ descending one that accumulates, for every node, the sum over its ancestors of
 each node visit is a dependent load-add-store and the sweeps are bound by
 latency. Instead the kernels take ``BLOCK`` samples at once and transpose them
 into a node-major scratch buffer ``buf[node * BLOCK + s]``; every node visit is
-then ``BLOCK`` independent lanes that LLVM vectorises, the scratch buffer of
-one block stays in the L1/L2 cache, and the input and output are each read or
-written once, row by row.
+then ``BLOCK`` independent lanes, stated as vector operations in
+:mod:`emdtree._kernels.simd`; the scratch buffer of one block stays in the
+L1/L2 cache, and the input and output are each read or written once, in tiles
+transposed in registers.
 
 Inputs ``p`` and ``q`` may have a single row that is broadcast against the
 other's rows: ``p_step`` / ``q_step`` are 1 for a full array and 0 for a
@@ -25,10 +26,10 @@ costs several times the rest of the sweep. ``consts`` holds the scalars in the
 working dtype, ``[rho, rho - 1, rho * (rho - 1), rho - 2]``, so that float32
 kernels never promote to float64.
 
-Sums over nodes (the value and the mean of the gradient) are accumulated in the
-working dtype in chunks of ``CHUNK`` nodes and the chunks are added in float64:
-the rounding error then grows with ``CHUNK + n_nodes / CHUNK`` instead of
-``n_nodes``.
+The value is accumulated in the working dtype in chunks of ``CHUNK`` nodes and
+the chunks are added in float64: the rounding error then grows with
+``CHUNK + n_nodes / CHUNK`` instead of ``n_nodes``. The mean that projects the
+gradient is summed in float64 from the entries that are stored.
 """
 
 from __future__ import annotations
