@@ -20,6 +20,7 @@ import numpy as np
 
 from ._inputs import Rows, check_rho, check_stats, prepare, restore_bins, restore_scalar
 from ._kernels import chain, cpu, dense
+from ._kernels import rows as rows_kernel
 from ._tree import Tree
 
 __all__ = ["emd", "emd_grad", "emd_value_and_grad", "phi", "emd_hvp", "emd_hessian"]
@@ -32,6 +33,11 @@ __all__ = ["emd", "emd_grad", "emd_value_and_grad", "phi", "emd_hvp", "emd_hessi
 # time (~16 ms) is large enough that the parallel call is never slower, and up
 # to 1.9x faster when the core is free. Override with EMDTREE_PARALLEL_MIN_WORK.
 PARALLEL_MIN_WORK = int(os.environ.get("EMDTREE_PARALLEL_MIN_WORK", 16_000_000))
+
+# Fewer samples than this (alone, or left over after full blocks) are swept one at
+# a time: measured break-even against a 32-lane block is 8 samples on the ImageNet
+# tree and 8-16 on trees of 2e4-2e5 nodes, where the block's buffer leaves the cache.
+ROW_KERNEL_MAX = 8
 
 
 def _mode(rho: float) -> int:
@@ -83,16 +89,31 @@ def _value_grad(
     grad = np.empty(n_rows * n_bins if want_grad else 0, dtype=rows.dtype)
     totals = np.empty((n_rows, 2), dtype=np.float64)
     mode = _mode(rho)
+    consts = _consts(rho, rows.dtype)
+    pf, qf = p.reshape(-1), q.reshape(-1)
     if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL:
         low = np.empty(n_rows, dtype=np.float64)
         _launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
-                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, weight, mode, want_grad, value, grad, totals,
-                low)
+                pf, qf, ps, qs, n_rows, weight, mode, want_grad, value, grad, totals, low)
     else:
-        low = np.empty((n_rows + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
-        _launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
-                p.reshape(-1), q.reshape(-1), ps, qs, n_rows, parent, weight, bin_pos, non_bin,
-                mode, _consts(rho, rows.dtype), want_grad, value, grad, totals, low)
+        # full blocks of BLOCK samples through the blocked kernel, a few left-over
+        # samples one at a time (benchmarks/bench_rows.py)
+        n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
+        low = np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK + n_rows - n_blocked, dtype=np.float64)
+        if n_blocked:
+            low_blocks = np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
+            _launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
+                    pf, qf, ps, qs, n_blocked, parent, weight, bin_pos, non_bin,
+                    mode, consts, want_grad, value, grad, totals, low_blocks)
+            low[:low_blocks.shape[0]] = low_blocks
+        if n_blocked < n_rows:
+            k = n_blocked * n_bins
+            rest = slice(n_blocked, None)
+            rows_kernel.value_grad_rows(
+                pf[k * ps:], qf[k * qs:], ps, qs, n_rows - n_blocked, parent, weight, bin_pos, non_bin,
+                mode, consts, want_grad, value[rest], grad[k if want_grad else 0:], totals[rest],
+                low[low.shape[0] - (n_rows - n_blocked):],
+            )
     if check:
         check_stats(rows, totals, low)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
@@ -278,12 +299,20 @@ def phi(
     array([-0.25, -0.25,  0.  ])
     """
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
+    out = np.empty((rows.n_rows, rows.tree.n_nodes), dtype=rows.dtype)
+    _phi_positions(rows, out)
+    return restore_bins(out[:, rows.tree.layout.position], rows)
+
+
+def _phi_positions(rows: Rows, out: np.ndarray) -> None:
+    """phi of every row into ``out`` (n_rows, n_nodes), in layout positions."""
     (pa, qa), (ps, qs) = rows.arrays, rows.steps
     parent, _, bin_pos, non_bin, _ = _kernel_arrays(rows.tree, rows.dtype)
-    out = np.empty((rows.n_rows, rows.tree.n_nodes), dtype=rows.dtype)
-    _launch(cpu.phi_serial, cpu.phi_parallel, rows,
-            pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, out)
-    return restore_bins(out[:, rows.tree.layout.position], rows)
+    args = (pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, out)
+    if rows.n_rows < ROW_KERNEL_MAX:
+        rows_kernel.phi_rows(*args)
+    else:
+        _launch(cpu.phi_serial, cpu.phi_parallel, rows, *args)
 
 
 def emd_hvp(
@@ -398,11 +427,8 @@ def emd_hessian(
                                        lay.bin_position, mode, rho, single)
             out[:] = single
         else:
-            (pa, qa), (ps, qs) = rows.arrays, rows.steps
-            parent, _, bin_pos, non_bin, _ = _kernel_arrays(tree_, rows.dtype)
             phi_pos = np.empty((rows.n_rows, tree_.n_nodes), dtype=rows.dtype)
-            _launch(cpu.phi_serial, cpu.phi_parallel, rows,
-                    pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, phi_pos)
+            _phi_positions(rows, phi_pos)
             big = rows.n_rows > 1 and rows.n_rows * n * n >= PARALLEL_MIN_WORK
             fill = dense.hessian_batch if big and numba.get_num_threads() > 1 else dense.hessian_batch_serial
             fill(phi_pos, lay.weight, lay.bins_below, lay.parent, lay.size, lay.bin_at, lay.bin_position,

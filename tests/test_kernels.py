@@ -207,3 +207,25 @@ def test_float32_gradient_conserves_mass_to_rounding(tree_name, rho):
     drift = np.abs(grad.sum(axis=1))
     scale = np.abs(grad).sum(axis=1)
     assert np.all(drift <= 4 * np.finfo(np.float32).eps * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rho", [1.0, 2.0, 2.5])
+def test_row_kernel_equals_blocked_kernel(dtype, rho):
+    # a few samples go one at a time; the same samples in a full block must agree
+    from emdtree._kernels import rows as rows_kernel
+
+    parents, weights, bins, tree = _tree(12, 150)
+    rng = np.random.default_rng(13)
+    p, q = random_masses(rng, tree.n_bins, batch=(BLOCK,), dtype=dtype)
+    parent, weight, bin_pos, non_bin, _ = _api._kernel_arrays(tree, np.dtype(dtype))
+    consts = _api._consts(rho, np.dtype(dtype))
+    out = []
+    for kernel, low in ((cpu.value_grad_serial, np.empty(1, dtype)), (rows_kernel.value_grad_rows, np.empty(BLOCK))):
+        value, grad, totals = np.empty(BLOCK, dtype), np.empty(BLOCK * tree.n_bins, dtype), np.empty((BLOCK, 2))
+        kernel(p.ravel(), q.ravel(), 1, 1, BLOCK, parent, weight, bin_pos, non_bin, _api._mode(rho), consts,
+               True, value, grad, totals, low)
+        out.append((value, grad, totals))
+    tol = 3e-6 if dtype == np.float32 else 1e-13
+    for a, b in zip(*out):
+        assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()))

@@ -1,0 +1,102 @@
+"""Row-at-a-time kernels, for a few samples on any tree.
+
+The blocked kernels of :mod:`emdtree._kernels.cpu` fill ``BLOCK`` lanes per
+node; with a handful of samples most lanes are empty work, and on a large tree
+their ``n_nodes x BLOCK`` scratch buffer no longer fits in cache. Here each
+sample is swept on its own over a scratch row of ``n_nodes`` entries: the
+ascending sweep is a chain of dependent adds (latency-bound, a few ns a node)
+but touches ``BLOCK`` times less memory. Same arguments and outputs as
+:func:`emdtree._kernels.cpu.value_grad_serial` (``low`` has one entry per row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .cpu import MODE_ONE, MODE_TWO
+
+
+@njit(cache=True)
+def _load_row(pf, qf, po, qo, bin_position, non_bin, buf):  # pragma: no cover
+    """buf[bin node] = p - q, zero elsewhere; returns (sum p, sum q, min(0, p, q))."""
+    for i in range(non_bin.shape[0]):
+        buf[non_bin[i]] = 0.0
+    sp = 0.0
+    sq = 0.0
+    lo = 0.0
+    for k in range(bin_position.shape[0]):
+        a = pf[po + k]
+        b = qf[qo + k]
+        sp += a
+        sq += b
+        lo = min(lo, min(a, b))
+        buf[bin_position[k]] = a - b
+    return sp, sq, lo
+
+
+@njit(cache=True)
+def value_grad_rows(
+    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+    mode, consts, want_grad, value, gradf, totals, low,
+):  # pragma: no cover
+    """EMD^rho and its projected gradient, one sample at a time."""
+    n = parent.shape[0]
+    n_bins = bin_position.shape[0]
+    rho = consts[0]
+    rho_m1 = consts[1]
+    zero = consts[0] - consts[0]
+    buf = np.empty(n, dtype=consts.dtype)
+    for r in range(n_rows):
+        sp, sq, lo = _load_row(pf, qf, r * p_step * n_bins, r * q_step * n_bins, bin_position, non_bin, buf)
+        totals[r, 0] = sp
+        totals[r, 1] = sq
+        low[r] = lo
+        # ascending sweep: phi, and the value in float64 (one sample: no lanes to keep busy)
+        val = 0.0
+        for j in range(n - 1):
+            v = buf[j]
+            buf[parent[j]] += v
+            if mode == MODE_TWO:
+                val += weight[j] * (v * v)
+            elif mode == MODE_ONE:
+                val += weight[j] * abs(v)
+            else:
+                val += weight[j] * abs(v) ** rho
+        value[r] = val
+        if not want_grad:
+            continue
+        # descending sweep: the gradient before projection (eq. 9-10)
+        buf[n - 1] = zero
+        for step in range(n - 1):
+            j = n - 2 - step
+            v = buf[j]
+            w = weight[j]
+            if mode == MODE_TWO:
+                c = (w + w) * v
+            elif mode == MODE_ONE:
+                c = w * np.sign(v)
+            else:
+                c = rho * w * np.sign(v) * abs(v) ** rho_m1
+            buf[j] = buf[parent[j]] + c
+        total = 0.0
+        for k in range(n_bins):
+            total += buf[bin_position[k]]
+        mean = total / n_bins
+        off = r * n_bins
+        for k in range(n_bins):
+            gradf[off + k] = buf[bin_position[k]] - mean
+
+
+@njit(cache=True)
+def phi_rows(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out):  # pragma: no cover
+    """Subtree mass differences, one sample at a time, in layout positions."""
+    n = parent.shape[0]
+    n_bins = bin_position.shape[0]
+    buf = np.empty(n, dtype=out.dtype)
+    for r in range(n_rows):
+        _load_row(pf, qf, r * p_step * n_bins, r * q_step * n_bins, bin_position, non_bin, buf)
+        for j in range(n - 1):
+            buf[parent[j]] += buf[j]
+        for j in range(n):
+            out[r, j] = buf[j]
