@@ -12,6 +12,7 @@ set from this table: below it, left-over samples go through the row kernel.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -56,13 +57,11 @@ def main() -> int:
                 totals = np.empty((batch, 2))
                 low_b = np.empty((batch + cpu.BLOCK - 1) // cpu.BLOCK, dtype)
                 low_r = np.empty(batch)
+                common = (pf, qf, 1, 1, batch, parent, weight, bin_pos, non_bin, 2, consts, True,
+                          value, grad, totals)
                 t = timer.run({
-                    "blocked": lambda: cpu.value_grad_serial(
-                        pf, qf, 1, 1, batch, parent, weight, bin_pos, non_bin, 2, consts, True,
-                        value, grad, totals, low_b),
-                    "rows": lambda: rows.value_grad_rows(
-                        pf, qf, 1, 1, batch, parent, weight, bin_pos, non_bin, 2, consts, True,
-                        value, grad, totals, low_r),
+                    "blocked": functools.partial(cpu.value_grad_serial, *common, low_b),
+                    "rows": functools.partial(rows.value_grad_rows, *common, low_r),
                 })
                 b, r = t["blocked"]["median_ms"], t["rows"]["median_ms"]
                 results.append({"tree": name, "dtype": np.dtype(dtype).name, "batch": batch,
