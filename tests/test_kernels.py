@@ -221,8 +221,10 @@ def test_row_kernel_equals_blocked_kernel(dtype, rho):
     parent, weight, bin_pos, non_bin, _ = _api._kernel_arrays(tree, np.dtype(dtype))
     consts = _api._consts(rho, np.dtype(dtype))
     out = []
-    for kernel, low in ((cpu.value_grad_serial, np.empty(1, dtype)), (rows_kernel.value_grad_rows, np.empty(BLOCK))):
-        value, grad, totals = np.empty(BLOCK, dtype), np.empty(BLOCK * tree.n_bins, dtype), np.empty((BLOCK, 2))
+    kernels = ((cpu.value_grad_serial, np.empty(1, dtype)), (rows_kernel.value_grad_rows, np.empty(BLOCK)))
+    for kernel, low in kernels:
+        value, grad = np.empty(BLOCK, dtype), np.empty(BLOCK * tree.n_bins, dtype)
+        totals = np.empty((BLOCK, 2))
         kernel(p.ravel(), q.ravel(), 1, 1, BLOCK, parent, weight, bin_pos, non_bin, _api._mode(rho), consts,
                True, value, grad, totals, low)
         out.append((value, grad, totals))
