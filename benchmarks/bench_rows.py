@@ -68,7 +68,8 @@ def main() -> int:
                                 "blocked_ms": b, "rows_ms": r})
                 table.append([name, np.dtype(dtype).name, str(batch),
                               f"{b:.3f}", f"{r:.3f}", f"{b / r:.2f}"])
-    print_table(["tree", "dtype", "batch", "blocked ms", "rows ms", "blocked / rows"], table, right={2, 3, 4, 5})
+    headers = ["tree", "dtype", "batch", "blocked ms", "rows ms", "blocked / rows"]
+    print_table(headers, table, right={2, 3, 4, 5})
     print(f"emdtree sends left-over samples to the row kernel below ROW_KERNEL_MAX = {_api.ROW_KERNEL_MAX}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
