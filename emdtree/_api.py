@@ -299,20 +299,22 @@ def phi(
     array([-0.25, -0.25,  0.  ])
     """
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
-    out = np.empty((rows.n_rows, rows.tree.n_nodes), dtype=rows.dtype)
-    _phi_positions(rows, out)
-    return restore_bins(out[:, rows.tree.layout.position], rows)
+    return restore_bins(_phi(rows, node_order=True), rows)
 
 
-def _phi_positions(rows: Rows, out: np.ndarray) -> None:
-    """phi of every row into ``out`` (n_rows, n_nodes), in layout positions."""
+def _phi(rows: Rows, node_order: bool) -> np.ndarray:
+    """phi of every row, (n_rows, n_nodes), in node order or in layout positions."""
     (pa, qa), (ps, qs) = rows.arrays, rows.steps
     parent, _, bin_pos, non_bin, _ = _kernel_arrays(rows.tree, rows.dtype)
-    args = (pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, out)
+    n_nodes = rows.tree.n_nodes
+    columns = rows.tree.layout.position if node_order else np.arange(n_nodes, dtype=np.int64)
+    out = np.empty(rows.n_rows * n_nodes, dtype=rows.dtype)
+    args = (pa.reshape(-1), qa.reshape(-1), ps, qs, rows.n_rows, parent, bin_pos, non_bin, columns, out)
     if rows.n_rows < ROW_KERNEL_MAX:
         rows_kernel.phi_rows(*args)
     else:
         _launch(cpu.phi_serial, cpu.phi_parallel, rows, *args)
+    return out.reshape(rows.n_rows, n_nodes)
 
 
 def emd_hvp(
@@ -427,8 +429,7 @@ def emd_hessian(
                                        lay.bin_position, mode, rho, single)
             out[:] = single
         else:
-            phi_pos = np.empty((rows.n_rows, tree_.n_nodes), dtype=rows.dtype)
-            _phi_positions(rows, phi_pos)
+            phi_pos = _phi(rows, node_order=False)
             big = rows.n_rows > 1 and rows.n_rows * n * n >= PARALLEL_MIN_WORK
             fill = dense.hessian_batch if big and numba.get_num_threads() > 1 else dense.hessian_batch_serial
             fill(phi_pos, lay.weight, lay.bins_below, lay.parent, lay.size, lay.bin_at, lay.bin_position,

@@ -157,15 +157,7 @@ def prepare(
                         f"{name}{where} = {flat.flat[bad]} is not finite: entries of {name} must be finite"
                     )
                 continue
-            tot = np.empty(flat.shape[0], dtype=np.float64)
-            bad = row_totals(flat, tot)
-            if check and bad >= 0:
-                where = _position(bad, flat.shape, batch_shape, n_bins, ax)
-                value = flat.flat[bad]
-                what = "not finite" if not np.isfinite(value) else "negative"
-                raise ValueError(
-                    f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0"
-                )
+            tot = _mass_totals(name, flat, batch_shape, n_bins, ax, check)
             totals[name] = tot
         if normalize is not None:
             for i, name in enumerate(raw):
@@ -183,6 +175,21 @@ def prepare(
     return Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree, kept)
 
 
+def _mass_totals(name: str, flat: np.ndarray, batch_shape, n_bins: int, ax: int, check: bool) -> np.ndarray:
+    """Row totals of a mass array; with ``check``, a ValueError naming the first
+    NaN, infinite or negative entry, or a row whose total overflows."""
+    tot = np.empty(flat.shape[0], dtype=np.float64)
+    bad = row_totals(flat, tot)
+    if check and bad >= 0:
+        where = _position(bad, flat.shape, batch_shape, n_bins, ax)
+        value = flat.flat[bad]
+        what = "not finite" if not np.isfinite(value) else "negative"
+        raise ValueError(f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0")
+    if check and bad == -2:
+        raise ValueError(f"the total mass of {name} overflows the floating-point range")
+    return tot
+
+
 def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     """Validate p and q from a kernel's row totals (rows, 2) and minima.
 
@@ -191,16 +198,7 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     """
     if not (low.min() >= 0 and math.isfinite(totals.sum())):
         for name, flat in zip(("p", "q"), rows.arrays):
-            tot = np.empty(flat.shape[0], dtype=np.float64)
-            bad = row_totals(flat, tot)
-            if bad >= 0:
-                where = _position(bad, flat.shape, rows.batch_shape, rows.tree.n_bins, rows.axis)
-                value = flat.flat[bad]
-                what = "not finite" if not np.isfinite(value) else "negative"
-                raise ValueError(
-                    f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0"
-                )
-        raise ValueError("the total mass of p or q overflows the floating-point range")
+            _mass_totals(name, flat, rows.batch_shape, rows.tree.n_bins, rows.axis, True)
     sp, sq = totals[:, 0], totals[:, 1]
     tol = max(rows.tree.n_bins, 64) * np.finfo(rows.dtype).eps
     if np.any(np.abs(sp - sq) > tol * np.maximum(np.abs(sp), np.abs(sq))):

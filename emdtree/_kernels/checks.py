@@ -5,36 +5,41 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .simd import tile_stats
+
 
 @njit(cache=True)
 def row_totals(x, totals):  # pragma: no cover
-    """Row sums of a 2-D array into ``totals`` (float64, pairwise per 8 lanes).
+    """Row sums of a 2-D C-contiguous array into ``totals`` (float64).
 
     Returns the flat index of the first entry that is NaN, infinite or
-    negative, or -1 when every entry is a finite non-negative number.
+    negative, -2 when the entries are fine but a row's sum overflows, or -1
+    when every entry is a finite non-negative number. The
+    rows are read in vector tiles; only a row whose sum is not finite or whose
+    minimum is negative is read again, entry by entry, to find the culprit.
     """
     n_rows, n_cols = x.shape
-    lanes = np.zeros(8, dtype=np.float64)
+    flat = x.reshape(-1)
+    m = 64 // x.itemsize
+    n_tiles = n_cols // m
+    stats = np.zeros(2, dtype=np.float64)
     for r in range(n_rows):
-        for i in range(8):
-            lanes[i] = 0.0
-        bad = False
-        main = n_cols - n_cols % 8
-        for k in range(0, main, 8):
-            for i in range(8):
-                v = x[r, k + i]
-                lanes[i] += v
-                bad |= not (v >= 0.0 and v < np.inf)
-        for k in range(main, n_cols):
-            v = x[r, k]
-            lanes[k - main] += v
-            bad |= not (v >= 0.0 and v < np.inf)
-        if bad:
+        off = r * n_cols
+        stats[0] = 0.0
+        stats[1] = 0.0
+        tile_stats(flat, off, n_tiles, stats)
+        total = stats[0]
+        low = stats[1]
+        for k in range(n_tiles * m, n_cols):
+            v = np.float64(flat[off + k])
+            total += v
+            low = min(low, v)
+        if not (low >= 0.0 and np.isfinite(total)):
             for k in range(n_cols):
-                v = x[r, k]
+                v = flat[off + k]
                 if not (v >= 0.0 and v < np.inf):
-                    return r * n_cols + k
-        totals[r] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + (
-            (lanes[4] + lanes[5]) + (lanes[6] + lanes[7])
-        )
+                    return off + k
+            if not np.isfinite(total):
+                return -2
+        totals[r] = total
     return -1

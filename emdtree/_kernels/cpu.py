@@ -41,6 +41,7 @@ from .simd import (
     BLOCK,
     row_accumulate,
     row_add,
+    row_axpy,
     row_down_linear,
     row_down_sign,
     row_up_abs,
@@ -325,45 +326,48 @@ value_grad_parallel.__doc__ = _VG_DOC + "\n    Contiguous runs of blocks go to `
 
 @njit(cache=True)
 def _phi_blocks(
-    blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out,
+    blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out_position, outf,
 ):  # pragma: no cover
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
+    dt = outf.dtype
     m = 64 // pf.itemsize
-    buf = np.empty(n_nodes * BLOCK, dtype=out.dtype)
-    sums_p = np.empty(BLOCK * m, dtype=out.dtype)
-    sums_q = np.empty(BLOCK * m, dtype=out.dtype)
-    low = np.empty(m, dtype=out.dtype)
+    buf = np.empty(n_nodes * BLOCK, dtype=dt)
+    sums_p = np.empty(BLOCK * m, dtype=dt)
+    sums_q = np.empty(BLOCK * m, dtype=dt)
+    low = np.empty(m, dtype=dt)
+    zeros = np.zeros(BLOCK, dtype=dt)
     for blk in range(blk0, blk1):
         r0 = blk * BLOCK
         n_valid = min(BLOCK, n_rows - r0)
         _load_block(pf, qf, p_step * n_bins, q_step * n_bins, r0, n_valid, bin_position, non_bin, buf,
                     sums_p, sums_q, low)
         _accumulate_up(buf, parent)
-        for j in range(n_nodes):
-            base = j * BLOCK
-            for s in range(n_valid):
-                out[r0 + s, j] = buf[base + s]
+        # column c of the output row is the node at position out_position[c]
+        _store_block(buf, outf, r0, n_valid, out_position, zeros)
 
 
 @njit(cache=True)
-def phi_serial(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out):  # pragma: no cover
-    """Subtree mass differences in layout positions: ``out[r, j] = phi`` at position ``j``."""
+def phi_serial(
+    pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out_position, outf,
+):  # pragma: no cover
+    """Subtree mass differences: ``outf[r * n + c]`` = phi at position ``out_position[c]``
+    (the layout's ``position`` gives node order, ``arange`` layout order)."""
     _phi_blocks(0, (n_rows + BLOCK - 1) // BLOCK, pf, qf, p_step, q_step, n_rows, parent, bin_position,
-                non_bin, out)
+                non_bin, out_position, outf)
 
 
 @njit(cache=True, parallel=True)
 def phi_parallel(
-    pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out, n_threads,
+    pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out_position, outf, n_threads,
 ):  # pragma: no cover
-    """Subtree mass differences in layout positions: ``out[r, j] = phi`` at position ``j``."""
+    """As :func:`phi_serial`, with contiguous runs of blocks across threads."""
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
     n_parts = min(n_blocks, n_threads)
     for part in prange(n_parts):
         _phi_blocks(
             part * n_blocks // n_parts, (part + 1) * n_blocks // n_parts,
-            pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out,
+            pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out_position, outf,
         )
 
 
@@ -384,26 +388,24 @@ def _hvp_blocks(
     sums_q = np.empty(BLOCK * m, dtype=dt)
     low = np.empty(m, dtype=dt)
     zero = consts[0] - consts[0]
+    one = consts[1] - consts[3]  # (rho - 1) - (rho - 2)
     rho_rho_m1 = consts[2]
     rho_m2 = consts[3]
+    zero_row = np.zeros(n_bins, dtype=dt)
     for blk in range(blk0, blk1):
         r0 = blk * BLOCK
         n_valid = min(BLOCK, n_rows - r0)
-        # u = P v: the projection of v onto mass-conserving directions
+        # u = P v, the projection of v onto mass-conserving directions: load v as
+        # "v - 0" (a zero row read with stride 0), which also gives its row sums
+        _load_block(vf, zero_row, v_step * n_bins, 0, r0, n_valid, bin_position, non_bin, psi,
+                    sums_p, sums_q, low)
         for s in range(BLOCK):
             t = 0.0
-            if s < n_valid:
-                off = (r0 + s) * v_step * n_bins
-                for k in range(n_bins):
-                    t += vf[off + k]
-            mean[s] = t / n_bins
-        _zero_rows(non_bin, psi)
+            for i in range(m):
+                t += sums_p[s * m + i]
+            mean[s] = -t / n_bins
         for k in range(n_bins):
-            base = bin_position[k] * BLOCK
-            for s in range(n_valid):
-                psi[base + s] = vf[(r0 + s) * v_step * n_bins + k] - mean[s]
-            for s in range(n_valid, BLOCK):
-                psi[base + s] = zero
+            row_axpy(psi, bin_position[k] * BLOCK, one, mean)
         _accumulate_up(psi, parent)
         if mode != MODE_TWO:
             _load_block(pf, qf, p_step * n_bins, q_step * n_bins, r0, n_valid, bin_position, non_bin, phi,

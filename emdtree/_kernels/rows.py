@@ -89,14 +89,17 @@ def value_grad_rows(
 
 
 @njit(cache=True)
-def phi_rows(pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out):  # pragma: no cover
-    """Subtree mass differences, one sample at a time, in layout positions."""
+def phi_rows(
+    pf, qf, p_step, q_step, n_rows, parent, bin_position, non_bin, out_position, outf,
+):  # pragma: no cover
+    """Subtree mass differences, one sample at a time; as :func:`emdtree._kernels.cpu.phi_serial`."""
     n = parent.shape[0]
     n_bins = bin_position.shape[0]
-    buf = np.empty(n, dtype=out.dtype)
+    buf = np.empty(n, dtype=outf.dtype)
     for r in range(n_rows):
         _load_row(pf, qf, r * p_step * n_bins, r * q_step * n_bins, bin_position, non_bin, buf)
         for j in range(n - 1):
             buf[parent[j]] += buf[j]
-        for j in range(n):
-            out[r, j] = buf[j]
+        off = r * n
+        for col in range(n):
+            outf[off + col] = buf[out_position[col]]

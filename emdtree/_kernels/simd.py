@@ -158,6 +158,23 @@ def row_accumulate(typingctx, acc, acc_row, buf, src):
     return sig, codegen
 
 
+@intrinsic
+def row_axpy(typingctx, buf, row, alpha, vec):
+    """buf[row:row+BLOCK] += alpha * vec[:BLOCK]."""
+    _check(buf, vec)
+    sig = types.void(buf, types.intp, buf.dtype, vec)
+
+    def codegen(context, builder, signature, args):
+        arr, r, a, v = args
+        pr, vty = _row(context, builder, signature.args[0], arr, r)
+        pv, _ = _row(context, builder, signature.args[3], v, ir.Constant(r.type, 0))
+        x = builder.fmul(_splat(builder, a, vty), _load(builder, pv, vty))
+        builder.store(builder.fadd(_load(builder, pr, vty), x), pr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 row_up_sq = _make_up(2)
 row_up_abs = _make_up(1)
 row_down_linear = _make_down("linear")
@@ -286,7 +303,52 @@ def tile_out(typingctx, buf, outf, o_off, o_stride, k0, bin_position, s0, mean):
     return sig, codegen
 
 
+@intrinsic
+def tile_stats(typingctx, xf, off, n_tiles, out):
+    """Sum and minimum of ``xf[off:off + n_tiles * m]`` (m = tile_lanes) with vector
+    lanes: ``out[0] += sum`` (lanes added in float64), ``out[1] = min(out[1], x)``.
+    A NaN or infinite entry makes the sum non-finite."""
+    if not (isinstance(xf, types.Array) and xf.dtype in (types.float32, types.float64)):
+        raise TypeError("tile_stats takes a float32/float64 array")
+    m = tile_lanes(xf.dtype)
+    sig = types.void(xf, types.intp, types.intp, out)
+
+    def codegen(context, builder, signature, args):
+        ax, off, n_tiles, aout = args
+        t = signature.args
+        ety = context.get_data_type(t[0].dtype)
+        dbl = ir.DoubleType()
+        vty = ir.VectorType(ety, m)
+        zero = ir.Constant(vty, [0.0] * m)
+        total = cgutils.alloca_once_value(builder, zero)
+        low = cgutils.alloca_once_value(builder, zero)
+        with cgutils.for_range(builder, n_tiles) as loop:
+            k0 = builder.add(off, builder.mul(loop.index, ir.Constant(loop.index.type, m)))
+            x = builder.load(_vec(context, builder, t[0], ax, k0, m)[0], align=4)
+            builder.store(builder.fadd(builder.load(total), x), total)
+            builder.store(_min(builder, builder.load(low), x), low)
+        out_ary = context.make_array(t[3])(context, builder, aout)
+        p_sum = builder.gep(out_ary.data, [ir.Constant(off.type, 0)], inbounds=True)
+        p_low = builder.gep(out_ary.data, [ir.Constant(off.type, 1)], inbounds=True)
+        acc = builder.load(p_sum)
+        lo = builder.load(p_low)
+        tv, lv = builder.load(total), builder.load(low)
+        for i in range(m):
+            idx = ir.Constant(ir.IntType(32), i)
+            a = builder.extract_element(tv, idx)
+            b = builder.extract_element(lv, idx)
+            if ety != dbl:
+                a, b = builder.fpext(a, dbl), builder.fpext(b, dbl)
+            acc = builder.fadd(acc, a)
+            lo = _min(builder, lo, b)
+        builder.store(acc, p_sum)
+        builder.store(lo, p_low)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 __all__ = [
-    "BLOCK", "row_add", "row_accumulate", "row_up_sq", "row_up_abs", "row_down_linear", "row_down_sign",
-    "tile_lanes", "tile_in", "tile_out",
+    "BLOCK", "row_add", "row_accumulate", "row_axpy", "row_up_sq", "row_up_abs",
+    "row_down_linear", "row_down_sign", "tile_lanes", "tile_in", "tile_out", "tile_stats",
 ]
