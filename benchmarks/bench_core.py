@@ -304,8 +304,8 @@ def main(argv=None) -> int:
     info = machine_info()
     print_machine(info)
     try:
-        from emdtree import _api
-        threshold = getattr(_api, "PARALLEL_MIN_WORK", None)
+        from emdtree import _driver
+        threshold = getattr(_driver, "PARALLEL_MIN_WORK", None)
     except ImportError:
         threshold = None
     print(f"EMD^2 value+grad, batch {args.batch}; emdtree with Numba threads {thread_counts}"

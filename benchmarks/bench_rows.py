@@ -3,7 +3,7 @@
 For batches of 1 to 32 samples on the ImageNet tree and on random trees of
 2e4 and 2e5 nodes, times ``emdtree._kernels.rows.value_grad_rows`` and
 ``emdtree._kernels.cpu.value_grad_serial`` (EMD^2 value and gradient, one
-thread) side by side, and prints the ratio. ``emdtree._api.ROW_KERNEL_MAX`` is
+thread) side by side, and prints the ratio. ``emdtree._driver.ROW_KERNEL_MAX`` is
 set from this table: below it, left-over samples go through the row kernel.
 
     python benchmarks/bench_rows.py [--quick] [--json PATH]
@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 import emdtree
-from emdtree import _api
+from emdtree import _driver
 from emdtree._kernels import cpu, rows
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -44,8 +44,8 @@ def main() -> int:
     table, results = [], []
     for name, tree in trees.items():
         for dtype in (np.float32, np.float64):
-            parent, weight, bin_pos, non_bin, _ = _api._kernel_arrays(tree, np.dtype(dtype))
-            consts = _api._consts(2.0, np.dtype(dtype))
+            parent, weight, bin_pos, non_bin, _ = _driver.kernel_arrays(tree, np.dtype(dtype))
+            consts = _driver.consts_of(2.0, np.dtype(dtype))
             for batch in (1, 2, 4, 8, 16, 32):
                 p = rng.random((batch, tree.n_bins)).astype(dtype)
                 q = rng.random((batch, tree.n_bins)).astype(dtype)
@@ -70,7 +70,8 @@ def main() -> int:
                               f"{b:.3f}", f"{r:.3f}", f"{b / r:.2f}"])
     headers = ["tree", "dtype", "batch", "blocked ms", "rows ms", "blocked / rows"]
     print_table(headers, table, right={2, 3, 4, 5})
-    print(f"emdtree sends left-over samples to the row kernel below ROW_KERNEL_MAX = {_api.ROW_KERNEL_MAX}")
+    print("emdtree sends left-over samples to the row kernel below "
+          f"ROW_KERNEL_MAX = {_driver.ROW_KERNEL_MAX}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"machine": info, "results": results}, fh, indent=2)

@@ -1,7 +1,7 @@
 """Serial against parallel CPU kernel for EMD^2 value + gradient, by batch size.
 
 emdtree runs its value/gradient kernel on several Numba threads only when
-``batch x n_nodes >= emdtree._api.PARALLEL_MIN_WORK`` (and the batch spans
+``batch x n_nodes >= emdtree._driver.PARALLEL_MIN_WORK`` (and the batch spans
 more than one block of rows). This script forces each path in turn by
 setting that threshold to 0 (always parallel) or to a huge number (always
 serial), and times ``emdtree.emd_value_and_grad(p, q, tree, rho=2)`` through
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import emdtree
-from emdtree import _api
+from emdtree import _driver
 from emdtree.datasets import imagenet_wordnet
 
 from _common import (Timer, as_dtype, fmt_ms, kernel_path, machine_info, num_threads, print_machine,
@@ -37,12 +37,12 @@ def forced(threshold: int, call):
     """``call`` with ``PARALLEL_MIN_WORK`` set to ``threshold`` for its duration."""
 
     def run():
-        old = _api.PARALLEL_MIN_WORK
-        _api.PARALLEL_MIN_WORK = threshold
+        old = _driver.PARALLEL_MIN_WORK
+        _driver.PARALLEL_MIN_WORK = threshold
         try:
             return call()
         finally:
-            _api.PARALLEL_MIN_WORK = old
+            _driver.PARALLEL_MIN_WORK = old
 
     return run
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     print_machine(info)
     print(f"EMD^2 value+grad ({args.dtype}, check_inputs={args.check_inputs}), serial kernel vs "
           f"parallel kernel on {n_threads} Numba threads; p = softmax of N(0, 2^2) logits, "
-          f"q = random distributions; current PARALLEL_MIN_WORK = {_api.PARALLEL_MIN_WORK:,}")
+          f"q = random distributions; current PARALLEL_MIN_WORK = {_driver.PARALLEL_MIN_WORK:,}")
     trees = [("ImageNet WordNet", imagenet_wordnet()), ("chain(1000)", emdtree.Tree.chain(1000))]
     results, suggestions = [], []
     rng = np.random.default_rng(args.seed)
@@ -162,10 +162,10 @@ def main(argv=None) -> int:
     loses = [s["parallel_loses_at_work"] or 0 for s in suggestions]
     if wins and None not in wins:
         print(f"A threshold that holds in every case lies in ({max(loses):,}, {max(wins):,}] "
-              f"(PARALLEL_MIN_WORK is now {_api.PARALLEL_MIN_WORK:,})")
+              f"(PARALLEL_MIN_WORK is now {_driver.PARALLEL_MIN_WORK:,})")
     else:
         print(f"No threshold within the batches tried holds in every case "
-              f"(PARALLEL_MIN_WORK is now {_api.PARALLEL_MIN_WORK:,})")
+              f"(PARALLEL_MIN_WORK is now {_driver.PARALLEL_MIN_WORK:,})")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"Total {time.perf_counter() - start:.0f} s; load average now {load}.")
     if args.json:
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
             "config": {"dtype": args.dtype, "threads": n_threads, "batches": args.batches, "repeat": repeat,
                        "max_seconds": max_s, "check_inputs": args.check_inputs, "pause_ms": args.pause_ms,
                        "margin": args.margin, "seed": args.seed, "quick": args.quick,
-                       "parallel_min_work": _api.PARALLEL_MIN_WORK},
+                       "parallel_min_work": _driver.PARALLEL_MIN_WORK},
             "results": results, "crossover": suggestions,
         })
     return 0

@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import emdtree
 import oracle
-from emdtree import Tree, _api
+from emdtree import Tree, _driver
 from emdtree._kernels import cpu
 from trees import random_masses, random_tree
 
@@ -71,9 +71,9 @@ def test_parallel_driver_equals_serial(monkeypatch, func):
             return (emdtree.phi(p, q, tree),)
         return (emdtree.emd_hvp(p, q, v, tree, rho=3),)
 
-    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 10**18)
+    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 10**18)
     serial = run()
-    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 0)
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
@@ -89,9 +89,9 @@ def test_dense_hessian_parallel_equals_serial(monkeypatch):
         pytest.skip("needs two Numba threads")
     _, _, _, tree = _tree(6, 40)
     p, q = random_masses(np.random.default_rng(2), tree.n_bins, batch=(5,))
-    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 10**18)
+    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 10**18)
     serial = emdtree.emd_hessian(p, q, tree, rho=3)
-    monkeypatch.setattr(_api, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 0)
     assert_array_equal(emdtree.emd_hessian(p, q, tree, rho=3), serial)
 
 
@@ -185,7 +185,7 @@ def test_unprojected_hvp_is_the_transposed_jacobian_of_the_gradient(rho):
     jac_u = (emdtree.emd_grad(p + h * u, q, tree, rho=rho, check_inputs=False)
              - emdtree.emd_grad(p - h * u, q, tree, rho=rho, check_inputs=False)) / (2 * h)
     rows = prepare({"p": p, "q": q, "v": v}, tree, -1, True)
-    jt_v = _api._hvp(rows, rho, project_out=False)
+    jt_v = _driver.hvp(rows, rho, project_out=False)
     assert_allclose(np.sum(v * jac_u, axis=1), np.sum(jt_v * u, axis=1), rtol=1e-6)
     # and projecting its output gives the symmetric P H P v of emd_hvp
     projected = jt_v - jt_v.mean(axis=1, keepdims=True)
@@ -218,15 +218,15 @@ def test_row_kernel_equals_blocked_kernel(dtype, rho):
     parents, weights, bins, tree = _tree(12, 150)
     rng = np.random.default_rng(13)
     p, q = random_masses(rng, tree.n_bins, batch=(BLOCK,), dtype=dtype)
-    parent, weight, bin_pos, non_bin, _ = _api._kernel_arrays(tree, np.dtype(dtype))
-    consts = _api._consts(rho, np.dtype(dtype))
+    parent, weight, bin_pos, non_bin, _ = _driver.kernel_arrays(tree, np.dtype(dtype))
+    consts = _driver.consts_of(rho, np.dtype(dtype))
     out = []
     kernels = ((cpu.value_grad_serial, np.empty(1, dtype)), (rows_kernel.value_grad_rows, np.empty(BLOCK)))
     for kernel, low in kernels:
         value, grad = np.empty(BLOCK, dtype), np.empty(BLOCK * tree.n_bins, dtype)
         totals = np.empty((BLOCK, 2))
-        kernel(p.ravel(), q.ravel(), 1, 1, BLOCK, parent, weight, bin_pos, non_bin, _api._mode(rho), consts,
-               True, value, grad, totals, low)
+        kernel(p.ravel(), q.ravel(), 1, 1, BLOCK, parent, weight, bin_pos, non_bin, _driver.mode_of(rho),
+               consts, True, value, grad, totals, low)
         out.append((value, grad, totals))
     tol = 3e-6 if dtype == np.float32 else 1e-13
     for a, b in zip(*out):
