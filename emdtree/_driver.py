@@ -54,6 +54,12 @@ def kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     key = np.dtype(dtype).str
     if key not in cache:
         lay = tree.layout
+        big = lay.weight.max(initial=0.0)
+        if big > np.finfo(dtype).max:
+            raise ValueError(
+                f"the tree has an edge cost of {big:g}, beyond the {np.dtype(dtype).name} range: "
+                "pass float64 masses"
+            )
         cache[key] = (
             lay.parent,
             np.ascontiguousarray(lay.weight, dtype=dtype),

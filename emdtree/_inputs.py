@@ -8,7 +8,9 @@ which value).
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -16,17 +18,18 @@ import numpy as np
 from ._kernels.checks import row_totals
 from ._tree import Tree
 
-_chain_cache: dict[int, Tree] = {}
+_CHAIN_CACHE_MAX_BINS = 100_000
+
+
+@functools.lru_cache(maxsize=16)
+def _unit_chain(n_bins: int) -> Tree:
+    return Tree.chain(n_bins)
 
 
 def resolve_tree(tree: Tree | None, n_bins: int) -> Tree:
     """The given tree, or a unit-spacing chain of ``n_bins`` bins for ``None``."""
     if tree is None:
-        if n_bins not in _chain_cache:
-            if len(_chain_cache) > 64:
-                _chain_cache.clear()
-            _chain_cache[n_bins] = Tree.chain(n_bins)
-        return _chain_cache[n_bins]
+        return _unit_chain(n_bins) if n_bins <= _CHAIN_CACHE_MAX_BINS else Tree.chain(n_bins)
     if not isinstance(tree, Tree):
         raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
     if tree.n_bins != n_bins:
@@ -38,10 +41,9 @@ def resolve_tree(tree: Tree | None, n_bins: int) -> Tree:
 
 def check_rho(rho: Any) -> float:
     """Validate the exponent: a finite real number >= 1."""
-    try:
-        value = float(rho)
-    except (TypeError, ValueError):
-        raise TypeError(f"rho must be a real number >= 1, got {rho!r}") from None
+    if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, (numbers.Real, np.integer, np.floating)):
+        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
+    value = float(rho)
     if not np.isfinite(value) or value < 1.0:
         raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
     return value
@@ -70,6 +72,9 @@ class Rows(NamedTuple):
     dtype: np.dtype
     tree: Tree
     totals: tuple[np.ndarray | None, ...]  # row totals before normalize="l1", else Nones
+    names: tuple[str, ...]  # the arguments' names, in the order of ``arrays``
+    shapes: tuple[tuple[int, ...], ...]  # the arguments' own shapes, for error messages
+    mass_eps: float  # machine epsilon of the least precise mass argument
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -112,7 +117,7 @@ def prepare(
             shown = ", ".join(f"{n}{a.shape}" for n, a in raw.items())
             raise ValueError(f"shapes do not broadcast: {shown}") from None
     ndim = len(shape)
-    if not isinstance(axis, (int, np.integer)):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of bounds for inputs with {ndim} dimensions")
@@ -120,9 +125,13 @@ def prepare(
     n_bins = shape[ax]
     batch_shape = shape[:ax] + shape[ax + 1:]
     n_rows = math.prod(batch_shape)
-    tree = resolve_tree(tree, n_bins)
     if n_bins == 0:
         raise ValueError("the bin axis is empty")
+    tree = resolve_tree(tree, n_bins)
+    mass_eps = max(
+        float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps)
+        for name, a in raw.items() if name in masses
+    )
 
     out, steps = [], []
     for name, a in raw.items():
@@ -146,19 +155,20 @@ def prepare(
         out.append(flat)
         steps.append(step)
 
+    rows = Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree,
+                (None,) * len(out), tuple(raw), tuple(a.shape for a in raw.values()), mass_eps)
     totals: dict[str, np.ndarray] = {}
     if normalize is not None or (check and not defer):
-        for name, flat in zip(raw, out):
+        for i, (name, flat) in enumerate(zip(raw, out)):
             if name not in masses:
                 if check and not np.all(np.isfinite(flat)):
                     bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
-                    where = _position(bad, flat.shape, batch_shape, n_bins, ax)
                     raise ValueError(
-                        f"{name}{where} = {flat.flat[bad]} is not finite: entries of {name} must be finite"
+                        f"{name}{_position(rows, i, bad)} = {flat.flat[bad]} is not finite: "
+                        f"entries of {name} must be finite"
                     )
                 continue
-            tot = _mass_totals(name, flat, batch_shape, n_bins, ax, check)
-            totals[name] = tot
+            totals[name] = _mass_totals(rows, i, check)
         if normalize is not None:
             for i, name in enumerate(raw):
                 if name in masses:
@@ -169,24 +179,31 @@ def prepare(
                         raise ValueError(f"{name} has zero total mass{where}: cannot normalize")
                     out[i] = out[i] / tot.astype(dtype)[:, None]
                     out[i].flags.writeable = False
-        elif check and len(totals) == 2:
-            _check_totals(totals, masses, dtype, n_bins, batch_shape, out)
-    kept = tuple(totals.get(name) if normalize is not None else None for name in raw)
-    return Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree, kept)
+            kept = tuple(totals.get(name) for name in raw)
+            return rows._replace(arrays=tuple(out), totals=kept)
+        if check and len(totals) == 2:
+            _check_totals(rows, totals[masses[0]], totals[masses[1]], masses)
+    return rows
 
 
-def _mass_totals(name: str, flat: np.ndarray, batch_shape, n_bins: int, ax: int, check: bool) -> np.ndarray:
-    """Row totals of a mass array; with ``check``, a ValueError naming the first
-    NaN, infinite or negative entry, or a row whose total overflows."""
+def _mass_totals(rows: Rows, i: int, check: bool) -> np.ndarray:
+    """Float64 row totals of mass argument ``i``; with ``check``, a ValueError
+    naming its first NaN, infinite or negative entry, or a total too large for
+    the working dtype."""
+    name, flat = rows.names[i], rows.arrays[i]
     tot = np.empty(flat.shape[0], dtype=np.float64)
     bad = row_totals(flat, tot)
     if check and bad >= 0:
-        where = _position(bad, flat.shape, batch_shape, n_bins, ax)
         value = flat.flat[bad]
         what = "not finite" if not np.isfinite(value) else "negative"
-        raise ValueError(f"{name}{where} = {value} is {what}: entries of {name} must be finite and >= 0")
-    if check and bad == -2:
-        raise ValueError(f"the total mass of {name} overflows the floating-point range")
+        raise ValueError(
+            f"{name}{_position(rows, i, bad)} = {value} is {what}: entries of {name} must be finite and >= 0"
+        )
+    if check and (bad == -2 or (tot.size and tot.max() > np.finfo(rows.dtype).max)):
+        raise ValueError(
+            f"the total mass of {name} overflows {rows.dtype.name}"
+            + ("; pass float64 masses" if rows.dtype != np.float64 else "")
+        )
     return tot
 
 
@@ -194,31 +211,32 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     """Validate p and q from a kernel's row totals (rows, 2) and minima.
 
     Non-finite entries make a row total non-finite and negative ones show in
-    the minima; only then are the arrays scanned again, to name the entry.
+    the minima; only then are the arrays read again, to name the entry or to
+    recompute totals that overflowed the kernel's float32 lanes.
     """
-    if not (low.min() >= 0 and math.isfinite(totals.sum())):
-        for name, flat in zip(("p", "q"), rows.arrays):
-            _mass_totals(name, flat, rows.batch_shape, rows.tree.n_bins, rows.axis, True)
+    if rows.n_rows == 0:
+        return
     sp, sq = totals[:, 0], totals[:, 1]
-    tol = max(rows.tree.n_bins, 64) * np.finfo(rows.dtype).eps
+    total = totals.sum()
+    if not (low.min() >= 0 and math.isfinite(total) and total <= np.finfo(rows.dtype).max):
+        sp, sq = _mass_totals(rows, 0, True), _mass_totals(rows, 1, True)
+    tol = max(rows.tree.n_bins, 64) * rows.mass_eps
     if np.any(np.abs(sp - sq) > tol * np.maximum(np.abs(sp), np.abs(sq))):
-        _check_totals(
-            {"p": sp, "q": sq}, ("p", "q"), rows.dtype, rows.tree.n_bins, rows.batch_shape, rows.arrays
-        )
+        _check_totals(rows, sp, sq, ("p", "q"))
 
 
-def _check_totals(totals, masses, dtype, n_bins, batch_shape, out) -> None:
+def _check_totals(rows: Rows, ta: np.ndarray, tb: np.ndarray, masses: tuple[str, str]) -> None:
     a, b = masses
-    ta, tb = totals[a], totals[b]
-    scale = np.maximum(np.abs(ta), np.abs(tb))
-    tol = max(n_bins, 64) * np.finfo(dtype).eps * scale
+    tol = max(rows.tree.n_bins, 64) * rows.mass_eps * np.maximum(np.abs(ta), np.abs(tb))
     off = np.abs(ta - tb) > tol
     if np.any(off):
         r = int(np.flatnonzero(off)[0])
-        where = _batch_position(r, batch_shape) if max(out[0].shape[0], out[1].shape[0]) > 1 else ""
+        broadcast = max(ta.shape[0], tb.shape[0]) > 1
+        where = _batch_position(r, rows.batch_shape) if broadcast else ""
+        r_a, r_b = (r if ta.shape[0] > 1 else 0), (r if tb.shape[0] > 1 else 0)
         raise ValueError(
-            f"{a} and {b} must have equal total mass{where}: sum({a}) = {ta[r]!r}, sum({b}) = {tb[r]!r}; "
-            "pass normalize='l1' to compare them as distributions"
+            f"{a} and {b} must have equal total mass{where}: sum({a}) = {ta[r_a]!r}, "
+            f"sum({b}) = {tb[r_b]!r}; pass normalize='l1' to compare them as distributions"
         )
 
 
@@ -228,13 +246,18 @@ def _batch_position(row: int, batch_shape: tuple[int, ...]) -> str:
     return f" at batch index {tuple(int(i) for i in np.unravel_index(row, batch_shape))}"
 
 
-def _position(flat_index: int, shape2d, batch_shape, n_bins: int, ax: int) -> str:
+def _position(rows: Rows, i: int, flat_index: int) -> str:
+    """``[i, j, ...]``: the index, in argument ``i``'s own shape, of an entry of its flat rows."""
+    flat = rows.arrays[i]
+    n_bins = rows.tree.n_bins
     row, k = divmod(int(flat_index), n_bins)
-    if shape2d[0] == 1:
-        return f"[bin {k}]"
-    idx = list(np.unravel_index(row, batch_shape)) if batch_shape else []
-    idx.insert(ax, k)
-    return "[" + ", ".join(str(int(i)) for i in idx) + "]"
+    batch = list(np.unravel_index(row, rows.batch_shape)) if (rows.batch_shape and flat.shape[0] > 1) \
+        else [0] * len(rows.batch_shape)
+    full = batch[:rows.axis] + [k] + batch[rows.axis:]  # index in the broadcast shape
+    shape = rows.shapes[i]
+    own = full[len(full) - len(shape):]
+    own = [0 if size == 1 else int(j) for j, size in zip(own, shape)]
+    return "[" + ", ".join(str(j) for j in own) + "]"
 
 
 def restore_bins(flat: np.ndarray, rows: Rows) -> np.ndarray:

@@ -9,6 +9,7 @@ need is derived once, at construction, into a post-order :class:`Layout`.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -33,6 +34,9 @@ def _as_index_array(values: Any, what: str) -> np.ndarray:
             raise ValueError(f"{what} must hold integer node indices, got {arr.dtype} values")
     elif arr.dtype.kind not in "iu":
         raise TypeError(f"{what} must hold integer node indices, got dtype {arr.dtype}")
+    elif arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(arr))
+        raise ValueError(f"{what}[{i}] = {int(arr[i])} is not a node index")
     return arr.astype(np.int64)
 
 
@@ -83,6 +87,7 @@ def _check_weights(weights: Any, n: int, root: int) -> np.ndarray:
             i = int(bad[0])
             raise ValueError(f"weights[{i}] = {w[i]} is negative: edge costs must be finite and >= 0")
     w[root] = 0.0
+    w += 0.0  # -0.0 -> 0.0, so that equal trees have equal bytes (and hashes)
     return w
 
 
@@ -91,7 +96,10 @@ def _check_names(names: Any, n: int, what: str, allow_none: bool) -> tuple | Non
         return None
     if isinstance(names, str):
         raise TypeError(f"{what} must be a sequence of strings, not a single string")
-    out = tuple(None if (allow_none and x is None) else str(x) for x in names)
+    if not allow_none and any(x is None for x in names):
+        i = next(i for i, x in enumerate(names) if x is None)
+        raise ValueError(f"{what}[{i}] is None: every bin needs a name (or pass names=None)")
+    out = tuple(None if x is None else str(x) for x in names)
     if len(out) != n:
         target = "bins" if what == "names" else "nodes"
         raise ValueError(f"{what} has {len(out)} entries but there are {n} {target}")
@@ -270,7 +278,12 @@ class Tree:
         >>> float(emdtree.emd(np.array([1.0, 0, 0, 0]), np.array([0, 0, 0, 1.0]), tree))
         3.0
         """
-        n = int(n_bins)
+        if isinstance(n_bins, (bool, np.bool_)):
+            raise TypeError("n_bins must be an integer, got a bool")
+        try:
+            n = operator.index(n_bins)
+        except TypeError:
+            raise TypeError(f"n_bins must be an integer, got {n_bins!r}") from None
         if n < 1:
             raise ValueError(f"n_bins must be >= 1, got {n_bins}")
         parents = np.arange(1, n + 1, dtype=np.int64)
@@ -537,6 +550,9 @@ class Tree:
             raise ValueError(f"not a saved emdtree.Tree (format field is {data.get('format')!r})")
         if int(data.get("version", -1)) > _FORMAT_VERSION:
             raise ValueError(f"saved tree has format version {data['version']}, newer than {_FORMAT_VERSION}")
+        missing = [key for key in ("parents", "weights", "bins") if key not in data]
+        if missing:
+            raise ValueError(f"saved tree lacks the field(s) {', '.join(missing)}")
         return cls(data["parents"], data["weights"], data["bins"], data.get("names"), data.get("node_names"))
 
     def to_newick(self) -> str:
@@ -564,12 +580,12 @@ class Tree:
             with open(path, "w", encoding="utf-8") as fh:
                 json.dump(self.to_dict(), fh)
         elif ext == ".npz":
+            # names as JSON text: NumPy's fixed-width strings would drop trailing NULs
             extra = {}
             if self.names is not None:
-                extra["names"] = np.array(self.names, dtype=str)
+                extra["names_json"] = np.array(json.dumps(list(self.names)))
             if self.node_names is not None:
-                extra["node_names"] = np.array(["" if x is None else x for x in self.node_names], dtype=str)
-                extra["node_has_name"] = np.array([x is not None for x in self.node_names])
+                extra["node_names_json"] = np.array(json.dumps(list(self.node_names)))
             np.savez(
                 path,
                 format=np.array(_FORMAT),
@@ -594,11 +610,10 @@ class Tree:
             with np.load(path, allow_pickle=False) as data:
                 if "format" not in data.files or str(data["format"]) != _FORMAT:
                     raise ValueError(f"{path!r} is not a saved emdtree.Tree")
-                names = data["names"].tolist() if "names" in data.files else None
+                names = json.loads(str(data["names_json"])) if "names_json" in data.files else None
                 node_names = None
-                if "node_names" in data.files:
-                    has = data["node_has_name"]
-                    node_names = [s if h else None for s, h in zip(data["node_names"].tolist(), has)]
+                if "node_names_json" in data.files:
+                    node_names = json.loads(str(data["node_names_json"]))
                 return cls(data["parents"], data["weights"], data["bins"], names, node_names)
         raise ValueError(f"cannot tell the format of {path!r}: use a .json or .npz extension")
 

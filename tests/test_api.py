@@ -703,10 +703,10 @@ def test_shapes_must_broadcast(name):
 @pytest.mark.parametrize(
     "where, value, message",
     [
-        (("p", 1), np.nan, "p[bin 1] = nan is not finite"),
-        (("q", 2), np.inf, "q[bin 2] = inf is not finite"),
-        (("p", 0), -np.inf, "p[bin 0] = -inf is not finite"),
-        (("q", 0), -0.25, "q[bin 0] = -0.25 is negative"),
+        (("p", 1), np.nan, "p[1] = nan is not finite"),
+        (("q", 2), np.inf, "q[2] = inf is not finite"),
+        (("p", 0), -np.inf, "p[0] = -inf is not finite"),
+        (("q", 0), -0.25, "q[0] = -0.25 is negative"),
     ],
 )
 def test_bad_mass_values_named(name, where, value, message):
@@ -732,7 +732,7 @@ def test_bad_mass_position_in_batch(name):
 
 
 def test_bad_direction_named():
-    with pytest.raises(ValueError, match=re.escape("v[bin 0] = inf is not finite")):
+    with pytest.raises(ValueError, match=re.escape("v[0] = inf is not finite")):
         emdtree.emd_hvp(_P, _Q, np.array([np.inf, 0.0, 0.0]))
 
 

@@ -306,8 +306,9 @@ def tile_out(typingctx, buf, outf, o_off, o_stride, k0, bin_position, s0, mean):
 @intrinsic
 def tile_stats(typingctx, xf, off, n_tiles, out):
     """Sum and minimum of ``xf[off:off + n_tiles * m]`` (m = tile_lanes) with vector
-    lanes: ``out[0] += sum`` (lanes added in float64), ``out[1] = min(out[1], x)``.
-    A NaN or infinite entry makes the sum non-finite."""
+    lanes: ``out[0] += sum`` (accumulated in float64 lanes, so a float32 row cannot
+    overflow), ``out[1] = min(out[1], x)``. A NaN or infinite entry makes the sum
+    non-finite."""
     if not (isinstance(xf, types.Array) and xf.dtype in (types.float32, types.float64)):
         raise TypeError("tile_stats takes a float32/float64 array")
     m = tile_lanes(xf.dtype)
@@ -319,13 +320,14 @@ def tile_stats(typingctx, xf, off, n_tiles, out):
         ety = context.get_data_type(t[0].dtype)
         dbl = ir.DoubleType()
         vty = ir.VectorType(ety, m)
-        zero = ir.Constant(vty, [0.0] * m)
-        total = cgutils.alloca_once_value(builder, zero)
-        low = cgutils.alloca_once_value(builder, zero)
+        dvty = ir.VectorType(dbl, m)
+        total = cgutils.alloca_once_value(builder, ir.Constant(dvty, [0.0] * m))
+        low = cgutils.alloca_once_value(builder, ir.Constant(vty, [0.0] * m))
         with cgutils.for_range(builder, n_tiles) as loop:
             k0 = builder.add(off, builder.mul(loop.index, ir.Constant(loop.index.type, m)))
             x = builder.load(_vec(context, builder, t[0], ax, k0, m)[0], align=4)
-            builder.store(builder.fadd(builder.load(total), x), total)
+            x64 = x if ety == dbl else builder.fpext(x, dvty)
+            builder.store(builder.fadd(builder.load(total), x64), total)
             builder.store(_min(builder, builder.load(low), x), low)
         out_ary = context.make_array(t[3])(context, builder, aout)
         p_sum = builder.gep(out_ary.data, [ir.Constant(off.type, 0)], inbounds=True)
@@ -338,7 +340,7 @@ def tile_stats(typingctx, xf, off, n_tiles, out):
             a = builder.extract_element(tv, idx)
             b = builder.extract_element(lv, idx)
             if ety != dbl:
-                a, b = builder.fpext(a, dbl), builder.fpext(b, dbl)
+                b = builder.fpext(b, dbl)
             acc = builder.fadd(acc, a)
             lo = _min(builder, lo, b)
         builder.store(acc, p_sum)
