@@ -150,11 +150,12 @@ def hvp(rows: Rows, rho: float, project_out: bool) -> np.ndarray:
     if rho != 1.0:
         (pa, qa, va), (ps, qs, vs) = rows.arrays, rows.steps
         parent, weight, bin_pos, non_bin, below = kernel_arrays(rows.tree, rows.dtype)
-        launch(
-            cpu.hvp_serial, cpu.hvp_parallel, rows,
-            pa.reshape(-1), qa.reshape(-1), va.reshape(-1), ps, qs, vs, rows.n_rows, parent, weight,
-            bin_pos, non_bin, below, mode_of(rho), consts_of(rho, rows.dtype), project_out, out,
-        )
+        args = (pa.reshape(-1), qa.reshape(-1), va.reshape(-1), ps, qs, vs, rows.n_rows, parent, weight,
+                bin_pos, non_bin, below, mode_of(rho), consts_of(rho, rows.dtype), project_out, out)
+        if rows.n_rows < ROW_KERNEL_MAX:
+            rows_kernel.hvp_rows(*args)
+        else:
+            launch(cpu.hvp_serial, cpu.hvp_parallel, rows, *args)
     return out.reshape(rows.n_rows, rows.tree.n_bins)
 
 

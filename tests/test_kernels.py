@@ -231,3 +231,23 @@ def test_row_kernel_equals_blocked_kernel(dtype, rho):
     tol = 3e-6 if dtype == np.float32 else 1e-13
     for a, b in zip(*out):
         assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()))
+
+
+@pytest.mark.parametrize("rho", [2.0, 3.0, 1.5])
+@pytest.mark.parametrize("project_out", [True, False])
+def test_row_hvp_kernel_equals_blocked_kernel(rho, project_out):
+    from emdtree._kernels import rows as rows_kernel
+
+    parents, weights, bins, tree = _tree(14, 120)
+    rng = np.random.default_rng(15)
+    p, q = random_masses(rng, tree.n_bins, batch=(BLOCK,))
+    v = rng.standard_normal(p.shape)
+    parent, weight, bin_pos, non_bin, below = _driver.kernel_arrays(tree, np.dtype(np.float64))
+    consts = _driver.consts_of(rho, np.dtype(np.float64))
+    outs = []
+    for kernel in (cpu.hvp_serial, rows_kernel.hvp_rows):
+        out = np.empty(BLOCK * tree.n_bins)
+        kernel(p.ravel(), q.ravel(), v.ravel(), 1, 1, 1, BLOCK, parent, weight, bin_pos, non_bin, below,
+               _driver.mode_of(rho), consts, project_out, out)
+        outs.append(out)
+    assert_allclose(outs[1], outs[0], rtol=1e-12, atol=1e-12 * np.abs(outs[0]).max())

@@ -103,3 +103,55 @@ def phi_rows(
         off = r * n
         for col in range(n):
             outf[off + col] = buf[out_position[col]]
+
+
+@njit(cache=True)
+def hvp_rows(
+    pf, qf, vf, p_step, q_step, v_step, n_rows, parent, weight, bin_position, non_bin, bins_below,
+    mode, consts, project_out, outf,
+):  # pragma: no cover
+    """``P H P v`` (or ``H P v``), one sample at a time; as :func:`emdtree._kernels.cpu.hvp_serial`."""
+    n = parent.shape[0]
+    n_bins = bin_position.shape[0]
+    zero = consts[0] - consts[0]
+    rho_rho_m1 = consts[2]
+    rho_m2 = consts[3]
+    phi = np.empty(n, dtype=consts.dtype)
+    psi = np.empty(n, dtype=consts.dtype)
+    for r in range(n_rows):
+        vo = r * v_step * n_bins
+        total = 0.0
+        for k in range(n_bins):
+            total += vf[vo + k]
+        mean_v = total / n_bins
+        for i in range(non_bin.shape[0]):
+            psi[non_bin[i]] = zero
+        for k in range(n_bins):
+            psi[bin_position[k]] = vf[vo + k] - mean_v  # u = P v
+        for j in range(n - 1):
+            psi[parent[j]] += psi[j]
+        if mode != MODE_TWO:
+            _load_row(pf, qf, r * p_step * n_bins, r * q_step * n_bins, bin_position, non_bin, phi)
+            for j in range(n - 1):
+                phi[parent[j]] += phi[j]
+        psi[n - 1] = zero
+        for step in range(n - 1):
+            j = n - 2 - step
+            nb = bins_below[j]
+            # edges with all bins (or none) below: dropped, as in the blocked kernel
+            w = weight[j] if 0 < nb < n_bins else zero
+            d = psi[j]
+            if mode == MODE_TWO:
+                t = (w + w) * d
+            else:
+                wr = rho_rho_m1 * w
+                t = wr * abs(phi[j]) ** rho_m2 * d if (d != zero and wr != zero) else zero
+            psi[j] = psi[parent[j]] + t
+        mean = 0.0
+        if project_out:
+            for k in range(n_bins):
+                mean += psi[bin_position[k]]
+            mean /= n_bins
+        off = r * n_bins
+        for k in range(n_bins):
+            outf[off + k] = psi[bin_position[k]] - mean
