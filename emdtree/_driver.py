@@ -96,26 +96,26 @@ def value_grad(
     if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL:
         low = np.empty(n_rows, dtype=np.float64)
         launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
-                pf, qf, ps, qs, n_rows, weight, mode, want_grad, value, grad, totals, low)
+               pf, qf, ps, qs, n_rows, weight, mode, want_grad, value, grad, totals, low)
     else:
         # full blocks of BLOCK samples through the blocked kernel, a few left-over
         # samples one at a time (benchmarks/bench_rows.py)
         n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
-        low = np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK + n_rows - n_blocked, dtype=np.float64)
+        lows = [np.zeros(0, dtype=rows.dtype)]
         if n_blocked:
-            low_blocks = np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
+            lows.append(np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype))
             launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
-                    pf, qf, ps, qs, n_blocked, parent, weight, bin_pos, non_bin,
-                    mode, consts, want_grad, value, grad, totals, low_blocks)
-            low[:low_blocks.shape[0]] = low_blocks
+                   pf, qf, ps, qs, n_blocked, parent, weight, bin_pos, non_bin,
+                   mode, consts, want_grad, value, grad, totals, lows[-1])
         if n_blocked < n_rows:
             k = n_blocked * n_bins
             rest = slice(n_blocked, None)
+            lows.append(np.empty(n_rows - n_blocked, dtype=np.float64))
             rows_kernel.value_grad_rows(
                 pf[k * ps:], qf[k * qs:], ps, qs, n_rows - n_blocked, parent, weight, bin_pos, non_bin,
-                mode, consts, want_grad, value[rest], grad[k if want_grad else 0:], totals[rest],
-                low[low.shape[0] - (n_rows - n_blocked):],
+                mode, consts, want_grad, value[rest], grad[k if want_grad else 0:], totals[rest], lows[-1],
             )
+        low = np.concatenate(lows)
     if check:
         check_stats(rows, totals, low)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
