@@ -21,7 +21,6 @@ import re
 import threading
 import time
 
-import numba
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -31,10 +30,7 @@ import oracle
 from emdtree import Tree
 from trees import chain, random_masses, random_tree, star
 
-try:  # the kernel choice moved from _api to _driver; keep both spellings working
-    from emdtree import _driver as _drv
-except ImportError:  # pragma: no cover
-    from emdtree import _api as _drv
+from emdtree import _driver as _drv
 
 BLOCK = 32
 RHOS = (1.0, 1.5, 2.0, 3.0)
@@ -241,11 +237,9 @@ def test_hessian_of_3d_batch_with_bins_first():
 # --- drivers: parallel chain path, threads ------------------------------------------------
 
 
-def test_parallel_chain_path_equals_serial(monkeypatch):
+def test_parallel_chain_path_equals_serial(serial_and_parallel):
     # the row-scan chain kernel has its own parallel driver; broadcast rows and a
     # batch that is not a multiple of the block size included
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs two Numba threads")
     tree = Tree.chain(37, spacing=np.random.default_rng(44).uniform(0.0, 2.0, 36))
     assert tree._is_canonical_chain
     rng = np.random.default_rng(45)
@@ -257,15 +251,7 @@ def test_parallel_chain_path_equals_serial(monkeypatch):
     def run():
         return [emdtree.emd_value_and_grad(a, b, tree, rho=rho) for a, b in cases for rho in (1.0, 2.0)]
 
-    monkeypatch.setattr(_drv, "PARALLEL_MIN_WORK", 10**18)
-    serial = run()
-    monkeypatch.setattr(_drv, "PARALLEL_MIN_WORK", 0)
-    previous = numba.get_num_threads()
-    numba.set_num_threads(2)
-    try:
-        parallel = run()
-    finally:
-        numba.set_num_threads(previous)
+    serial, parallel = serial_and_parallel(run)
     for (v1, g1), (v2, g2) in zip(serial, parallel):
         assert_array_equal(v1, v2)
         assert_array_equal(g1, g2)

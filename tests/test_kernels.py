@@ -1,7 +1,6 @@
 """The CPU kernels' own edges: block and tile boundaries, broadcast rows, the
 parallel driver, tiny trees, and the input statistics gathered in the load."""
 
-import numba
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -56,9 +55,7 @@ def test_gradient_rows_match_oracle_on_tree_with_internal_bins(dtype):
 
 
 @pytest.mark.parametrize("func", ["value_and_grad", "phi", "hvp"])
-def test_parallel_driver_equals_serial(monkeypatch, func):
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs two Numba threads")
+def test_parallel_driver_equals_serial(serial_and_parallel, func):
     parents, weights, bins, tree = _tree(5, 200)
     rng = np.random.default_rng(1)
     p, q = random_masses(rng, tree.n_bins, batch=(3 * BLOCK + 5,))
@@ -71,28 +68,16 @@ def test_parallel_driver_equals_serial(monkeypatch, func):
             return (emdtree.phi(p, q, tree),)
         return (emdtree.emd_hvp(p, q, v, tree, rho=3),)
 
-    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 10**18)
-    serial = run()
-    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 0)
-    previous = numba.get_num_threads()
-    numba.set_num_threads(2)
-    try:
-        parallel = run()
-    finally:
-        numba.set_num_threads(previous)
+    serial, parallel = serial_and_parallel(run)
     for a, b in zip(serial, parallel):
         assert_array_equal(a, b)  # same blocks, same order of operations
 
 
-def test_dense_hessian_parallel_equals_serial(monkeypatch):
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs two Numba threads")
+def test_dense_hessian_parallel_equals_serial(serial_and_parallel):
     _, _, _, tree = _tree(6, 40)
     p, q = random_masses(np.random.default_rng(2), tree.n_bins, batch=(5,))
-    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 10**18)
-    serial = emdtree.emd_hessian(p, q, tree, rho=3)
-    monkeypatch.setattr(_driver, "PARALLEL_MIN_WORK", 0)
-    assert_array_equal(emdtree.emd_hessian(p, q, tree, rho=3), serial)
+    serial, parallel = serial_and_parallel(lambda: emdtree.emd_hessian(p, q, tree, rho=3))
+    assert_array_equal(parallel, serial)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
