@@ -13,6 +13,25 @@ from ._tree import Tree
 
 __version__ = "0.1.0"
 
+# Loaded on first use, so that ``import emdtree`` needs only NumPy, Numba and
+# SciPy: the framework adapters import their framework when they load.
+_LAZY_MODULES = ("io", "jax", "metrics", "tensorflow", "torch")
+_LAZY_FUNCTIONS = {"pairwise": "._pairwise", "sinkhorn": "._sinkhorn"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_FUNCTIONS))
+
 __all__ = [
     "Tree",
     "datasets",
@@ -21,6 +40,8 @@ __all__ = [
     "emd_hessian",
     "emd_hvp",
     "emd_value_and_grad",
+    "pairwise",
     "phi",
+    "sinkhorn",
     "__version__",
 ]
