@@ -14,7 +14,7 @@ import os
 import numba
 import numpy as np
 
-from ._inputs import Rows, check_stats
+from ._inputs import Rows, check_label_stats, check_stats
 from ._kernels import chain, cpu, dense
 from ._kernels import rows as rows_kernel
 from ._tree import Tree
@@ -80,10 +80,17 @@ def launch(serial, parallel, rows: Rows, *args) -> None:
     serial(*args)
 
 
+_NO_LABELS = np.zeros(0, dtype=np.int64)
+
+
 def value_grad(
-    rows: Rows, rho: float, want_grad: bool, check: bool
+    rows: Rows, rho: float, want_grad: bool, check: bool, labels: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Run the fused kernel; validate p and q from the statistics it gathers."""
+    """Run the fused kernel; validate p and q from the statistics it gathers.
+
+    With ``labels`` (int64, one bin per row) the target of row r is a unit mass on
+    bin ``labels[r]`` and ``q`` must be a broadcast row of zeros.
+    """
     (p, q), (ps, qs) = rows.arrays, rows.steps
     parent, weight, bin_pos, non_bin, _ = kernel_arrays(rows.tree, rows.dtype)
     n_rows, n_bins = rows.n_rows, rows.tree.n_bins
@@ -93,7 +100,8 @@ def value_grad(
     mode = mode_of(rho)
     consts = consts_of(rho, rows.dtype)
     pf, qf = p.reshape(-1), q.reshape(-1)
-    if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL:
+    labels = _NO_LABELS if labels is None else labels
+    if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL and not labels.shape[0]:
         low = np.empty(n_rows, dtype=np.float64)
         launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
                pf, qf, ps, qs, n_rows, weight, mode, want_grad, value, grad, totals, low)
@@ -105,19 +113,23 @@ def value_grad(
         if n_blocked:
             lows.append(np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype))
             launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
-                   pf, qf, ps, qs, n_blocked, parent, weight, bin_pos, non_bin,
+                   pf, qf, ps, qs, labels, n_blocked, parent, weight, bin_pos, non_bin,
                    mode, consts, want_grad, value, grad, totals, lows[-1])
         if n_blocked < n_rows:
             k = n_blocked * n_bins
             rest = slice(n_blocked, None)
             lows.append(np.empty(n_rows - n_blocked, dtype=np.float64))
             rows_kernel.value_grad_rows(
-                pf[k * ps:], qf[k * qs:], ps, qs, n_rows - n_blocked, parent, weight, bin_pos, non_bin,
+                pf[k * ps:], qf[k * qs:], ps, qs, labels[n_blocked:] if labels.shape[0] else labels,
+                n_rows - n_blocked, parent, weight, bin_pos, non_bin,
                 mode, consts, want_grad, value[rest], grad[k if want_grad else 0:], totals[rest], lows[-1],
             )
         low = np.concatenate(lows)
     if check:
-        check_stats(rows, totals, low)
+        if labels.shape[0]:
+            check_label_stats(rows, totals, low)
+        else:
+            check_stats(rows, totals, low)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
 
 

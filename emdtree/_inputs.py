@@ -86,6 +86,31 @@ def _as_array(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+def resolve_shape(
+    shapes: dict[str, tuple[int, ...]], axis: Any
+) -> tuple[tuple[int, ...], int, int, tuple[int, ...]]:
+    """Broadcast shape, normalised bin axis, bin count and batch shape of named arguments."""
+    first = next(iter(shapes.values()))
+    if all(sh == first for sh in shapes.values()):
+        shape = tuple(first)
+    else:
+        try:
+            shape = np.broadcast_shapes(*shapes.values())
+        except ValueError:
+            shown = ", ".join(f"{n}{tuple(sh)}" for n, sh in shapes.items())
+            raise ValueError(f"shapes do not broadcast: {shown}") from None
+    ndim = len(shape)
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for inputs with {ndim} dimensions")
+    ax = int(axis) % ndim
+    n_bins = shape[ax]
+    if n_bins == 0:
+        raise ValueError("the bin axis is empty")
+    return shape, ax, n_bins, shape[:ax] + shape[ax + 1:]
+
+
 def prepare(
     arrays: dict[str, Any],
     tree: Tree | None,
@@ -107,26 +132,9 @@ def prepare(
         raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
     raw = {name: _as_array(x, name) for name, x in arrays.items()}
     dtype = working_dtype(*raw.values())
-    shapes = [a.shape for a in raw.values()]
-    if all(sh == shapes[0] for sh in shapes):
-        shape = shapes[0]
-    else:
-        try:
-            shape = np.broadcast_shapes(*shapes)
-        except ValueError:
-            shown = ", ".join(f"{n}{a.shape}" for n, a in raw.items())
-            raise ValueError(f"shapes do not broadcast: {shown}") from None
+    shape, ax, n_bins, batch_shape = resolve_shape({n: a.shape for n, a in raw.items()}, axis)
     ndim = len(shape)
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of bounds for inputs with {ndim} dimensions")
-    ax = int(axis) % ndim
-    n_bins = shape[ax]
-    batch_shape = shape[:ax] + shape[ax + 1:]
     n_rows = math.prod(batch_shape)
-    if n_bins == 0:
-        raise ValueError("the bin axis is empty")
     tree = resolve_tree(tree, n_bins)
     mass_eps = max(
         float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps)
@@ -225,6 +233,46 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
         _check_totals(rows, sp, sq, ("p", "q"))
 
 
+def check_label_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
+    """Validate p against class labels: a unit mass on one bin, so p must sum to 1."""
+    if rows.n_rows == 0:
+        return
+    sp = totals[:, 0]
+    if not (low.min() >= 0 and math.isfinite(sp.sum())):
+        sp = _mass_totals(rows, 0, True)
+    tol = max(rows.tree.n_bins, 64) * rows.mass_eps
+    off = np.abs(sp - 1.0) > tol * np.maximum(np.abs(sp), 1.0)
+    if np.any(off):
+        r = int(np.flatnonzero(off)[0])
+        raise ValueError(
+            f"{rows.names[0]}{_batch_position(r, rows.batch_shape)} sums to {float(sp[r])!r}: against a class label "
+            f"(a unit mass on one bin) it must sum to 1; pass normalize='l1' to compare it as a distribution"
+        )
+
+
+def check_labels(labels: Any, batch_shape: tuple[int, ...], n_bins: int, shape_of_p: tuple[int, ...]) -> np.ndarray:
+    """Integer class indices, one per sample, as a flat int64 array."""
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got dtype {lab.dtype}")
+    if lab.shape != batch_shape:
+        raise ValueError(
+            f"labels has shape {lab.shape}; expected {batch_shape}, the shape of the predictions "
+            f"{shape_of_p} without the bin axis"
+        )
+    flat = np.ascontiguousarray(lab.reshape(-1), dtype=np.int64)
+    if flat.size:
+        bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
+        if bad.size:
+            i = int(bad[0])
+            where = _batch_position(i, batch_shape) or " "
+            raise ValueError(
+                f"class index {int(flat[i])}{where.rstrip()} is out of range for {n_bins} classes "
+                f"(valid: 0 to {n_bins - 1})"
+            )
+    return flat
+
+
 def _check_totals(rows: Rows, ta: np.ndarray, tb: np.ndarray, masses: tuple[str, str]) -> None:
     a, b = masses
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps * np.maximum(np.abs(ta), np.abs(tb))
@@ -235,8 +283,8 @@ def _check_totals(rows: Rows, ta: np.ndarray, tb: np.ndarray, masses: tuple[str,
         where = _batch_position(r, rows.batch_shape) if broadcast else ""
         r_a, r_b = (r if ta.shape[0] > 1 else 0), (r if tb.shape[0] > 1 else 0)
         raise ValueError(
-            f"{a} and {b} must have equal total mass{where}: sum({a}) = {ta[r_a]!r}, "
-            f"sum({b}) = {tb[r_b]!r}; pass normalize='l1' to compare them as distributions"
+            f"{a} and {b} must have equal total mass{where}: sum({a}) = {float(ta[r_a])!r}, "
+            f"sum({b}) = {float(tb[r_b])!r}; pass normalize='l1' to compare them as distributions"
         )
 
 

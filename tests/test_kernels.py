@@ -210,7 +210,7 @@ def test_row_kernel_equals_blocked_kernel(dtype, rho):
     for kernel, low in kernels:
         value, grad = np.empty(BLOCK, dtype), np.empty(BLOCK * tree.n_bins, dtype)
         totals = np.empty((BLOCK, 2))
-        kernel(p.ravel(), q.ravel(), 1, 1, BLOCK, parent, weight, bin_pos, non_bin, _driver.mode_of(rho),
+        kernel(p.ravel(), q.ravel(), 1, 1, np.zeros(0, np.int64), BLOCK, parent, weight, bin_pos, non_bin, _driver.mode_of(rho),
                consts, True, value, grad, totals, low)
         out.append((value, grad, totals))
     tol = 3e-6 if dtype == np.float32 else 1e-13

@@ -232,7 +232,7 @@ def _bin_mean(buf, bin_position, acc64, mean):  # pragma: no cover
 
 @njit(cache=True)
 def _value_grad_blocks(
-    blk0, blk1, pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+    blk0, blk1, pf, qf, p_step, q_step, labels, n_rows, parent, weight, bin_position, non_bin,
     mode, consts, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n_nodes = parent.shape[0]
@@ -254,6 +254,11 @@ def _value_grad_blocks(
         n_valid = min(BLOCK, n_rows - r0)
         _load_block(pf, qf, p_step * n_bins, q_step * n_bins, r0, n_valid, bin_position, non_bin, buf,
                     sums_p, sums_q, low_lanes)
+        if labels.shape[0]:
+            # q is a zero row here: the target's unit mass sits on each sample's label bin
+            for s in range(n_valid):
+                buf[bin_position[labels[r0 + s]] * BLOCK + s] -= 1.0
+                sums_q[s * m] += 1.0
         for s in range(n_valid):
             tp = 0.0
             tq = 0.0
@@ -286,7 +291,9 @@ def _value_grad_blocks(
 _VG_DOC = """EMD^rho and its projected gradient for ``n_rows`` samples.
 
     ``pf``/``qf`` are the flattened (rows, n_bins) inputs with ``p_step``/``q_step``
-    1 (full) or 0 (one broadcast row). Outputs: ``value`` (n_rows,), ``gradf``
+    1 (full) or 0 (one broadcast row). ``labels`` (int64) is empty, or holds one
+    bin index per sample and then stands for a one-hot ``q`` (unit mass on that
+    bin) on top of ``qf``, which is then a broadcast row of zeros. Outputs: ``value`` (n_rows,), ``gradf``
     (n_rows * n_bins,) when ``want_grad``, ``totals`` (n_rows, 2) float64 row sums
     of p and q, and ``low`` (n_blocks,) the smallest entry of p or q read in each
     block (or 0): the caller validates the inputs from these at no extra pass.
@@ -295,19 +302,19 @@ _VG_DOC = """EMD^rho and its projected gradient for ``n_rows`` samples.
 
 @njit(cache=True)
 def value_grad_serial(
-    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+    pf, qf, p_step, q_step, labels, n_rows, parent, weight, bin_position, non_bin,
     mode, consts, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
     _value_grad_blocks(
-        0, n_blocks, pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+        0, n_blocks, pf, qf, p_step, q_step, labels, n_rows, parent, weight, bin_position, non_bin,
         mode, consts, want_grad, value, gradf, totals, low,
     )
 
 
 @njit(cache=True, parallel=True)
 def value_grad_parallel(
-    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+    pf, qf, p_step, q_step, labels, n_rows, parent, weight, bin_position, non_bin,
     mode, consts, want_grad, value, gradf, totals, low, n_threads,
 ):  # pragma: no cover
     n_blocks = (n_rows + BLOCK - 1) // BLOCK
@@ -315,7 +322,7 @@ def value_grad_parallel(
     for part in prange(n_parts):
         _value_grad_blocks(
             part * n_blocks // n_parts, (part + 1) * n_blocks // n_parts,
-            pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+            pf, qf, p_step, q_step, labels, n_rows, parent, weight, bin_position, non_bin,
             mode, consts, want_grad, value, gradf, totals, low,
         )
 

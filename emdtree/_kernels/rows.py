@@ -37,7 +37,7 @@ def _load_row(pf, qf, po, qo, bin_position, non_bin, buf):  # pragma: no cover
 
 @njit(cache=True)
 def value_grad_rows(
-    pf, qf, p_step, q_step, n_rows, parent, weight, bin_position, non_bin,
+    pf, qf, p_step, q_step, labels, n_rows, parent, weight, bin_position, non_bin,
     mode, consts, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     """EMD^rho and its projected gradient, one sample at a time."""
@@ -49,6 +49,9 @@ def value_grad_rows(
     buf = np.empty(n, dtype=consts.dtype)
     for r in range(n_rows):
         sp, sq, lo = _load_row(pf, qf, r * p_step * n_bins, r * q_step * n_bins, bin_position, non_bin, buf)
+        if labels.shape[0]:
+            buf[bin_position[labels[r]]] -= 1.0
+            sq += 1.0
         totals[r, 0] = sp
         totals[r, 1] = sq
         low[r] = lo
