@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _driver
+from . import _dispatch, _driver
 from ._inputs import check_rho, prepare, restore_bins, restore_scalar
 from ._tree import Tree
 
@@ -85,6 +85,8 @@ def emd(
     >>> float(emdtree.emd([1, 0, 0], [0, 1, 0], tree)), float(emdtree.emd([1, 0, 0], [0, 0, 1], tree))
     (2.0, 3.0)
     """
+    if not _dispatch.is_host(p, q):
+        return _dispatch.value_grad(emd, p, q, tree, rho, axis, normalize, check_inputs, want_grad=False)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize, defer=True)
     value, _ = _driver.value_grad(rows, rho, want_grad=False, check=check_inputs and normalize is None)
@@ -131,6 +133,9 @@ def emd_value_and_grad(
     >>> grad
     array([ 1.,  0., -1.])
     """
+    if not _dispatch.is_host(p, q):
+        return _dispatch.value_grad(emd_value_and_grad, p, q, tree, rho, axis, normalize, check_inputs,
+                                    want_grad=True)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize, defer=True)
     value, grad = _driver.value_grad(rows, rho, want_grad=True, check=check_inputs and normalize is None)
@@ -194,6 +199,8 @@ def phi(
     >>> emdtree.phi([0.25, 0.25, 0.5], [0.5, 0.25, 0.25])
     array([-0.25, -0.25,  0.  ])
     """
+    if not _dispatch.is_host(p, q):
+        return _dispatch.phi(phi, p, q, tree, axis, normalize, check_inputs)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
     return restore_bins(_driver.phi(rows, node_order=True), rows)
 
@@ -243,6 +250,8 @@ def emd_hvp(
     >>> emdtree.emd_hvp(p, q, np.array([1.0, 0.0, -1.0]))
     array([ 2.,  0., -2.])
     """
+    if not _dispatch.is_host(p, q, v):
+        return _dispatch.hvp(emd_hvp, p, q, v, tree, rho, axis, check_inputs)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q, "v": v}, tree, axis, check_inputs)
     return restore_bins(_driver.hvp(rows, rho, project_out=True), rows)
@@ -280,6 +289,8 @@ def emd_hessian(
     array([[ 0.5, -0.5],
            [-0.5,  0.5]])
     """
+    if not _dispatch.is_host(p, q):
+        return _dispatch.hessian(emd_hessian, p, q, tree, rho, axis, check_inputs)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs)
     out = _driver.hessian(rows, rho)
