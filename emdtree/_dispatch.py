@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -312,9 +313,11 @@ def _torch_back(result: Any) -> Any:
 
 
 def _route(arrays: dict[str, Any]) -> str:
+    torch = sys.modules.get("torch")
     xs = [x for x in arrays.values() if not isinstance(x, _HOST_TYPES)]
-    if xs and all(_is_torch_cpu(x) for x in xs):
-        _namespace(arrays)  # one library, one device, or a clear error
+    if torch is not None and all(isinstance(x, torch.Tensor) and x.device.type == "cpu" for x in xs):
+        if any(isinstance(x, (np.ndarray, np.generic)) for x in arrays.values()):
+            _namespace(arrays)  # raises: two libraries
         return "torch-cpu"
     if xs and all(_on_cuda(x) for x in xs):
         return "cuda"
