@@ -128,8 +128,9 @@ def _cuda_module():
             _CUDA = _cuda
         except ImportError:
             warnings.warn(
-                "GPU arrays are handled by array-library operations because numba-cuda is not installed or "
-                "finds no GPU; pip install 'emdtree[cuda]' for the CUDA kernels", RuntimeWarning, stacklevel=4)
+                "GPU arrays are handled by array-library operations because numba-cuda is not installed "
+                "or finds no GPU; pip install 'emdtree[cuda]' for the CUDA kernels",
+                RuntimeWarning, stacklevel=4)
             _CUDA = False
     return _CUDA or None
 
@@ -377,9 +378,8 @@ def hvp(numpy_fn: Callable, p: Any, q: Any, v: Any, tree: Tree | None, rho: floa
     route = _route(arrays)
     if route == "torch-cpu" and project_out:
         like = _float_dtype_of(arrays)
-        return _torch_back(numpy_fn(_torch_host(p, like), _torch_host(q, like), _torch_host(v, like), tree, rho,
-                                    axis,
-                                    check_inputs=check))
+        host = [_torch_host(x, like) for x in (p, q, v)]
+        return _torch_back(numpy_fn(*host, tree, rho, axis, check_inputs=check))
     rho = check_rho(rho)
     cuda = _cuda_module() if route == "cuda" else None
     f = prepare_foreign(arrays, tree, axis, check, cuda=cuda is not None)

@@ -61,8 +61,8 @@ def test_labels_normalize_l1_differentiates_the_raw_masses():
     counts = rng.random((3, 8)) * 5
     labels = np.array([0, 7, 3])
     value, grad = value_grad_labels(counts, labels, None, 2.0, normalize="l1")
-    want_value, want_grad = emdtree.emd_value_and_grad(counts, _one_hot(labels, 8, float) * counts.sum(1, keepdims=True),
-                                                       rho=2.0, normalize="l1")
+    target = _one_hot(labels, 8, float) * counts.sum(1, keepdims=True)
+    want_value, want_grad = emdtree.emd_value_and_grad(counts, target, rho=2.0, normalize="l1")
     assert_allclose(value, want_value, rtol=1e-12)
     assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-15)
 
