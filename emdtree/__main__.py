@@ -1,34 +1,32 @@
-"""Command line: ``emdtree demo`` (the default) and ``emdtree info``.
+"""The ``emdtree`` command line (also ``python -m emdtree``).
 
-``python -m emdtree`` runs the demo: the ImageNet WordNet tree, the EMD
-between single classes, and two classifiers with the same accuracy but
-different EMD. ``python -m emdtree info`` describes the installation.
+Commands:
+
+``demo`` (the default)
+    The tree EMD and hierarchical metrics on the ImageNet WordNet tree with
+    generated predictions; needs no files.
+``info``
+    Versions, Numba threads and threading layer, CUDA, optional packages.
+``distance P Q``
+    EMD^rho between histograms given as files or inline numbers.
+``pairwise TABLE``
+    The matrix of EMDs between the samples of a count table (UniFrac-style).
+``evaluate PRED LABELS``
+    Top-k accuracy, mistake severity, hierarchical distance and mean EMD of
+    a classifier's predictions, read in chunks.
+
+Bad input (a missing file, shapes that do not match, unknown tip names, a
+malformed tree, a label out of range) ends with exit status 2 and one line
+``emdtree: error: ...`` on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
-import os
 import sys
-import time
-import warnings
 from typing import Sequence
 
-import numpy as np
-
-# Classes compared with the first one in the demo, from near to far in the tree.
-DEMO_CLASSES = [
-    "tabby, tabby cat",
-    "tiger cat",
-    "Egyptian cat",
-    "golden retriever",
-    "tiger, Panthera tigris",
-    "airliner",
-]
-DEMO_ACCURACY = 0.7  # chance that a generated prediction is right
-DEMO_TOP = 0.75  # probability a generated prediction puts on its top-1 class
+COMMANDS = ("demo", "info", "distance", "pairwise", "evaluate")
 
 
 class _UsageError(Exception):
@@ -50,281 +48,173 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rho(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}") from None
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 1, got {text}")
+    return value
+
+
+def _common_options(suppress: bool) -> _Parser:
+    """--quiet and --threads, accepted before and after the command."""
+    common = _Parser(add_help=False)
+    default = argparse.SUPPRESS if suppress else None
+    common.add_argument("-q", "--quiet", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="no progress bars or notes on stderr")
+    common.add_argument("--threads", type=_positive_int, metavar="N", default=default,
+                        help="Numba threads (default: all, or NUMBA_NUM_THREADS)")
+    return common
+
+
 def _build_parser() -> _Parser:
     from . import __version__
 
     parser = _Parser(
         prog="emdtree",
         description="Exact and relaxed Earth Mover's Distances on chains and trees.",
-        epilog="Without a command, 'demo' runs.",
+        epilog="Without a command, 'demo' runs. Bad input ends with exit status 2.",
+        parents=[_common_options(suppress=False)],
     )
     parser.add_argument("--version", action="version", version=f"emdtree {__version__}")
+    common = [_common_options(suppress=True)]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="tree EMD on the ImageNet class hierarchy (default)",
-                          description="Tree EMD on the ImageNet WordNet class hierarchy.")
+
+    demo = sub.add_parser("demo", parents=common, help="tree EMD on the ImageNet class hierarchy (default)",
+                          description="Tree EMD and hierarchical metrics on the ImageNet WordNet class "
+                                      "hierarchy, with generated predictions.")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated predictions (default 0)")
     demo.add_argument("--batch", type=_positive_int, default=512,
                       help="images in the generated batch, also the batch that is timed (default 512)")
-    sub.add_parser("info", help="versions, threads, GPU and cache locations",
-                   description="Versions, Numba threading, CUDA and Numba's cache directory.")
+
+    sub.add_parser("info", parents=common, help="versions, threads, GPU, optional packages",
+                   description="Versions, Numba threading, CUDA, optional packages and Numba's cache.")
+
+    tree_help = "Newick (.nwk, .newick, .tre, .tree, .nw), a saved Tree (.json, .npz) or 'imagenet'"
+    dist = sub.add_parser(
+        "distance", parents=common, help="EMD between histograms P and Q",
+        description="EMD^rho between P and Q, each a .npy, .npz[:NAME], .csv, .tsv or .txt file or inline "
+                    "numbers (commas between values, semicolons between rows: 0.5,0.5;1,0; put -- before "
+                    "numbers that start with a minus sign). Batch dimensions broadcast; one distance "
+                    "per line.")
+    dist.add_argument("p", metavar="P")
+    dist.add_argument("q", metavar="Q")
+    dist.add_argument("--tree", metavar="T", help=f"the tree: {tree_help}; default: a unit-spacing chain")
+    dist.add_argument("--rho", type=_rho, default=1.0, help="exponent, >= 1 (default 1: the exact EMD)")
+    dist.add_argument("--axis", type=int, default=-1, help="the bin axis (default -1)")
+    dist.add_argument("--normalize", choices=("l1", "none"), default="none",
+                      help="'l1': divide P and Q by their totals first (default none: equal totals needed)")
+    dist.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .tsv or text)")
+
+    pair = sub.add_parser(
+        "pairwise", parents=common, help="distance matrix between the samples of a count table",
+        description="EMD^rho between every pair of samples of a count table (TSV/CSV with a header of "
+                    "feature names and sample ids in the first column, .npy, .npz or .biom), written "
+                    "as a square TSV with the sample ids on both axes. Features are matched to the "
+                    "tree's tip names. With rho=1 and the default l1 normalisation this is weighted "
+                    "UniFrac (unnormalised).")
+    pair.add_argument("table", metavar="TABLE")
+    pair.add_argument("--tree", metavar="T", required=True, help=f"the tree: {tree_help}")
+    pair.add_argument("-o", "--output", metavar="D.tsv", required=True, help="where to write the matrix")
+    pair.add_argument("--rho", type=_rho, default=1.0, help="exponent, >= 1 (default 1)")
+    pair.add_argument("--normalize", choices=("l1", "none"), default="l1",
+                      help="'l1' (default): compare relative abundances, as samples of counts differ in "
+                           "depth; 'none': raw masses, which must have equal totals")
+    pair.add_argument("--drop-missing", action="store_true",
+                      help="leave out features that are not tips of the tree (default: an error)")
+    pair.add_argument("--transpose", action="store_true",
+                      help="the table has one feature per row (default: detected from a '#OTU ID' header)")
+
+    ev = sub.add_parser(
+        "evaluate", parents=common, help="hierarchical metrics of a classifier's predictions",
+        description="Top-k accuracy, mistake severity, hierarchical distance@k (Bertinetto et al., 2020) "
+                    "and mean EMD of predicted distributions PRED (n_samples, n_classes) against class "
+                    "indices LABELS (n_samples,). A .npy PRED is memory-mapped and read in chunks.")
+    ev.add_argument("pred", metavar="PRED")
+    ev.add_argument("labels", metavar="LABELS")
+    ev.add_argument("--tree", metavar="T", required=True, help=f"the tree: {tree_help}")
+    ev.add_argument("--k", type=_positive_int, nargs="+", metavar="K",
+                    help="the k of top-k accuracy and hierarchical distance (default 1 5, or 1 for "
+                         "fewer than 5 classes)")
+    ev.add_argument("--rho", type=_rho, default=1.0, help="exponent of the mean EMD (default 1)")
+    ev.add_argument("--normalize", choices=("l1", "none"), default="none",
+                    help="'l1': rescale rows of PRED to sum to 1 (default none: PRED holds probabilities)")
+    ev.add_argument("--distance", choices=("path", "lca_height"), default="path",
+                    help="tree distance between classes: path length (default) or LCA height")
+    ev.add_argument("--chunk-size", type=_positive_int, metavar="ROWS",
+                    help="rows read at a time (default: about 4 million scores)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--per-class", metavar="OUT.tsv", help="also write the metrics of each class as TSV")
     return parser
 
 
-# ----------------------------------------------------------------------------- demo
-
-def _short(name: str) -> str:
-    """First lemma of a WordNet name: 'tabby, tabby cat' -> 'tabby'."""
-    return name.split(", ")[0]
-
-
-def _class_index(tree, name: str) -> int:
-    hits = [k for k, n in enumerate(tree.names) if n == name]
-    if len(hits) != 1:
-        raise LookupError(f"class {name!r} is not (exactly once) in the ImageNet tree")
-    return hits[0]
+def _parse(args_list: list[str]) -> argparse.Namespace:
+    if not any(a in COMMANDS for a in args_list) and not any(a in ("-h", "--help", "--version")
+                                                             for a in args_list):
+        args_list = ["demo"] + args_list
+    args = _build_parser().parse_args(args_list)
+    args.quiet = getattr(args, "quiet", False)
+    args.threads = getattr(args, "threads", None)
+    return args
 
 
-def _path_to_root(tree, node: int) -> list[int]:
-    path = [int(node)]
-    while tree.parents[path[-1]] >= 0:
-        path.append(int(tree.parents[path[-1]]))
-    return path
-
-
-def _meeting_point(tree, a: int, b: int) -> tuple[int, float]:
-    """Lowest common ancestor of bins ``a`` and ``b`` and the length of the path between them."""
-    up_a, up_b = _path_to_root(tree, tree.bins[a]), _path_to_root(tree, tree.bins[b])
-    on_b = set(up_b)
-    lca = next(n for n in up_a if n in on_b)
-    w = tree.weights
-    below_lca = up_a[: up_a.index(lca)] + up_b[: up_b.index(lca)]
-    length = sum(float(w[n]) for n in below_lca)
-    return lca, length
-
-
-def _table(headers: list[str], rows: list[list[str]], right: Sequence[int] = ()) -> list[str]:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
-
-
-def _predictions(rng, labels, predicted, n_bins):
-    """Probabilities with DEMO_TOP on the predicted class and the rest spread by a random softmax."""
-    logits = rng.standard_normal((labels.size, n_bins))
-    rest = np.exp(logits - logits.max(axis=1, keepdims=True))
-    rest /= rest.sum(axis=1, keepdims=True)
-    p = (1.0 - DEMO_TOP) * rest
-    p[np.arange(labels.size), predicted] += DEMO_TOP
-    return p
-
-
-def _demo(args, out) -> None:
-    import emdtree
-    from emdtree.datasets import imagenet_wordnet
-
-    tree = imagenet_wordnet()
-    n = tree.n_bins
-    root = tree.node_names[tree.root]
-    print(f"emdtree {emdtree.__version__}: Earth Mover's Distance on a tree of classes", file=out)
-    print(file=out)
-    w = np.delete(np.asarray(tree.weights), tree.root)
-    costs = "every edge costs 1" if np.all(w == 1) else f"edge costs {w.min():g} to {w.max():g}"
-    print(f"ImageNet WordNet tree: {tree.n_nodes} nodes, {n} bins (the ILSVRC-2012 classes in class-index",
-          file=out)
-    print(f"order), depth {tree.depth}, root '{_short(root)}', {costs}.", file=out)
-    print(file=out)
-
-    # 1. One-hot distributions: the EMD is the length of the path between the two classes.
-    idx = [_class_index(tree, name) for name in DEMO_CLASSES]
-    a = idx[0]
-    eye = np.eye(n)
-    rows = []
-    for b in idx:
-        lca, length = _meeting_point(tree, a, b)
-        e1 = float(emdtree.emd(eye[a], eye[b], tree))
-        e2 = float(emdtree.emd(eye[a], eye[b], tree, rho=2))
-        rows.append([_short(tree.names[a]), _short(tree.names[b]), f"{length:g}", f"{e1:g}", f"{e2:g}",
-                     _short(tree.node_names[lca])])
-    print("All mass on one class against all mass on another: the EMD is the length of the tree path",
-          file=out)
-    print("between them (and EMD^2 equals it when every edge costs 1). Top-1 accuracy and cross-entropy",
-          file=out)
-    print("count all of these mistakes the same.", file=out)
-    print(file=out)
-    for line in _table(["true class", "predicted", "tree path", "EMD", "EMD^2", "paths meet at"], rows,
-                       right=(2, 3, 4)):
-        print("  " + line, file=out)
-    print(file=out)
-
-    # 2. Two classifiers with the same top-1 accuracy, mistakes near the true class or anywhere.
-    rng = np.random.default_rng(args.seed)
-    m = args.batch
-    labels = rng.integers(0, n, m)
-    correct = rng.random(m) < DEMO_ACCURACY
-    D = tree.distance_matrix()
-    np.fill_diagonal(D, np.inf)
-    near = labels.copy()
-    anywhere = labels.copy()
-    for i in np.flatnonzero(~correct):
-        y = labels[i]
-        near[i] = rng.choice(np.flatnonzero(D[y] == D[y].min()))
-        other = rng.integers(0, n - 1)
-        anywhere[i] = other + (other >= y)
-    targets = np.zeros((m, n))
-    targets[np.arange(m), labels] = 1.0
-    models = [("good: mistakes go to the nearest classes", near),
-              ("bad: mistakes go to any class", anywhere)]
-    rows = []
-    p_good = None
-    for name, predicted in models:
-        p = _predictions(np.random.default_rng(args.seed + 1), labels, predicted, n)
-        p_good = p if p_good is None else p_good
-        accuracy = float(np.mean(p.argmax(axis=1) == labels))
-        e1 = emdtree.emd(p, targets, tree)
-        e2 = emdtree.emd(p, targets, tree, rho=2)
-        wrong = predicted != labels
-        dist = f"{float(D[labels[wrong], predicted[wrong]].mean()):.2f}" if wrong.any() else "-"
-        rows.append([name, f"{accuracy:.1%}", dist, f"{float(np.mean(e1)):.3f}",
-                     f"{float(np.mean(e2)):.3f}"])
-    print(f"Two generated classifiers on a batch of {m} images (seed {args.seed}). Both are right on the",
-          file=out)
-    print(f"same images; each prediction puts {DEMO_TOP:g} on its top-1 class and spreads "
-          f"{1 - DEMO_TOP:g} over all classes.", file=out)
-    print("The EMD compares a prediction with the one-hot true class; 'path of mistakes' is the mean",
-          file=out)
-    print("tree distance between the true and the predicted class over the wrong predictions.", file=out)
-    print(file=out)
-    for line in _table(["model", "top-1 acc", "path of mistakes", "mean EMD", "mean EMD^2"], rows,
-                       right=(1, 2, 3, 4)):
-        print("  " + line, file=out)
-    print(file=out)
-    print("Same accuracy, different EMD: the tree EMD rewards mistakes that stay close to the truth.",
-          file=out)
-    print(file=out)
-
-    # 3. Speed of the loss: value and gradient of EMD^2 for the batch in float32.
+def _set_threads(n: int) -> None:
     import numba
 
-    p32, q32 = p_good.astype(np.float32), targets.astype(np.float32)
-    emdtree.emd_value_and_grad(p32, q32, tree, rho=2)  # compiles, or loads Numba's cache
-    times = []
-    budget = time.perf_counter() + 0.5
-    while len(times) < 5 or (len(times) < 50 and time.perf_counter() < budget):
-        t0 = time.perf_counter()
-        emdtree.emd_value_and_grad(p32, q32, tree, rho=2)
-        times.append(time.perf_counter() - t0)
-    ms = np.median(times) * 1e3
-    print(f"EMD^2 value and gradient for the batch of {m} (float32): {ms:.2f} ms", file=out)
-    print(f"(median of {len(times)} calls, up to {numba.get_num_threads()} Numba threads).", file=out)
+    limit = numba.config.NUMBA_NUM_THREADS
+    if n > limit:
+        raise _UsageError(f"--threads {n}: at most {limit} threads are available (NUMBA_NUM_THREADS)")
+    numba.set_num_threads(n)
 
 
-# ----------------------------------------------------------------------------- info
+def _run(args, out) -> None:
+    from . import _cli_commands, _cli_demo, _cli_info
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cuda_status() -> tuple[str, str]:
-    """(numba-cuda installed?, CUDA GPU available?) as text; never raises."""
-    installed = importlib.util.find_spec("numba_cuda") is not None
-    package = f"installed ({_version('numba-cuda')})" if installed else "not installed"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from numba import cuda
-
-            if not cuda.is_available():
-                return package, "no (no CUDA driver or device found)"
-            names = []
-            for gpu in cuda.gpus:
-                name = gpu.name
-                names.append(name.decode() if isinstance(name, bytes) else str(name))
-            return package, "yes: " + ", ".join(names)
-    except Exception as exc:  # any failure here just means "no GPU"
-        return package, f"no ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    run = {
+        "demo": _cli_demo.run,
+        "info": _cli_info.run,
+        "distance": _cli_commands.distance,
+        "pairwise": _cli_commands.pairwise,
+        "evaluate": _cli_commands.evaluate,
+    }[args.command]
+    run(args, out)
 
 
-def _cache_dir() -> str:
-    """Where Numba keeps emdtree's compiled kernels."""
-    from numba.core import config
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename!r}"
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
-    env = os.environ.get("NUMBA_CACHE_DIR") or config.CACHE_DIR
-    try:
-        from emdtree._kernels import cpu
-
-        for obj in vars(cpu).values():
-            cache = getattr(obj, "_cache", None)
-            path = getattr(cache, "_cache_path", None)
-            if path:
-                writable = "writable" if os.access(path, os.W_OK) else "not writable"
-                source = "NUMBA_CACHE_DIR" if env else "next to the modules"
-                return f"{path} ({source}, {writable})"
-    except Exception:
-        pass
-    return f"{env} (NUMBA_CACHE_DIR)" if env else "__pycache__ next to each module (Numba's default)"
-
-
-def _info(out) -> None:
-    import numba
-
-    import emdtree
-
-    n_threads = numba.get_num_threads()  # also starts Numba's threading layer
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        layer = "not started"
-    package, gpu = _cuda_status()
-    rows = [
-        ("emdtree", emdtree.__version__),
-        ("Python", sys.version.split()[0]),
-        ("numpy", np.__version__),
-        ("numba", numba.__version__),
-        ("scipy", _version("scipy")),
-        ("Numba threading layer", str(layer)),
-        ("Numba threads", f"{n_threads} (at most {numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)"),
-        ("numba-cuda", package),
-        ("CUDA GPU", gpu),
-        ("Numba cache", _cache_dir()),
-    ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key.ljust(width)}  {value}", file=out)
-
-
-# ----------------------------------------------------------------------------- entry point
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``emdtree`` command line; returns the exit status."""
+    """Run the ``emdtree`` command line; returns the exit status.
+
+    Input errors (the library's ValueError, TypeError, KeyError and OSError)
+    print one line and return 2; any other exception is a bug and propagates
+    with its traceback.
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
-        args_list.insert(0, "demo")
     try:
-        args = _build_parser().parse_args(args_list)
+        args = _parse(args_list)
+        if args.threads is not None:
+            _set_threads(args.threads)
     except _UsageError as exc:
         print(f"emdtree: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
-    out = sys.stdout
     try:
-        if args.command == "info":
-            _info(out)
-        else:
-            _demo(args, out)
+        _run(args, sys.stdout)
     except KeyboardInterrupt:
         print("emdtree: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"emdtree: error: {type(exc).__name__}: {message}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        print(f"emdtree: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 
