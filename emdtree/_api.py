@@ -158,6 +158,11 @@ def emd_grad(
 
     See :func:`emd_value_and_grad`, which computes the value in the same pass.
 
+    Parameters
+    ----------
+    p, q, tree, rho, axis, normalize, check_inputs
+        As in :func:`emd`.
+
     Returns
     -------
     ndarray, shape of the broadcast inputs
@@ -187,6 +192,13 @@ def phi(
 
     On a chain this is the cumulative sum of ``p - q``; at the root it is
     ``sum(p) - sum(q)`` (zero for balanced masses).
+
+    Parameters
+    ----------
+    p, q : array_like, shape (..., n_bins, ...)
+        Masses with equal totals along ``axis``, as in :func:`emd`.
+    tree, axis, normalize, check_inputs
+        As in :func:`emd`.
 
     Returns
     -------
@@ -234,10 +246,12 @@ def emd_hvp(
         As in :func:`emd`.
     v : array_like, shape (..., n_bins, ...)
         Direction; broadcasts with ``p`` and ``q``.
-    tree, axis, check_inputs
+    tree
         As in :func:`emd`.
     rho : float, default 2.0
         Exponent, >= 1.
+    axis, check_inputs
+        As in :func:`emd`.
 
     Returns
     -------
@@ -276,6 +290,15 @@ def emd_hessian(
     Paper eq. 12 gives the Hessian of EMD^2 as this sum without the
     projection; the projected form is what finite differences of the
     dirt-conserving gradient along mass-conserving directions reproduce.
+
+    Parameters
+    ----------
+    p, q, tree
+        As in :func:`emd`.
+    rho : float, default 2.0
+        Exponent, >= 1.
+    axis, check_inputs
+        As in :func:`emd`.
 
     Returns
     -------

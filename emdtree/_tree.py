@@ -532,7 +532,20 @@ class Tree:
     # ------------------------------------------------------------------ I/O
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict that :meth:`from_dict` reads back exactly."""
+        """A JSON-serialisable dict that :meth:`from_dict` reads back exactly.
+
+        Returns
+        -------
+        dict
+            The fields ``format``, ``version``, ``parents``, ``weights``,
+            ``bins``, ``names`` and ``node_names``.
+
+        Examples
+        --------
+        >>> from emdtree import Tree
+        >>> Tree.from_parents([-1, 0, 0]).to_dict()["parents"]
+        [-1, 0, 0]
+        """
         return {
             "format": _FORMAT,
             "version": _FORMAT_VERSION,
@@ -545,7 +558,24 @@ class Tree:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tree:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        data : mapping
+            As returned by :meth:`to_dict`, or read from its JSON text.
+
+        Returns
+        -------
+        Tree
+
+        Examples
+        --------
+        >>> from emdtree import Tree
+        >>> t = Tree.chain(4)
+        >>> Tree.from_dict(t.to_dict()) == t
+        True
+        """
         if data.get("format") != _FORMAT:
             raise ValueError(f"not a saved emdtree.Tree (format field is {data.get('format')!r})")
         if int(data.get("version", -1)) > _FORMAT_VERSION:
@@ -556,13 +586,30 @@ class Tree:
         return cls(data["parents"], data["weights"], data["bins"], data.get("names"), data.get("node_names"))
 
     def to_newick(self) -> str:
-        """Newick text of the tree (bins must be tips); see :meth:`from_newick`."""
+        """Newick text of the tree (bins must be tips); see :meth:`from_newick`.
+
+        Returns
+        -------
+        str
+            One line, ending with ``;``.
+
+        Examples
+        --------
+        >>> from emdtree import Tree
+        >>> Tree.from_newick("((a:1,b:2):0.5,c:3);").to_newick()
+        '((a:1.0,b:2.0):0.5,c:3.0);'
+        """
         from ._newick import to_newick
 
         return to_newick(self.parents, self.weights, self.bins, self.names, self.node_names)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save to ``.json`` or ``.npz`` (chosen by the file extension).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination; its extension, ``.json`` or ``.npz``, selects the format.
 
         Examples
         --------
@@ -600,7 +647,26 @@ class Tree:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tree:
-        """Load a tree written by :meth:`save` (``.json`` or ``.npz``)."""
+        """Load a tree written by :meth:`save` (``.json`` or ``.npz``).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`; its extension selects the format.
+
+        Returns
+        -------
+        Tree
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> from emdtree import Tree
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "tree.npz"
+        >>> Tree.chain(3).save(path)
+        >>> Tree.load(path).n_bins
+        3
+        """
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()
         if ext == ".json":
