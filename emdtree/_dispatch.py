@@ -413,16 +413,19 @@ def _run_cuda(cuda: Any, op: str, f: Foreign, *args: Any) -> Any:
     and wrap its device arrays back into the caller's library."""
     from numba import cuda as nb_cuda
 
-    stream = _current_stream(f.arrays[0])
-    dev = [nb_cuda.as_cuda_array(a) for a in f.arrays]
-    if op == "value_grad":
-        rho, want_grad = args
-        value, grad = cuda.value_grad(dev[0], dev[1], f.tree, rho, want_grad, stream)
-        return _wrap(f, value), (_wrap(f, grad) if grad is not None else None)
-    if op == "phi":
-        return _wrap(f, cuda.phi(dev[0], dev[1], f.tree, stream))
-    rho, project_out = args
-    return _wrap(f, cuda.hvp(dev[0], dev[1], dev[2], f.tree, rho, project_out, stream))
+    index = getattr(f.device, "index", None)
+    with nb_cuda.gpus[index or 0]:
+        stream = _current_stream(f.arrays[0])
+        # every launch goes on the caller's stream, so no synchronisation is needed here
+        dev = [nb_cuda.as_cuda_array(a, sync=False) for a in f.arrays]
+        if op == "value_grad":
+            rho, want_grad = args
+            value, grad = cuda.value_grad(dev[0], dev[1], f.tree, rho, want_grad, stream)
+            return _wrap(f, value), (_wrap(f, grad) if grad is not None else None)
+        if op == "phi":
+            return _wrap(f, cuda.phi(dev[0], dev[1], f.tree, stream))
+        rho, project_out = args
+        return _wrap(f, cuda.hvp(dev[0], dev[1], dev[2], f.tree, rho, project_out, stream))
 
 
 def _current_stream(x: Any) -> Any:

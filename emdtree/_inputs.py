@@ -260,7 +260,7 @@ def check_labels(labels: Any, batch_shape: tuple[int, ...], n_bins: int, shape_o
             f"labels has shape {lab.shape}; expected {batch_shape}, the shape of the predictions "
             f"{shape_of_p} without the bin axis"
         )
-    flat = np.ascontiguousarray(lab.reshape(-1), dtype=np.int64)
+    flat = np.array(lab.reshape(-1), dtype=np.int64)  # a writable copy: one kernel specialisation
     if flat.size:
         bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
         if bad.size:
