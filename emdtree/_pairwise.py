@@ -1,0 +1,405 @@
+"""All-pairs EMD^rho between two sets of samples: distance matrices on a tree.
+
+With ``rho = 1`` and ``normalize="l1"`` this is weighted unnormalised
+UniFrac (Lozupone et al. 2007): the branch lengths of a phylogeny are the
+edge costs and the samples are taxon counts on its tips.
+
+Each sample is turned once into a row ``x`` with ``x_k = w_k^(1/rho) phi_k``
+over the columns ``k`` that can contribute (paper eq. 7), so that
+``EMD^rho(p, q) = sum_k |x_k - y_k|^rho``; the pair sums are then formed by
+the tiled kernels of :mod:`emdtree._kernels.pairwise`. The columns kept are
+the non-root nodes with a bin below them but not every bin below them (the
+others have ``phi = 0`` for every pair of equal totals), one node per run of
+nodes with the same bins below (their ``phi`` are equal, so their costs add
+up), with a positive total cost, and taking more than one value over the
+samples (a column that is constant contributes nothing).
+
+Accuracy. Each sample's phi is rounded on its own, so a distance errs by a
+few ``eps (S_i + S_j)`` with ``S_i = sum_k w_k |phi_k|`` (the direct formula
+on the same rows does too). For ``rho = 1`` in float64 the kernel sums
+``min(x_k, y_k)`` (see ``_MIN_TAU``), for ``rho = 2`` in float64 it uses a
+matrix product (see ``_GRAM_REL``); both fall back to the direct sum for the
+pairs where they would lose accuracy. Square results are computed for ``i < j``
+and mirrored: exactly symmetric, with an exactly zero diagonal.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numba
+import numpy as np
+
+from ._inputs import check_rho, working_dtype
+from ._kernels import cpu
+from ._kernels import pairwise as kernels
+from ._kernels.checks import row_totals
+from ._tree import Tree
+
+__all__ = ["pairwise"]
+
+# Rows turned into phi at a time when block_size is None: about 4M node values.
+_BLOCK_VALUES = 1 << 22
+
+# For rho = 1 in float64 the kernel forms S_i + S_j - 2 sum_k min(x_ik, x_jk), whose
+# rounding error is below ~200 eps (S_i + S_j) (chunked sums of CHUNK / 4 terms per
+# lane). Pairs whose distance is below _MIN_TAU (S_i + S_j) are summed directly, so
+# the relative error stays below ~200 eps / _MIN_TAU = 2e-11.
+_MIN_TAU = 1e-3
+
+# For rho = 2 in float64 the pair sums are |a|^2 + |b|^2 - 2 a.b with a matrix product,
+# after subtracting the mean row from every row (distances do not change, and the
+# norms become of the size of the distances instead of the size of phi). Any order
+# of summation of a.b errs by at most m u |a| |b| (m columns, u = eps / 2), so the
+# result errs by at most about m eps (|a|^2 + |b|^2); pairs whose distance is below
+# m eps / _GRAM_REL (|a|^2 + |b|^2) are summed directly, which keeps every pair
+# within _GRAM_REL of the direct formula. With very many columns (the threshold above
+# _GRAM_MAX_TAU) the direct kernel is used throughout.
+_GRAM_REL = 1e-10
+_GRAM_MAX_TAU = 0.5
+
+
+def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
+    """A 2-D (n_samples, n_bins) view of ``x``: memory maps stay memory maps."""
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} is a GPU array; pairwise takes host arrays")
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr if axis == 1 else arr.T
+
+
+def _columns(tree: Tree, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """Layout positions that can contribute and their scales ``w^(1/rho)``.
+
+    A node whose parent has the same bins below it has the same phi as that
+    parent for every sample; its cost is added to the top node of the run.
+    """
+    lay = tree.layout
+    n_nodes, n_bins = tree.n_nodes, tree.n_bins
+    below = lay.bins_below
+    parent = lay.parent
+    top = np.arange(n_nodes)
+    # descending positions visit a parent before its children
+    same = np.zeros(n_nodes, dtype=bool)
+    same[:-1] = below[parent[:-1]] == below[:-1]
+    for j in np.flatnonzero(same)[::-1]:
+        top[j] = top[parent[j]]
+    useful = (below > 0) & (below < n_bins)
+    useful[-1] = False
+    cost = np.bincount(top[useful], weights=lay.weight[useful], minlength=n_nodes)
+    positions = np.flatnonzero(cost > 0)
+    return positions, cost[positions] ** (1.0 / rho)
+
+
+def _position(name: str, row: int, col: int, axis: int) -> str:
+    return f"{name}[{row}, {col}]" if axis == 1 else f"{name}[{col}, {row}]"
+
+
+class _Rows:
+    """Transformed rows ``x`` of one input, filled block by block."""
+
+    def __init__(self, samples: np.ndarray, name: str, axis: int, dtype: np.dtype, tree: Tree,
+                 positions: np.ndarray, scale: np.ndarray, normalize: str | None, check: bool,
+                 block: int) -> None:
+        n, n_cols = samples.shape[0], positions.shape[0]
+        lay = tree.layout
+        non_bin = np.flatnonzero(lay.bin_at < 0).astype(np.int64)
+        zeros = np.zeros(tree.n_bins, dtype=dtype)
+        zeros.flags.writeable = False
+        scale = scale.astype(dtype)
+        self.x = np.empty((n, n_cols), dtype=dtype)
+        self.totals = np.empty(n, dtype=np.float64)
+        self.low = np.full(n_cols, np.inf, dtype=dtype)
+        self.high = np.full(n_cols, -np.inf, dtype=dtype)
+        for r0 in range(0, n, block):
+            r1 = min(r0 + block, n)
+            rows = np.ascontiguousarray(samples[r0:r1], dtype=dtype).view()
+            rows.flags.writeable = False  # one kernel specialisation whatever the caller's flags
+            totals = self.totals[r0:r1]
+            bad = row_totals(rows, totals)
+            if check and bad >= 0:
+                r, k = divmod(bad, rows.shape[1])
+                value = rows[r, k]
+                what = "not finite" if not np.isfinite(value) else "negative"
+                raise ValueError(f"{_position(name, r0 + r, k, axis)} = {value} is {what}: "
+                                 f"entries of {name} must be finite and >= 0")
+            if normalize is not None:
+                zero = np.flatnonzero(~(totals > 0))
+                if zero.size:
+                    where = f"{name}[{r0 + int(zero[0])}]" if axis == 1 else f"{name}[:, {r0 + int(zero[0])}]"
+                    raise ValueError(f"{where} has zero total mass: cannot normalize")
+                rows = rows / totals.astype(dtype)[:, None]  # never in place: rows may be the caller's
+                rows.flags.writeable = False
+            x = self.x[r0:r1]
+            if n_cols:
+                cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
+                               positions, x.reshape(-1))
+                x *= scale
+                np.minimum(self.low, x.min(axis=0), out=self.low)
+                np.maximum(self.high, x.max(axis=0), out=self.high)
+
+    def keep(self, columns: np.ndarray) -> None:
+        """Keep only ``columns``, compacting the rows in place (no second copy)."""
+        n, n_cols = self.x.shape
+        m = columns.shape[0]
+        if m == n_cols:
+            return
+        flat = self.x.reshape(-1)
+        for r in range(n):
+            flat[r * m:(r + 1) * m] = flat[r * n_cols:(r + 1) * n_cols][columns]
+        self.x = flat[:n * m].reshape(n, m)
+
+
+def _check_equal_totals(parts: list[tuple[str, _Rows]], n_bins: int, mass_eps: float, axis: int) -> None:
+    """Equal totals up to rounding in the least precise input dtype (as :func:`emdtree.emd`)."""
+    ref_name, ref = parts[0]
+    if ref.totals.size == 0:
+        return
+    t0 = float(ref.totals[0])
+    tol = max(n_bins, 64) * mass_eps
+    for name, rows in parts:
+        t = rows.totals
+        off = np.abs(t - t0) > tol * np.maximum(np.abs(t), abs(t0))
+        if np.any(off):
+            r = int(np.flatnonzero(off)[0])
+            first = f"{ref_name}[0]" if axis == 1 else f"{ref_name}[:, 0]"
+            this = f"{name}[{r}]" if axis == 1 else f"{name}[:, {r}]"
+            raise ValueError(
+                f"all samples must have equal total mass, but sum({first}) = {t0!r} and "
+                f"sum({this}) = {float(t[r])!r}: the EMD between different totals is undefined; "
+                "pass normalize='l1' to compare them as distributions"
+            )
+
+
+def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        limit = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {limit}, got {value}")
+    return int(value)
+
+
+def pairwise(
+    X: Any,
+    Y: Any = None,
+    tree: Tree | None = None,
+    rho: float = 1.0,
+    *,
+    normalize: str | None = None,
+    condensed: bool = False,
+    block_size: int | None = None,
+    axis: int = -1,
+    check_inputs: bool = True,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """EMD^rho between every sample of ``X`` and every sample of ``Y``.
+
+    ``D[i, j] = EMD^rho(X[i], Y[j]) = sum_k w_k |phi_k(X[i]) - phi_k(Y[j])|^rho``
+    over the non-root nodes ``k`` (paper eq. 7). On a phylogeny with
+    ``rho=1`` and ``normalize="l1"`` this is weighted unnormalised UniFrac.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, n_bins)
+        Non-negative masses, one sample per row (per column with ``axis=0``).
+        A ``numpy.memmap`` is read in blocks of rows, never whole.
+    Y : array_like, shape (m, n_bins), optional
+        Second set of samples. When None, the square matrix between the
+        samples of ``X``: each pair is computed once and mirrored, so the
+        result is exactly symmetric with an exactly zero diagonal.
+    tree : Tree, optional
+        Ground space; default: a chain with unit spacing (ordinal bins).
+    rho : float, default 1.0
+        Exponent, >= 1; ``1`` is the exact EMD.
+    normalize : {None, "l1"}, optional
+        ``"l1"`` divides every sample by its total (counts to proportions);
+        a sample with zero total is then an error. Without it all samples
+        must have equal totals.
+    condensed : bool, default False
+        Return the condensed vector of :func:`scipy.spatial.distance.pdist`
+        (the pairs ``i < j`` row by row) instead of the square matrix; only
+        with ``Y=None``.
+    block_size : int, optional
+        Samples turned into phi at a time: the memory used beyond the
+        transformed samples and the output is about ``block_size x n_nodes``
+        values. Default: about 4 million node values.
+    axis : {-1, 1, 0}, default -1
+        The bin axis of ``X`` and ``Y``; ``0`` for tables with one sample per
+        column (``(n_bins, n)``).
+    check_inputs : bool, default True
+        Check that masses are finite, non-negative and (without
+        ``normalize``) have equal totals. ``False`` skips the checks; the
+        result for invalid masses is then undefined.
+    n_threads : int, optional
+        Numba threads for the pair sums; default ``numba.get_num_threads()``.
+        For ``rho=2`` in float64 most of the work is a matrix product, which
+        runs on NumPy's BLAS and its own threads.
+
+    Returns
+    -------
+    ndarray
+        ``(n, m)``, or ``(n, n)`` when ``Y`` is None, or ``(n (n - 1) / 2,)``
+        with ``condensed=True``; float32 when every input is float32, else
+        float64.
+
+    Raises
+    ------
+    ValueError
+        For inputs that are not 2-D, bin counts that differ between ``X``,
+        ``Y`` and the tree, NaN, infinite or negative masses, unequal totals
+        without ``normalize``, a zero total with ``normalize="l1"``, or
+        ``condensed=True`` with ``Y``.
+
+    See Also
+    --------
+    emd : the same distance for paired samples.
+    scipy.spatial.distance.squareform : condensed to square and back.
+
+    Examples
+    --------
+    >>> import numpy as np, emdtree
+    >>> tree = emdtree.Tree.from_newick("((a:1,b:2):0.5,c:3);")
+    >>> counts = np.array([[4, 0, 0], [0, 2, 2], [1, 1, 2]])
+    >>> emdtree.pairwise(counts, tree=tree, normalize="l1")
+    array([[0.  , 3.75, 3.  ],
+           [3.75, 0.  , 0.75],
+           [3.  , 0.75, 0.  ]])
+    >>> emdtree.pairwise(counts, tree=tree, normalize="l1", condensed=True)
+    array([3.75, 3.  , 0.75])
+    >>> float(emdtree.emd([1, 0, 0], [0, 0.5, 0.5], tree))
+    3.75
+    """
+    rho = check_rho(rho)
+    if normalize is not None and normalize != "l1":
+        raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (numbers.Integral, np.integer)):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if axis not in (-2, -1, 0, 1):
+        raise ValueError(f"axis {axis} is out of bounds for 2-D inputs")
+    ax = int(axis) % 2
+    if condensed and Y is not None:
+        raise ValueError("condensed=True needs Y=None: a condensed vector holds the pairs of one set of "
+                         "samples")
+    max_threads = numba.config.NUMBA_NUM_THREADS
+    if n_threads is None:
+        n_threads = numba.get_num_threads()
+    n_threads = _check_int(n_threads, "n_threads", 1, max_threads)
+    xs = _check_samples(X, "X", ax)
+    ys = None if Y is None else _check_samples(Y, "Y", ax)
+    dtype = working_dtype(xs) if ys is None else working_dtype(xs, ys)
+    n_bins = xs.shape[1]
+    if ys is not None and ys.shape[1] != n_bins:
+        raise ValueError(f"X has {n_bins} bins along axis {axis} but Y has {ys.shape[1]}")
+    if n_bins == 0:
+        raise ValueError("the bin axis is empty")
+    if tree is None:
+        from ._inputs import resolve_tree
+
+        tree = resolve_tree(None, n_bins)
+    elif not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
+    elif tree.n_bins != n_bins:
+        raise ValueError(f"X has {n_bins} bins along axis {axis} but the tree has {tree.n_bins} bins")
+    if block_size is None:
+        block = max(cpu.BLOCK, _BLOCK_VALUES // tree.n_nodes // cpu.BLOCK * cpu.BLOCK)
+    else:
+        block = _check_int(block_size, "block_size", 1)
+
+    positions, scale = _columns(tree, rho)
+    parts = [("X", _Rows(xs, "X", ax, dtype, tree, positions, scale, normalize, check_inputs, block))]
+    if ys is not None:
+        parts.append(("Y", _Rows(ys, "Y", ax, dtype, tree, positions, scale, normalize, check_inputs, block)))
+    if check_inputs and normalize is None:
+        inputs = [xs] if ys is None else [xs, ys]
+        mass_eps = max(float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps) for a in inputs)
+        _check_equal_totals(parts, n_bins, mass_eps, ax)
+    low = np.minimum.reduce([rows.low for _, rows in parts])
+    high = np.maximum.reduce([rows.high for _, rows in parts])
+    varying = np.flatnonzero(~(low == high))  # NaN (unchecked inputs) counts as varying
+    for _, rows in parts:
+        rows.keep(varying)
+
+    a = parts[0][1].x
+    b = a if ys is None else parts[1][1].x
+    n_a, n_b = a.shape[0], b.shape[0]
+    if ys is not None:
+        out, kind = np.zeros(n_a * n_b, dtype=dtype), kernels.OUT_RECT
+    elif condensed:
+        out, kind = np.zeros(n_a * (n_a - 1) // 2, dtype=dtype), kernels.OUT_CONDENSED
+    else:
+        out, kind = np.zeros(n_a * n_a, dtype=dtype), kernels.OUT_SQUARE
+    n_cols = a.shape[1]
+    tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
+    use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
+    if out.size and n_cols and use_gram:
+        _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
+    elif out.size and n_cols:
+        mode = kernels.MODE_ONE if rho == 1.0 else kernels.MODE_TWO if rho == 2.0 else kernels.MODE_GENERAL
+        sum_a = sum_b = np.zeros(0)
+        if mode == kernels.MODE_ONE and dtype == np.float64 and low.min() >= 0:
+            mode = kernels.MODE_ONE_MIN
+            sum_a = a.sum(axis=1)
+            sum_b = sum_a if ys is None else b.sum(axis=1)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(n_threads)
+        try:
+            kernels.pair_sums(a.reshape(-1), b.reshape(-1), n_a, n_b, n_cols, kind, mode, dtype.type(rho),
+                              sum_a, sum_b, _MIN_TAU, out, 1 if n_threads == 1 else 8 * n_threads)
+        finally:
+            numba.set_num_threads(previous)
+    return out if condensed else out.reshape(n_a, n_b)
+
+
+def _gram_pairs(a: np.ndarray, b: np.ndarray, square: bool, kind: int, out: np.ndarray, tau: float,
+                block: int, n_threads: int) -> None:
+    """EMD^2 from matrix products, block of rows by block of rows (see ``_GRAM_REL``).
+
+    ``a`` and ``b`` are the driver's own float64 rows: they are centred in place.
+    """
+    center = a.mean(axis=0) if square else (a.sum(axis=0) + b.sum(axis=0)) / (a.shape[0] + b.shape[0])
+    a -= center
+    if not square:
+        b -= center
+    norm_a = np.einsum("ij,ij->i", a, a)
+    norm_b = norm_a if square else np.einsum("ij,ij->i", b, b)
+    n_a, n_b = a.shape[0], b.shape[0]
+    n_cols = a.shape[1]
+    square_out = out.reshape(n_a, n_b) if kind == kernels.OUT_SQUARE else None
+    starts = None  # first condensed index of each row
+    if kind == kernels.OUT_CONDENSED:
+        starts = np.concatenate(([0], np.cumsum(np.arange(n_a - 1, 0, -1))))
+    rows_per_block = max(1, min(block, (1 << 22) // max(n_b, 1)))
+    for r0 in range(0, n_a, rows_per_block):
+        r1 = min(r0 + rows_per_block, n_a)
+        c0 = r0 if square else 0  # a square output needs the pairs j >= i only
+        total = norm_a[r0:r1, None] + norm_b[None, c0:]
+        d = total - 2.0 * (a[r0:r1] @ b[c0:].T)
+        low_rows, low_cols = np.nonzero(~(d > tau * total))
+        if square:
+            keep = low_cols + c0 > low_rows + r0
+            low_rows, low_cols = low_rows[keep], low_cols[keep]
+        if low_rows.size:
+            vals = np.empty(low_rows.size)
+            previous = numba.get_num_threads()
+            numba.set_num_threads(n_threads)
+            try:
+                kernels.listed_pairs(a.reshape(-1), b.reshape(-1), n_cols, low_rows + r0, low_cols + c0,
+                                     kernels.MODE_TWO, 2.0, vals)
+            finally:
+                numba.set_num_threads(previous)
+            d[low_rows, low_cols] = vals
+        if kind == kernels.OUT_RECT:
+            out.reshape(n_a, n_b)[r0:r1] = d
+            continue
+        for i in range(r0, r1):
+            row = d[i - r0, i + 1 - c0:]  # pairs (i, j > i)
+            if square_out is not None:
+                square_out[i, i + 1:] = row
+                square_out[i + 1:, i] = row
+            else:
+                out[starts[i]:starts[i] + row.size] = row
