@@ -22,7 +22,8 @@ post-order layout.
 
 Inputs are NumPy arrays or anything :func:`numpy.asarray` takes (CPU torch
 tensors included); large and memory-mapped arrays are read in row chunks and
-dask arrays block by block, so memory stays bounded. Ranking ties are broken
+dask arrays block by block, so memory stays bounded. Integer class labels
+reach the EMD kernels as indices, without one-hot rows. Ranking ties are broken
 towards the lower bin index, as :func:`numpy.argmax` does.
 
 The accumulators :class:`EMDMetric` and :class:`HierarchicalMetrics` stream
@@ -31,16 +32,28 @@ the same quantities over batches and merge across workers.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
 
-from ._api import emd
+from ._exactsum import ExactSum
+from ._hierarchy import Hierarchy, hierarchy
+from ._metric_chunks import chunk_emd, ranks
+from ._metric_inputs import (
+    check_chunk_size,
+    check_distance,
+    check_k,
+    check_labels_shape,
+    check_scores,
+    check_target,
+    chunks,
+    host,
+    labels_in_range,
+    no_nan,
+)
 from ._tree import Tree
 
 __all__ = [
@@ -52,358 +65,6 @@ __all__ = [
     "report",
     "topk_accuracy",
 ]
-
-_CHUNK_ELEMENTS = 1 << 22  # default chunk: about 4 million scores (32 MB of float64)
-_DISTANCES = ("path", "lca_height")
-
-
-# ----------------------------------------------------------------------------- tree distances
-
-class _Hierarchy:
-    """Distances between bins through their lowest common ancestor (LCA).
-
-    In the post-order layout every ancestor of a position has a larger
-    position, and the subtree of position ``j`` is ``[j - size[j] + 1, j]``.
-    So for bin positions ``a < b`` the LCA is the lowest ancestor of ``a``
-    whose position is at least ``b``, found by binary lifting in
-    ``ceil(log2(depth + 1))`` vectorised steps.
-    """
-
-    def __init__(self, tree: Tree) -> None:
-        lay = tree.layout
-        n = tree.n_nodes
-        parent = lay.parent.copy()
-        parent[-1] = n - 1  # the root is its own parent: lifting stops there
-        levels = max(1, math.ceil(math.log2(tree.depth + 1)))
-        up = [parent]
-        for _ in range(levels - 1):
-            up.append(up[-1][up[-1]])
-        self.up = up
-        self.bin_position = lay.bin_position
-        # Length of the path to the root and the largest such length among the
-        # bins below, level by level so that each sum follows its path.
-        by_depth = np.argsort(lay.depth, kind="stable")
-        starts = np.searchsorted(lay.depth[by_depth], np.arange(tree.depth + 2))
-        to_root = np.zeros(n)
-        for d in range(1, tree.depth + 1):
-            at = by_depth[starts[d]:starts[d + 1]]
-            to_root[at] = to_root[parent[at]] + lay.weight[at]
-        lowest_bin = np.full(n, -np.inf)
-        lowest_bin[lay.bin_position] = to_root[lay.bin_position]
-        for d in range(tree.depth, 0, -1):
-            at = by_depth[starts[d]:starts[d + 1]]
-            np.maximum.at(lowest_bin, parent[at], lowest_bin[at])
-        self.to_root = to_root
-        self.height = lowest_bin - to_root  # -inf where no bin is below
-
-    def lca(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Position of the LCA of the nodes at positions ``a`` and ``b``."""
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        x = lo
-        for up in reversed(self.up):
-            step = up[x]
-            x = np.where(step < hi, step, x)
-        return np.where(lo == hi, lo, self.up[0][x])
-
-    def distance(self, bins_a: np.ndarray, bins_b: np.ndarray, kind: str) -> np.ndarray:
-        """Tree distance between bins ``bins_a`` and ``bins_b`` (equal shapes), float64."""
-        a, b = self.bin_position[bins_a], self.bin_position[bins_b]
-        top = self.lca(a, b)
-        if kind == "path":
-            return self.to_root[a] + self.to_root[b] - 2.0 * self.to_root[top]
-        return np.where(a == b, 0.0, self.height[top])
-
-
-@functools.lru_cache(maxsize=8)
-def _hierarchy(tree: Tree) -> _Hierarchy:
-    return _Hierarchy(tree)
-
-
-# ----------------------------------------------------------------------------- exact sums
-
-class _ExactSum:
-    """Running sum kept as non-overlapping partials (Shewchuk; the algorithm of
-    :func:`math.fsum`), so that the order of additions and merges does not
-    change the result."""
-
-    __slots__ = ("partials",)
-
-    def __init__(self) -> None:
-        self.partials: list[float] = []
-
-    def add(self, x: float) -> None:
-        kept = []
-        for y in self.partials:
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo:
-                kept.append(lo)
-            x = hi
-        kept.append(x)
-        self.partials = kept
-
-    def add_values(self, values: np.ndarray) -> None:
-        # math.fsum rounds the chunk's sum once; the partials then add it exactly
-        if values.size:
-            self.add(math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist()))
-
-    def merge(self, other: _ExactSum) -> None:
-        for x in other.partials:
-            self.add(x)
-
-    @property
-    def value(self) -> float:
-        return math.fsum(self.partials)
-
-
-# ----------------------------------------------------------------------------- inputs
-
-def _host(x: Any) -> Any:
-    """Torch tensors (also those that require grad or live on a GPU) to NumPy;
-    dask arrays stay lazy; anything else through :func:`numpy.asarray`."""
-    if _is_dask(x):
-        return x
-    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _is_dask(x: Any) -> bool:
-    return type(x).__module__.startswith("dask") and hasattr(x, "blocks")
-
-
-def _check_scores(pred: Any, name: str = "pred") -> None:
-    if pred.ndim != 2:
-        raise ValueError(f"{name} must have shape (n_samples, n_bins), got shape {tuple(pred.shape)}")
-    if np.dtype(pred.dtype).kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {pred.dtype}")
-    if pred.shape[1] == 0:
-        raise ValueError(f"{name} has no bins (shape {tuple(pred.shape)})")
-
-
-def _check_labels_shape(labels: Any, n_samples: int, name: str = "labels") -> None:
-    if np.dtype(labels.dtype).kind not in "iu":
-        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
-    if labels.shape != (n_samples,):
-        raise ValueError(
-            f"{name} must have shape (n_samples,) = ({n_samples},) to match pred, got shape "
-            f"{tuple(labels.shape)}"
-        )
-
-
-def _check_target(pred: Any, target: Any) -> bool:
-    """Validate the target's shape; True for class indices, False for distributions."""
-    if np.dtype(target.dtype).kind in "iu" and target.ndim == 1:
-        _check_labels_shape(target, pred.shape[0], "target")
-        return True
-    if target.shape != pred.shape:
-        raise ValueError(
-            f"target must be class indices of shape ({pred.shape[0]},) or distributions of pred's shape "
-            f"{tuple(pred.shape)}, got shape {tuple(target.shape)}"
-        )
-    if np.dtype(target.dtype).kind not in "biuf":
-        raise TypeError(f"target must hold real numbers, got dtype {target.dtype}")
-    return False
-
-
-def _check_k(k: Any, n_bins: int | None) -> int:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (numbers.Integral, np.integer)):
-        raise TypeError(f"k must be a positive integer, got {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be a positive integer, got {int(k)}")
-    if n_bins is not None and k > n_bins:
-        raise ValueError(f"k = {int(k)} must be between 1 and the number of bins ({n_bins})")
-    return int(k)
-
-
-def _check_distance(distance: str) -> str:
-    if distance not in _DISTANCES:
-        raise ValueError(f"distance must be one of {', '.join(map(repr, _DISTANCES))}, got {distance!r}")
-    return distance
-
-
-def _chunks(arrays: Sequence[Any], chunk_size: int | None) -> Iterator[tuple[int, list[np.ndarray]]]:
-    """``(first row, [row chunk of each array])`` over the rows of 2-D scores and
-    their 1-D or 2-D companions; dask arrays are computed one block at a time."""
-    n_rows, n_bins = arrays[0].shape
-    if any(_is_dask(a) for a in arrays):
-        import dask
-        import dask.array as da
-
-        if chunk_size is not None:
-            rows = _check_chunk_size(chunk_size)
-            lead = da.asarray(arrays[0]).rechunk({0: rows, 1: -1})
-        else:
-            lead = da.asarray(arrays[0]).rechunk({1: -1})
-        lazy = [lead] + [da.asarray(a).rechunk({0: lead.chunks[0]} | ({1: -1} if a.ndim == 2 else {}))
-                         for a in arrays[1:]]
-        start = 0
-        for i in range(lead.numblocks[0]):
-            blocks = dask.compute(*(a.blocks[i] for a in lazy))
-            yield start, [np.asarray(b) for b in blocks]
-            start += blocks[0].shape[0]
-        return
-    rows = _check_chunk_size(chunk_size) if chunk_size is not None else max(1, _CHUNK_ELEMENTS // n_bins)
-    for start in range(0, n_rows, rows):
-        yield start, [np.asarray(a[start:start + rows]) for a in arrays]
-
-
-def _check_chunk_size(chunk_size: Any) -> int:
-    if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (numbers.Integral, np.integer)):
-        raise TypeError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
-    return int(chunk_size)
-
-
-def _no_nan(chunk: np.ndarray, start: int, name: str = "pred") -> None:
-    if chunk.size and chunk.dtype.kind == "f" and np.isnan(chunk.min()):
-        r, c = np.argwhere(np.isnan(chunk))[0]
-        raise ValueError(f"{name}[{start + r}, {c}] is NaN: scores must not be NaN")
-
-
-def _labels_in_range(labels: np.ndarray, start: int, n_bins: int, name: str = "labels") -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= n_bins))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"{name}[{start + i}] = {int(labels[i])} is out of range: class indices must be in "
-            f"[0, {n_bins - 1}] for {n_bins} bins"
-        )
-
-
-def _explain_masses(pred: np.ndarray, target: np.ndarray | None, start: int, tol_eps: float,
-                    normalize: str | None) -> None:
-    """Raise a ValueError that names the row (in the whole input) of an invalid
-    mass; for a chunk the EMD kernels rejected. ``target=None``: one-hot labels."""
-    for name, a in (("pred", pred), ("target", target)):
-        if a is None:
-            continue
-        bad = (~np.isfinite(a) | (a < 0)) if a.dtype.kind == "f" else a < 0
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            what = "not finite" if not np.isfinite(a[r, c]) else "negative"
-            raise ValueError(
-                f"{name}[{start + r}, {c}] = {a[r, c].item()!r} is {what}: the EMD needs non-negative masses "
-                "(probabilities, not logits)"
-            )
-    sp = pred.sum(axis=1, dtype=np.float64)
-    sq = np.ones_like(sp) if target is None else target.sum(axis=1, dtype=np.float64)
-    if normalize is not None:
-        for name, totals in (("pred", sp), ("target", sq)):
-            zero = np.flatnonzero(totals <= 0)
-            if zero.size:
-                raise ValueError(f"{name}[{start + int(zero[0])}] has zero total mass: cannot normalize")
-        return
-    tol = max(pred.shape[1], 64) * tol_eps * np.maximum(np.abs(sp), np.abs(sq))
-    off = np.flatnonzero(np.abs(sp - sq) > tol)
-    if off.size:
-        r = int(off[0])
-        if target is None:
-            raise ValueError(
-                f"pred[{start + r}] sums to {float(sp[r])!r}, not 1: the EMD to a class compares "
-                "distributions; pass normalize='l1' to rescale the rows"
-            )
-        raise ValueError(
-            f"pred[{start + r}] and target[{start + r}] have different total mass ({float(sp[r])!r} and "
-            f"{float(sq[r])!r}); pass normalize='l1' to compare them as distributions"
-        )
-
-
-def _one_hot(labels: np.ndarray, n_bins: int, dtype: np.dtype) -> np.ndarray:
-    out = np.zeros((labels.shape[0], n_bins), dtype=dtype)
-    out[np.arange(labels.shape[0]), labels] = 1
-    return out
-
-
-def _chunk_emd(pred: np.ndarray, target: np.ndarray, is_labels: bool, start: int, tree: Tree | None,
-               rho: float, normalize: str | None) -> np.ndarray:
-    """EMD^rho of each row of a chunk; errors name rows of the whole input."""
-    dtype = np.float32 if pred.dtype == np.float32 and (is_labels or target.dtype == np.float32) \
-        else np.float64
-    q = _one_hot(target, pred.shape[1], dtype) if is_labels else target
-    try:
-        return np.asarray(emd(pred, q, tree, rho, normalize=normalize), dtype=np.float64).reshape(-1)
-    except ValueError as exc:
-        eps = float(np.finfo(dtype).eps)
-        _explain_masses(pred, None if is_labels else np.asarray(target), start, eps, normalize)
-        raise exc
-
-
-# ----------------------------------------------------------------------------- ranking kernel
-
-@njit(cache=True)
-def _insert(row, best, filled, j):  # pragma: no cover - compiled
-    """Put class ``j`` into the sorted list ``best`` of the ``filled`` best classes so far
-    (the last one drops out when the list is full); returns the new length."""
-    k = best.shape[0]
-    s = row[j]
-    pos = filled if filled < k else k - 1
-    while pos > 0 and row[best[pos - 1]] < s:  # equal scores: the earlier, lower index stays ahead
-        best[pos] = best[pos - 1]
-        pos -= 1
-    best[pos] = j
-    return min(filled + 1, k)
-
-
-@njit(cache=True, parallel=True)
-def _rank_top_k(scores, labels, top, rank):  # pragma: no cover - compiled
-    """The rank of each row's label and its ``k`` best classes.
-
-    ``rank[r]`` counts the classes ranked before the label (a higher score,
-    or an equal score and a lower index); ``top[r]`` receives the indices of
-    the ``k = top.shape[1]`` best classes, best first, ties to the lower
-    index. Scores must not be NaN. A block of 16 scores is read one by one
-    only when one of them beats the current k-th best, which a single
-    fixed-length loop tests; for 1000 random scores and ``k = 5`` about 15 of
-    the 63 blocks of a row are.
-    """
-    m, n = scores.shape
-    k = top.shape[1]
-    for r in prange(m):
-        row = scores[r]
-        y = labels[r]
-        own = row[y]
-        before = 0
-        for j in range(n):
-            s = row[j]
-            before += (s > own) | ((s == own) & (j < y))
-        rank[r] = before
-        if k == 0:
-            continue
-        best = top[r]
-        filled = 0
-        for j in range(k):
-            filled = _insert(row, best, filled, j)
-        kth = row[best[k - 1]]
-        for b in range(k // 16, n // 16 + 1):
-            lo, hi = max(16 * b, k), min(16 * b + 16, n)
-            beats = 0
-            if hi - lo == 16:  # a full block: a fixed-length loop that LLVM can vectorise
-                for i in range(16):
-                    beats += row[lo + i] > kth
-            else:
-                beats = 1
-            if beats:
-                for j in range(lo, hi):
-                    if row[j] > kth:
-                        _insert(row, best, k, j)
-                        kth = row[best[k - 1]]
-
-
-def _ranks(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rank of each label, (m, k) best classes)`` of a chunk, through the kernel."""
-    dtype = np.float32 if scores.dtype.kind == "f" and scores.dtype.itemsize <= 4 else np.float64
-    x = np.ascontiguousarray(scores, dtype=dtype).view()
-    y = np.ascontiguousarray(labels, dtype=np.int64).view()
-    x.flags.writeable = y.flags.writeable = False  # one specialisation whatever the caller's flags
-    top = np.empty((x.shape[0], k), dtype=np.int64)
-    rank = np.empty(x.shape[0], dtype=np.int64)
-    _rank_top_k(x, y, top, rank)
-    return rank, top
-
 
 # ----------------------------------------------------------------------------- functions
 
@@ -667,7 +328,7 @@ class EMDMetric:
         if normalize is not None and normalize != "l1":
             raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
         if chunk_size is not None:
-            _check_chunk_size(chunk_size)
+            check_chunk_size(chunk_size)
         self.tree = tree
         self.rho = check_rho(rho)
         self.normalize = normalize
@@ -678,7 +339,7 @@ class EMDMetric:
     def reset(self) -> None:
         """Forget all samples."""
         self.n_samples = 0
-        self._sum = _ExactSum()
+        self._sum = ExactSum()
 
     def update(self, pred: Any, target: Any, *, progress: Callable[[int], Any] | None = None) -> EMDMetric:
         """Add a batch: ``pred`` (n, n_bins) and ``target`` (n, n_bins) or class indices (n,).
@@ -686,18 +347,18 @@ class EMDMetric:
         ``progress``, if given, is called with the number of rows of each
         chunk once it is done (e.g. a progress bar's ``update``).
         """
-        pred, target = _host(pred), _host(target)
-        _check_scores(pred)
-        is_labels = _check_target(pred, target)
+        pred, target = host(pred), host(target)
+        check_scores(pred)
+        is_labels = check_target(pred, target)
         n_bins = pred.shape[1]
         if self.n_bins is not None and n_bins != self.n_bins:
             what = "the tree has" if self.tree is not None else "earlier batches had"
             raise ValueError(f"pred has {n_bins} bins (columns) but {what} {self.n_bins} bins")
         self.n_bins = n_bins
-        for start, (p, t) in _chunks([pred, target], self.chunk_size):
+        for start, (p, t) in chunks([pred, target], self.chunk_size):
             if is_labels:
-                _labels_in_range(t, start, n_bins, "target")
-            self._sum.add_values(_chunk_emd(p, t, is_labels, start, self.tree, self.rho, self.normalize))
+                labels_in_range(t, start, n_bins, "target")
+            self._sum.add_values(chunk_emd(p, t, is_labels, start, self.tree, self.rho, self.normalize))
             self.n_samples += p.shape[0]
             if progress is not None:
                 progress(p.shape[0])
@@ -787,11 +448,11 @@ class HierarchicalMetrics:
         ks = tuple(ks)
         if not ks:
             raise ValueError("ks is empty: give at least one k")
-        ks = tuple(_check_k(k, None if tree is None else tree.n_bins) for k in ks)
+        ks = tuple(check_k(k, None if tree is None else tree.n_bins) for k in ks)
         self.ks = tuple(dict.fromkeys(ks))
         self.tree = tree
         self.per_class = bool(per_class)
-        self.distance = _check_distance(distance)
+        self.distance = check_distance(distance)
         self.want_emd = bool(emd) and tree is not None
         self._emd = EMDMetric(tree, rho, normalize=normalize, chunk_size=chunk_size)
         self.chunk_size = chunk_size
@@ -804,8 +465,8 @@ class HierarchicalMetrics:
         self.n_bins = None if self.tree is None else self.tree.n_bins
         self._correct = {k: 0 for k in self.ks}
         self._mistakes = 0
-        self._severity = _ExactSum()
-        self._hdist = {k: _ExactSum() for k in self.ks}
+        self._severity = ExactSum()
+        self._hdist = {k: ExactSum() for k in self.ks}
         self._classes: dict[str, np.ndarray] | None = None
 
     def _class_arrays(self, n_bins: int) -> dict[str, np.ndarray]:
@@ -823,9 +484,9 @@ class HierarchicalMetrics:
 
         ``progress`` as in :meth:`EMDMetric.update`.
         """
-        pred, labels = _host(pred), _host(labels)
-        _check_scores(pred)
-        _check_labels_shape(labels, pred.shape[0])
+        pred, labels = host(pred), host(labels)
+        check_scores(pred)
+        check_labels_shape(labels, pred.shape[0])
         n_bins = pred.shape[1]
         if self.n_bins is not None and n_bins != self.n_bins:
             what = "the tree has" if self.tree is not None else "earlier batches had"
@@ -833,17 +494,17 @@ class HierarchicalMetrics:
         if max(self.ks) > n_bins:
             raise ValueError(f"k = {max(self.ks)} must be between 1 and the number of bins ({n_bins})")
         self.n_bins = n_bins
-        hierarchy = _hierarchy(self.tree) if self.tree is not None else None
-        for start, (scores, y) in _chunks([pred, labels], self.chunk_size):
-            _no_nan(scores, start)
-            _labels_in_range(y, start, n_bins)
-            self._update_chunk(scores, y, start, hierarchy)
+        tables = hierarchy(self.tree) if self.tree is not None else None
+        for start, (scores, y) in chunks([pred, labels], self.chunk_size):
+            no_nan(scores, start)
+            labels_in_range(y, start, n_bins)
+            self._update_chunk(scores, y, start, tables)
             if progress is not None:
                 progress(scores.shape[0])
         return self
 
-    def _update_chunk(self, scores: np.ndarray, y: np.ndarray, start: int, hierarchy) -> None:
-        rank, top = _ranks(scores, y, max(self.ks) if hierarchy is not None else 0)
+    def _update_chunk(self, scores: np.ndarray, y: np.ndarray, start: int, tables: Hierarchy | None) -> None:
+        rank, top = ranks(scores, y, max(self.ks) if tables is not None else 0)
         classes = self._class_arrays(self.n_bins) if self.per_class else None
         if classes is not None:
             classes["n_samples"] += np.bincount(y, minlength=self.n_bins)
@@ -856,8 +517,8 @@ class HierarchicalMetrics:
         self._mistakes += int(np.count_nonzero(wrong))
         if classes is not None:
             classes["n_mistakes"] += np.bincount(y[wrong], minlength=self.n_bins)
-        if hierarchy is not None:
-            dist = hierarchy.distance(top, np.broadcast_to(y[:, None], top.shape), self.distance)
+        if tables is not None:
+            dist = tables.distance(top, np.broadcast_to(y[:, None], top.shape), self.distance)
             self._severity.add_values(dist[wrong, 0])
             if classes is not None:
                 classes["severity"] += np.bincount(y[wrong], dist[wrong, 0], minlength=self.n_bins)
@@ -867,7 +528,7 @@ class HierarchicalMetrics:
                 if classes is not None:
                     classes[f"hdist@{k}"] += np.bincount(y, per_sample, minlength=self.n_bins)
         if self.want_emd:
-            values = _chunk_emd(scores, y, True, start, self.tree, self._emd.rho, self._emd.normalize)
+            values = chunk_emd(scores, y, True, start, self.tree, self._emd.rho, self._emd.normalize)
             self._emd._sum.add_values(values)
             self._emd.n_samples += values.shape[0]
             if classes is not None:

@@ -10,6 +10,9 @@ from trees import TREE_CASES, random_tree
 import emdtree
 import oracle
 from emdtree import Tree, metrics
+from emdtree._exactsum import ExactSum
+from emdtree._hierarchy import hierarchy
+from emdtree._metric_chunks import chunk_emd, ranks
 from emdtree.metrics import EMDMetric, HierarchicalMetrics
 
 # ----------------------------------------------------------------------------- brute force
@@ -90,7 +93,7 @@ def test_lca_distances_match_distance_matrix(case):
     tree = tree_of(case)
     n = tree.n_bins
     a, b = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    h = metrics._hierarchy(tree)
+    h = hierarchy(tree)
     np.testing.assert_allclose(h.distance(a, b, "path"), tree.distance_matrix(), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(h.distance(a, b, "lca_height"), lca_height_matrix(tree), rtol=1e-13,
                                atol=1e-13)
@@ -101,7 +104,7 @@ def test_lca_distances_on_imagenet():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 1000, 20000), rng.integers(0, 1000, 20000)
     D = tree.distance_matrix()
-    np.testing.assert_array_equal(metrics._hierarchy(tree).distance(a, b, "path"), D[a, b])
+    np.testing.assert_array_equal(hierarchy(tree).distance(a, b, "path"), D[a, b])
 
 
 def test_path_is_twice_lca_height_on_a_balanced_tree():
@@ -146,7 +149,7 @@ def test_rank_and_top_k_match_sorting(n, kind):
             x = scores.astype(dtype)
         orders = [ranked(list(row)) for row in x]
         for k in sorted({k for k in (0, 1, 2, 5, n) if k <= n}):
-            rank, top = metrics._ranks(x, labels, k)
+            rank, top = ranks(x, labels, k)
             assert rank.tolist() == [order.index(y) for order, y in zip(orders, labels)]
             assert top.tolist() == [order[:k] for order in orders]
 
@@ -230,6 +233,50 @@ def test_mean_emd_matches_loops_and_linear_program():
     assert by_index == pytest.approx(metrics.mean_emd(pred, one_hot, tree), rel=1e-15)
 
 
+@pytest.mark.parametrize("case", ["star", "random_internal_bins", "random_zero_weights", "chain", None])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.float16])
+def test_labels_give_bitwise_the_values_of_one_hot_targets(case, dtype):
+    # class indices reach the kernels as indices (no one-hot array), or as one-hot rows
+    # where that runs another kernel or precision; either way the values must be those
+    # of explicit one-hot targets, to the last bit
+    tree = tree_of(case) if case is not None else None
+    n = tree.n_bins if tree is not None else 9
+    rng = np.random.default_rng(14)
+    for m in (1, 5, 45):  # one sample, the row kernel, a block and left-overs
+        labels = rng.integers(0, n, m)
+        for normalize in (None, "l1") if dtype != np.int64 else ("l1",):
+            if dtype == np.int64:  # counts
+                pred = rng.integers(1, 5, (m, n))
+            else:
+                pred = probabilities(rng, m, n, dtype=dtype) * (3 if normalize else 1)
+            one_hot = np.eye(n, dtype=np.float32 if dtype == np.float32 else np.float64)[labels]
+            for rho in (1.0, 2.0, 1.5):
+                got = chunk_emd(pred, labels, True, 0, tree, rho, normalize)
+                want = np.asarray(emdtree.emd(pred, one_hot, tree, rho, normalize=normalize), dtype=float)
+                np.testing.assert_array_equal(got, want.reshape(-1))
+                assert metrics.mean_emd(pred, labels, tree, rho, normalize=normalize) == \
+                    metrics.mean_emd(pred, one_hot, tree, rho, normalize=normalize)
+
+
+def test_labels_on_a_tree_build_no_one_hot_rows(monkeypatch):
+    import emdtree._metric_chunks as chunks_module
+
+    tree = emdtree.datasets.imagenet_wordnet()
+    rng = np.random.default_rng(15)
+    pred = probabilities(rng, 40, tree.n_bins, dtype=np.float32)
+    labels = rng.integers(0, tree.n_bins, 40)
+    want = metrics.report(pred, labels, tree, ks=(1,))["mean_emd"]
+
+    def fail(*args):
+        raise AssertionError("one-hot targets built")
+
+    monkeypatch.setattr(chunks_module, "_one_hot", fail)
+    assert metrics.report(pred, labels, tree, ks=(1,))["mean_emd"] == want
+    assert metrics.mean_emd(pred, labels, tree, rho=2) == EMDMetric(tree, 2).update(pred, labels).compute()
+    with pytest.raises(AssertionError, match="one-hot targets built"):  # the chain keeps its kernel
+        metrics.mean_emd(pred[:, :5] / pred[:, :5].sum(1, keepdims=True), labels % 5)
+
+
 def test_mean_emd_normalize_and_default_chain():
     counts = np.array([[2, 0, 0, 2], [0, 3, 0, 0]])
     assert metrics.mean_emd(counts, [3, 0], normalize="l1") == pytest.approx((1.5 + 1.0) / 2)
@@ -293,7 +340,7 @@ def test_streaming_and_merge_equal_one_shot():
 
 def test_exact_sum_does_not_depend_on_order():
     values = np.array([1e16, 1.0, -1e16, 1.0, 3e-17] * 50)
-    a, b = metrics._ExactSum(), metrics._ExactSum()
+    a, b = ExactSum(), ExactSum()
     for v in values:
         a.add(float(v))
     for v in values[::-1]:

@@ -1,0 +1,45 @@
+"""Exact running sums, so that streamed and merged metrics do not depend on
+how the samples were split into batches or across workers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class ExactSum:
+    """Running sum kept as non-overlapping partials (Shewchuk; the algorithm of
+    :func:`math.fsum`), so that the order of additions and merges does not
+    change the result."""
+
+    __slots__ = ("partials",)
+
+    def __init__(self) -> None:
+        self.partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        kept = []
+        for y in self.partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                kept.append(lo)
+            x = hi
+        kept.append(x)
+        self.partials = kept
+
+    def add_values(self, values: np.ndarray) -> None:
+        # math.fsum rounds the chunk's sum once; the partials then add it exactly
+        if values.size:
+            self.add(math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist()))
+
+    def merge(self, other: ExactSum) -> None:
+        for x in other.partials:
+            self.add(x)
+
+    @property
+    def value(self) -> float:
+        return math.fsum(self.partials)
