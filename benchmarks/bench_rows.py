@@ -57,7 +57,8 @@ def main() -> int:
                 totals = np.empty((batch, 2))
                 low_b = np.empty((batch + cpu.BLOCK - 1) // cpu.BLOCK, dtype)
                 low_r = np.empty(batch)
-                common = (pf, qf, 1, 1, np.zeros(0, np.int64), batch, parent, weight, bin_pos, non_bin, 2, consts, True,
+                no_labels = np.zeros(0, np.int64)
+                common = (pf, qf, 1, 1, no_labels, batch, parent, weight, bin_pos, non_bin, 2, consts, True,
                           value, grad, totals)
                 t = timer.run({
                     "blocked": functools.partial(cpu.value_grad_serial, *common, low_b),

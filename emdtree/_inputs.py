@@ -230,7 +230,7 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
         sp, sq = _mass_totals(rows, 0, True), _mass_totals(rows, 1, True)
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps
     if np.any(np.abs(sp - sq) > tol * np.maximum(np.abs(sp), np.abs(sq))):
-        _check_totals(rows, sp, sq, ("p", "q"))
+        _check_totals(rows, sp, sq, rows.names[:2])
 
 
 def check_label_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
@@ -245,12 +245,15 @@ def check_label_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     if np.any(off):
         r = int(np.flatnonzero(off)[0])
         raise ValueError(
-            f"{rows.names[0]}{_batch_position(r, rows.batch_shape)} sums to {float(sp[r])!r}: against a class label "
-            f"(a unit mass on one bin) it must sum to 1; pass normalize='l1' to compare it as a distribution"
+            f"{rows.names[0]}{_batch_position(r, rows.batch_shape)} sums to {float(sp[r])!r}: against a "
+            f"class label (a unit mass on one bin) it must sum to 1; pass normalize='l1' to compare it as "
+            f"a distribution"
         )
 
 
-def check_labels(labels: Any, batch_shape: tuple[int, ...], n_bins: int, shape_of_p: tuple[int, ...]) -> np.ndarray:
+def check_labels(
+    labels: Any, batch_shape: tuple[int, ...], n_bins: int, shape_of_p: tuple[int, ...]
+) -> np.ndarray:
     """Integer class indices, one per sample, as a flat int64 array."""
     lab = np.asarray(labels)
     if lab.dtype.kind not in "iu":

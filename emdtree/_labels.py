@@ -12,8 +12,18 @@ from typing import Any
 import numpy as np
 
 from . import _driver
-from ._inputs import check_labels, check_rho, prepare, restore_bins, restore_scalar
+from ._inputs import Rows, check_labels, check_rho, prepare, restore_bins, restore_scalar
 from ._tree import Tree
+
+
+def label_rows(rows: Rows, names: tuple[str, str] = ("p", "q")) -> Rows:
+    """Rows of predictions with, as ``q``, the broadcast row of zeros that the
+    kernels' label path expects (they subtract 1 at each label's bin)."""
+    n_bins = rows.tree.n_bins
+    zeros = np.zeros((1, n_bins), dtype=rows.dtype)
+    zeros.flags.writeable = False
+    return rows._replace(arrays=(rows.arrays[0], zeros), steps=(rows.steps[0], 0), names=names,
+                         shapes=rows.shapes + ((n_bins,),), totals=rows.totals + (None,))
 
 
 def value_grad_labels(
@@ -48,10 +58,7 @@ def value_grad_labels(
     rho = check_rho(rho)
     rows = prepare({"p": p}, tree, axis, check_inputs, normalize, masses=("p",), defer=True)
     flat = check_labels(labels, rows.batch_shape, rows.tree.n_bins, rows.shapes[0])
-    zeros = np.zeros((1, rows.tree.n_bins), dtype=rows.dtype)
-    zeros.flags.writeable = False
-    rows = rows._replace(arrays=(rows.arrays[0], zeros), steps=(rows.steps[0], 0), names=("p", "q"),
-                         shapes=rows.shapes + ((rows.tree.n_bins,),), totals=rows.totals + (None,))
+    rows = label_rows(rows)
     value, grad = _driver.value_grad(rows, rho, want_grad, check=check_inputs and normalize is None,
                                      labels=flat)
     if grad is None:

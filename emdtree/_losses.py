@@ -1,0 +1,245 @@
+"""Framework-free core of the training losses in :mod:`emdtree.torch`,
+:mod:`emdtree.tensorflow` and :mod:`emdtree.jax`.
+
+The adapters move the bin axis last, flatten the batch to ``(rows, n_bins)``
+and call the two NumPy entry points here: :func:`value_grad` (EMD^rho per row
+and its dirt-conserving gradient with respect to the prediction, in one kernel
+pass) and :func:`hvp` (``H P v``, the transposed Jacobian of that gradient,
+for second derivatives). A target is either a distribution per row or an
+integer class index per row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _driver
+from ._inputs import check_rho, prepare
+from ._labels import label_rows
+from ._tree import Tree
+
+REDUCTIONS = ("mean", "sum", "none")
+NORMALIZE = (None, "softmax", "l1")
+
+_LOSS_NAMES = ("input", "target")
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def check_normalize(normalize: Any) -> str | None:
+    """``None``, ``"softmax"`` or ``"l1"``."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be None, 'softmax' or 'l1', got {normalize!r}")
+    return normalize
+
+
+def check_reduction(reduction: Any) -> str:
+    """``"mean"``, ``"sum"`` or ``"none"``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return reduction
+
+
+def check_rho_value(rho: Any) -> float:
+    """The exponent as a float >= 1 (plain Python, so that graph tracers can run it)."""
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
+        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
+    value = float(rho)
+    if not math.isfinite(value) or value < 1.0:
+        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
+    return value
+
+
+def check_tree(tree: Any, n_bins: int) -> int:
+    """The token of ``tree`` (see :func:`tree_token`), checked against the number of bins."""
+    if tree is None:
+        return 0
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
+    if tree.n_bins != n_bins:
+        raise ValueError(f"the bin axis has length {n_bins} but the tree has {tree.n_bins} bins")
+    return tree_token(tree)
+
+
+def check_axis(axis: Any, ndim: int, name: str = "input") -> int:
+    """The bin axis as a non-negative index into an array of ``ndim`` dimensions."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if ndim == 0:
+        raise ValueError(f"{name} must have a bin axis, got a scalar")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for {name} with {ndim} dimensions")
+    return int(axis) % ndim
+
+
+def check_target_shape(input_shape: tuple, target_shape: tuple, ax: int, labels: bool) -> None:
+    """A distribution target has the input's shape; class indices its batch shape."""
+    input_shape, target_shape = tuple(input_shape), tuple(target_shape)
+    if labels:
+        want = input_shape[:ax] + input_shape[ax + 1:]
+        if target_shape != want:
+            raise ValueError(
+                f"target holds class indices, so its shape must be the input's shape without the "
+                f"bin axis {ax}: expected {want}, got {target_shape}"
+            )
+    elif target_shape != input_shape:
+        raise ValueError(f"target has shape {target_shape} but input has shape {input_shape}: "
+                         "a distribution target must have the input's shape")
+
+
+# ----------------------------------------------------------------------------- trees as integers
+
+# Framework ops take plain integers, not Python objects: a tree is passed to them
+# as a token into this registry. Equal trees share a token; 0 stands for None
+# (the unit chain of however many bins the input has).
+_TOKENS: dict[Tree, int] = {}
+_TREES: dict[int, Tree] = {}
+_NEXT = itertools.count(1)
+
+
+def tree_token(tree: Tree | None) -> int:
+    """A positive integer standing for ``tree`` (0 for ``None``)."""
+    if tree is None:
+        return 0
+    token = tree.__dict__.get("_loss_token")
+    if token is None:
+        token = _TOKENS.get(tree)
+        if token is None:
+            token = next(_NEXT)
+            _TOKENS[tree] = token
+            _TREES[token] = tree
+        tree.__dict__["_loss_token"] = token
+    return token
+
+
+def tree_of(token: int) -> Tree | None:
+    """Inverse of :func:`tree_token`."""
+    return None if token == 0 else _TREES[token]
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def is_labels(dtype: np.dtype) -> bool:
+    """Whether a target of this dtype holds class indices."""
+    return np.dtype(dtype).kind in "iu"
+
+
+def check_labels(labels: np.ndarray, n_bins: int, batch_shape: tuple[int, ...] | None = None,
+                 name: str = "target") -> np.ndarray:
+    """Class indices as int64, or a ValueError naming the first one outside ``[0, n_bins)``."""
+    flat = np.asarray(labels).reshape(-1)
+    bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
+    if bad.size:
+        i = int(bad[0])
+        shape = batch_shape if batch_shape is not None and math.prod(batch_shape) == flat.size else flat.shape
+        where = tuple(int(j) for j in np.unravel_index(i, shape)) if shape else ()
+        raise ValueError(
+            f"{name}{list(where)} = {int(flat[i])} is not a class index in [0, {n_bins - 1}] "
+            f"({n_bins} bins)"
+        )
+    # a fresh writable copy: read-only indices (from a JAX buffer, say) would
+    # compile another specialisation of the kernels
+    return np.array(flat, dtype=np.int64)
+
+
+def one_hot(labels: np.ndarray, n_bins: int, dtype: np.dtype) -> np.ndarray:
+    """Rows of zeros with a one at each (checked) class index, ``(rows, n_bins)``."""
+    out = np.zeros((labels.shape[0], n_bins), dtype=dtype)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+def _target_rows(target: np.ndarray, n_bins: int, dtype: np.dtype, name: str) -> np.ndarray:
+    """Distribution rows of a target: class indices become one-hot rows."""
+    if is_labels(target.dtype):
+        return one_hot(check_labels(target, n_bins, None, name), n_bins, dtype)
+    if target.dtype.kind != "f":
+        raise TypeError(f"{name} must hold probabilities (floating point) or class indices (integers), "
+                        f"got dtype {target.dtype}")
+    return target
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def value_grad(
+    p: np.ndarray,
+    target: np.ndarray,
+    tree: Tree | None,
+    rho: float,
+    want_grad: bool,
+    check: bool = True,
+    batch_shape: tuple[int, ...] | None = None,
+    names: tuple[str, str] = _LOSS_NAMES,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """EMD^rho of each row and, with ``want_grad``, its dirt-conserving gradient.
+
+    Parameters
+    ----------
+    p : ndarray, shape (rows, n_bins)
+        Predicted distributions, float32 or float64.
+    target : ndarray, shape (rows, n_bins), (1, n_bins) or (rows,)
+        Target distributions, or integer class indices.
+    tree, rho
+        As in :func:`emdtree.emd`; ``tree`` may also be a token of
+        :func:`tree_token`.
+    want_grad : bool
+        Also return the gradient with respect to ``p`` (that with respect to
+        a distribution target is its negative).
+    check : bool
+        Validate masses (finite, non-negative, equal totals) and indices.
+    batch_shape : tuple of int, optional
+        The caller's batch shape, to name a bad class index in its terms.
+    names : (str, str)
+        The caller's names of ``p`` and ``target``, for error messages.
+
+    Returns
+    -------
+    value : ndarray, shape (rows,)
+    grad : ndarray, shape (rows, n_bins), or None
+        In ``p``'s dtype.
+    """
+    if isinstance(tree, int):
+        tree = tree_of(tree)
+    rho = check_rho(rho)
+    n_bins = p.shape[-1]
+    target = np.asarray(target)
+    if is_labels(target.dtype):
+        # the kernels read the class indices directly: no one-hot rows
+        labels = check_labels(target, n_bins, batch_shape, names[1])
+        rows = label_rows(prepare({names[0]: p}, tree, -1, check, masses=names[:1], defer=True), names)
+        value, grad = _driver.value_grad(rows, rho, want_grad=want_grad, check=check, labels=labels)
+    else:
+        q = _target_rows(target, n_bins, p.dtype, names[1])
+        rows = prepare({names[0]: p, names[1]: q}, tree, -1, check, masses=names, defer=True)
+        value, grad = _driver.value_grad(rows, rho, want_grad=want_grad, check=check)
+    value = value.astype(p.dtype, copy=False)
+    return value, (None if grad is None else grad.astype(p.dtype, copy=False))
+
+
+def hvp(
+    p: np.ndarray,
+    target: np.ndarray,
+    v: np.ndarray,
+    tree: Tree | None,
+    rho: float,
+) -> np.ndarray:
+    """``H P v`` for each row: the transposed Jacobian of the gradient of
+    :func:`value_grad` with respect to ``p``, applied to ``v``.
+
+    ``H`` is the Hessian of EMD^rho (constant for ``rho = 2``, paper eq. 12)
+    and ``P = I - 11^T / n_bins``. Shapes as in :func:`value_grad`, ``v``
+    like ``p``; no validation (the forward pass did it).
+    """
+    if isinstance(tree, int):
+        tree = tree_of(tree)
+    n_bins = p.shape[-1]
+    q = _target_rows(np.asarray(target), n_bins, p.dtype, "target")
+    rows = prepare({"p": p, "q": q, "v": v}, tree, -1, False, masses=("p", "q"))
+    return _driver.hvp(rows, float(rho), project_out=False).astype(p.dtype, copy=False)
