@@ -38,7 +38,34 @@ _LSE_CHUNK = 1 << 22  # entries of one (pairs, n_bins) block in the exact log-su
 
 
 class SinkhornResult(NamedTuple):
-    """Output of :func:`sinkhorn`; every array has the batch shape of the inputs."""
+    """Output of :func:`sinkhorn`; every array has the batch shape of the inputs.
+
+    A named tuple: it unpacks as ``value, grad, n_iter, converged,
+    marginal_error = sinkhorn(...)``.
+
+    Parameters
+    ----------
+    value : ndarray or float, shape (...)
+        Sinkhorn distance ``<P, M>`` of the final plan.
+    grad : ndarray or None, shape of the broadcast inputs
+        Centred ``log(u) / lam``, the gradient with respect to ``p``; None
+        unless ``return_grad``.
+    n_iter : int
+        Iterations run (each one a ``v`` and a ``u`` update).
+    converged : ndarray of bool or bool, shape (...)
+        ``marginal_error <= tol``; all False when ``tol`` is None.
+    marginal_error : ndarray or float, shape (...)
+        ``sum_j |(P^T 1)_j - q_j| / sum(q)`` of the final plan (its rows sum
+        to ``p`` exactly).
+
+    Examples
+    --------
+    >>> import numpy as np, emdtree
+    >>> M = emdtree.Tree.chain(2).distance_matrix()
+    >>> res = emdtree.sinkhorn([1.0, 0.0], [0.0, 1.0], M, n_iter=3)
+    >>> float(res.value), res.grad is None, res.n_iter, bool(res.converged)
+    (1.0, True, 3, False)
+    """
 
     value: Any
     """Sinkhorn distance ``<P, M>`` of the final plan, shape (...)."""

@@ -32,19 +32,66 @@ _MAX_LISTED = 10
 
 
 class Table(NamedTuple):
-    """A count table: ``counts[i, j]`` is the count of feature ``j`` in sample ``i``."""
+    """A count table: ``counts[i, j]`` is the count of feature ``j`` in sample ``i``.
+
+    Returned by :func:`read_table`; a named tuple, so it unpacks as
+    ``sample_ids, feature_names, counts = table``.
+
+    Parameters
+    ----------
+    sample_ids : list of str, length n_samples
+        The id of each row of ``counts``.
+    feature_names : list of str, length n_features
+        The name of each column of ``counts``.
+    counts : ndarray, shape (n_samples, n_features)
+        The counts.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from emdtree.io import Table
+    >>> table = Table(["s1", "s2"], ["A", "B"], np.array([[1.0, 3.0], [0.0, 2.0]]))
+    >>> table.counts[table.sample_ids.index("s2"), table.feature_names.index("B")]
+    np.float64(2.0)
+    """
 
     sample_ids: list[str]
+    """The id of each row of ``counts``."""
     feature_names: list[str]
-    counts: np.ndarray  # (n_samples, n_features)
+    """The name of each column of ``counts``."""
+    counts: np.ndarray
+    """The counts, shape ``(n_samples, n_features)``."""
 
 
 class Matrix(NamedTuple):
-    """A labelled matrix read by :func:`read_matrix`."""
+    """A labelled matrix read by :func:`read_matrix`.
+
+    A named tuple, so it unpacks as ``row_ids, col_ids, values = matrix``.
+
+    Parameters
+    ----------
+    row_ids : list of str, length n_rows
+        The id of each row of ``values``.
+    col_ids : list of str, length n_cols
+        The id of each column of ``values``.
+    values : ndarray of float64, shape (n_rows, n_cols)
+        The entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from emdtree.io import Matrix
+    >>> m = Matrix(["s1", "s2"], ["s1", "s2"], np.array([[0.0, 0.5], [0.5, 0.0]]))
+    >>> m.values[m.row_ids.index("s1"), m.col_ids.index("s2")]
+    np.float64(0.5)
+    """
 
     row_ids: list[str]
+    """The id of each row of ``values``."""
     col_ids: list[str]
-    values: np.ndarray  # (n_rows, n_cols), float64
+    """The id of each column of ``values``."""
+    values: np.ndarray
+    """The entries, float64 of shape ``(n_rows, n_cols)``."""
 
 
 def read_tree(source: str | os.PathLike[str] | Tree) -> Tree:
@@ -448,16 +495,25 @@ def write_matrix(
 ) -> None:
     """Write a labelled matrix as TSV (as scikit-bio's DistanceMatrix: first cell empty).
 
+    Values are written with the shortest text that reads back to the same
+    float64, so :func:`read_matrix` returns them exactly.
+
     Parameters
     ----------
     path : str or path-like
+        The file to write (overwritten if it exists).
     matrix : array_like, shape (n_rows, n_cols)
+        Real numbers, e.g. a distance matrix from :func:`emdtree.pairwise`.
     row_ids : sequence of str, length n_rows
+        The id of each row; no tabs or line breaks, no duplicates.
     col_ids : sequence of str, length n_cols, optional
-        Default: ``row_ids`` (a square matrix).
+        The id of each column. Default: ``row_ids`` (a square matrix).
 
-    Values are written with the shortest text that reads back to the same
-    float64, so :func:`read_matrix` returns them exactly.
+    Raises
+    ------
+    ValueError
+        If the matrix is not 2-D or not real, the number of ids does not
+        match its shape, an id repeats or holds a tab or a line break.
 
     Examples
     --------
@@ -488,6 +544,12 @@ def write_matrix(
 def read_matrix(path: str | os.PathLike[str]) -> Matrix:
     """Read a TSV matrix written by :func:`write_matrix` (or scikit-bio).
 
+    Parameters
+    ----------
+    path : str or path-like
+        A tab-separated file: a header row of column ids after an empty (or
+        any) first cell, then one row per id with the row id first.
+
     Returns
     -------
     Matrix
@@ -497,6 +559,20 @@ def read_matrix(path: str | os.PathLike[str]) -> Matrix:
     ------
     ValueError
         For ragged rows, cells that are not numbers or duplicate ids.
+    FileNotFoundError
+        If the file does not exist.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile, emdtree
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "d.tsv"
+    >>> _ = path.write_text("\\ta\\tb\\na\\t0\\t2.5\\nb\\t2.5\\t0\\n")
+    >>> m = emdtree.io.read_matrix(path)
+    >>> m.row_ids, m.col_ids
+    (['a', 'b'], ['a', 'b'])
+    >>> m.values
+    array([[0. , 2.5],
+           [2.5, 0. ]])
     """
     path = pathlib.Path(path)
     if not path.is_file():

@@ -163,7 +163,9 @@ def mistake_severity(pred: Any, labels: Any, tree: Tree, *, distance: str = "pat
     pred : array_like, shape (n_samples, n_bins)
         Scores: probabilities or logits. Ties go to the lower bin index.
     labels : array_like of int, shape (n_samples,)
+        True class indices (bin order).
     tree : Tree
+        The class hierarchy; its bins are the classes.
     distance : {"path", "lca_height"}, default "path"
         The tree's path metric (:meth:`Tree.distance_matrix`), or the height
         of the lowest common ancestor (see the module notes).
@@ -202,7 +204,9 @@ def average_hierarchical_distance_at_k(pred: Any, labels: Any, tree: Tree, k: in
     pred : array_like, shape (n_samples, n_bins)
         Scores: probabilities or logits. Ties go to the lower bin index.
     labels : array_like of int, shape (n_samples,)
+        True class indices (bin order).
     tree : Tree
+        The class hierarchy; its bins are the classes.
     k : int
         ``1 <= k <= n_bins``.
     distance : {"path", "lca_height"}, default "path"
@@ -250,8 +254,11 @@ def report(
     Parameters
     ----------
     pred : array_like, shape (n_samples, n_bins)
+        Predicted distributions over the classes (see above).
     labels : array_like of int, shape (n_samples,)
+        True class indices (bin order).
     tree : Tree
+        The class hierarchy; its bins are the classes.
     ks : sequence of int, default (1, 5)
         The k of the top-k accuracies and hierarchical distances; each
         ``<= n_bins``.
@@ -267,6 +274,8 @@ def report(
     Returns
     -------
     dict
+        Metric name -> value; the keys are listed under
+        :class:`HierarchicalMetrics`.
 
     Examples
     --------
@@ -299,9 +308,11 @@ class EMDMetric:
         Ground space; default: a unit-spacing chain of as many bins as the
         first batch has.
     rho : float, default 1.0
+        Exponent of :func:`emdtree.emd`.
     normalize : {None, "l1"}, optional
+        As in :func:`emdtree.emd`.
     chunk_size : int, optional
-        See :func:`mean_emd`.
+        Rows per chunk; see :func:`mean_emd`.
 
     Attributes
     ----------
@@ -337,15 +348,42 @@ class EMDMetric:
         self.reset()
 
     def reset(self) -> None:
-        """Forget all samples."""
+        """Forget all samples.
+
+        Examples
+        --------
+        >>> from emdtree.metrics import EMDMetric
+        >>> metric = EMDMetric().update([[1.0, 0.0]], [1])
+        >>> metric.reset()
+        >>> metric.n_samples, metric.compute()
+        (0, nan)
+        """
         self.n_samples = 0
         self._sum = ExactSum()
 
     def update(self, pred: Any, target: Any, *, progress: Callable[[int], Any] | None = None) -> EMDMetric:
         """Add a batch: ``pred`` (n, n_bins) and ``target`` (n, n_bins) or class indices (n,).
 
-        ``progress``, if given, is called with the number of rows of each
-        chunk once it is done (e.g. a progress bar's ``update``).
+        Parameters
+        ----------
+        pred : array_like, shape (n, n_bins)
+            Predicted distributions, as in :func:`mean_emd`.
+        target : array_like, shape (n, n_bins) or (n,)
+            Target distributions or integer class indices.
+        progress : callable, optional
+            Called with the number of rows of each chunk once it is done
+            (e.g. a progress bar's ``update``).
+
+        Returns
+        -------
+        EMDMetric
+            The accumulator itself, so that calls chain.
+
+        Examples
+        --------
+        >>> from emdtree.metrics import EMDMetric
+        >>> EMDMetric().update([[0.5, 0.5, 0.0]], [2]).compute()  # 0.5 * 2 + 0.5 * 1
+        1.5
         """
         pred, target = host(pred), host(target)
         check_scores(pred)
@@ -365,7 +403,27 @@ class EMDMetric:
         return self
 
     def merge(self, other: EMDMetric) -> EMDMetric:
-        """Add the samples of another accumulator with the same settings."""
+        """Add the samples of another accumulator with the same settings.
+
+        Parameters
+        ----------
+        other : EMDMetric
+            An accumulator with the same tree, ``rho`` and ``normalize``
+            (e.g. of another worker); it is left unchanged.
+
+        Returns
+        -------
+        EMDMetric
+            The accumulator itself, now holding the samples of both.
+
+        Examples
+        --------
+        >>> from emdtree.metrics import EMDMetric
+        >>> a = EMDMetric().update([[1.0, 0.0, 0.0]], [2])
+        >>> b = EMDMetric().update([[0.0, 1.0, 0.0]], [2])
+        >>> a.merge(b).compute()  # (2 + 1) / 2
+        1.5
+        """
         if not isinstance(other, EMDMetric):
             raise TypeError(f"can only merge another EMDMetric, got {type(other).__name__}")
         same = (self.tree == other.tree if self.tree is not None and other.tree is not None
@@ -380,7 +438,22 @@ class EMDMetric:
         return self
 
     def compute(self) -> float:
-        """Mean EMD^rho over the samples seen; ``nan`` before any."""
+        """Mean EMD^rho over the samples seen; ``nan`` before any.
+
+        Returns
+        -------
+        float
+            The mean over all samples added so far.
+
+        Examples
+        --------
+        >>> from emdtree.metrics import EMDMetric
+        >>> metric = EMDMetric()
+        >>> metric.compute()
+        nan
+        >>> metric.update([[0.0, 1.0]], [0]).compute()
+        1.0
+        """
         return self._sum.value / self.n_samples if self.n_samples else math.nan
 
     def __repr__(self) -> str:
@@ -418,13 +491,19 @@ class HierarchicalMetrics:
         Needed for the distances and the EMD; ``None`` computes accuracies
         only.
     ks : sequence of int, default (1, 5)
+        The k of the top-k accuracies and hierarchical distances.
     rho : float, default 1.0
+        Exponent of the mean EMD.
     per_class : bool, default False
+        Also compute the metrics of each true class.
     normalize : {None, "l1"}, optional
+        As in :func:`emdtree.emd`, for the mean EMD.
     distance : {"path", "lca_height"}, default "path"
+        See :func:`mistake_severity`.
     emd : bool, default True
         Include the mean EMD (``pred`` must then hold distributions).
     chunk_size : int, optional
+        Rows per chunk; see :func:`mean_emd`.
 
     Examples
     --------
@@ -459,7 +538,16 @@ class HierarchicalMetrics:
         self.reset()
 
     def reset(self) -> None:
-        """Forget all samples."""
+        """Forget all samples.
+
+        Examples
+        --------
+        >>> from emdtree.metrics import HierarchicalMetrics
+        >>> acc = HierarchicalMetrics(None, ks=(1,)).update([[0.9, 0.1]], [0])
+        >>> acc.reset()
+        >>> acc.compute()
+        {'n_samples': 0, 'accuracy@1': nan, 'n_mistakes': 0}
+        """
         self._emd.reset()
         self.n_samples = 0
         self.n_bins = None if self.tree is None else self.tree.n_bins
@@ -482,7 +570,26 @@ class HierarchicalMetrics:
                progress: Callable[[int], Any] | None = None) -> HierarchicalMetrics:
         """Add a batch: scores ``pred`` (n, n_bins) and class indices ``labels`` (n,).
 
-        ``progress`` as in :meth:`EMDMetric.update`.
+        Parameters
+        ----------
+        pred : array_like, shape (n, n_bins)
+            Scores (distributions if the mean EMD is computed).
+        labels : array_like of int, shape (n,)
+            True class indices.
+        progress : callable, optional
+            As in :meth:`EMDMetric.update`.
+
+        Returns
+        -------
+        HierarchicalMetrics
+            The accumulator itself, so that calls chain.
+
+        Examples
+        --------
+        >>> from emdtree.metrics import HierarchicalMetrics
+        >>> acc = HierarchicalMetrics(None, ks=(1,))
+        >>> acc.update([[0.9, 0.1], [0.8, 0.2]], [0, 1]).compute()["accuracy@1"]
+        0.5
         """
         pred, labels = host(pred), host(labels)
         check_scores(pred)
@@ -536,7 +643,27 @@ class HierarchicalMetrics:
         self.n_samples += scores.shape[0]
 
     def merge(self, other: HierarchicalMetrics) -> HierarchicalMetrics:
-        """Add the samples of another accumulator with the same settings."""
+        """Add the samples of another accumulator with the same settings.
+
+        Parameters
+        ----------
+        other : HierarchicalMetrics
+            An accumulator with the same tree, ``ks``, ``distance``,
+            ``per_class`` and ``emd`` settings; it is left unchanged.
+
+        Returns
+        -------
+        HierarchicalMetrics
+            The accumulator itself, now holding the samples of both.
+
+        Examples
+        --------
+        >>> from emdtree.metrics import HierarchicalMetrics
+        >>> a = HierarchicalMetrics(None, ks=(1,)).update([[0.9, 0.1]], [0])
+        >>> b = HierarchicalMetrics(None, ks=(1,)).update([[0.9, 0.1]], [1])
+        >>> a.merge(b).compute()
+        {'n_samples': 2, 'accuracy@1': 0.5, 'n_mistakes': 1}
+        """
         if not isinstance(other, HierarchicalMetrics):
             raise TypeError(f"can only merge another HierarchicalMetrics, got {type(other).__name__}")
         if (self.ks != other.ks or self.per_class != other.per_class or self.distance != other.distance
@@ -560,7 +687,23 @@ class HierarchicalMetrics:
         return self
 
     def compute(self) -> dict[str, Any]:
-        """The metrics over the samples seen (``nan`` where undefined)."""
+        """The metrics over the samples seen (``nan`` where undefined).
+
+        Returns
+        -------
+        dict
+            Metric name -> value; the keys are listed in the class
+            description.
+
+        Examples
+        --------
+        >>> from emdtree import Tree
+        >>> from emdtree.metrics import HierarchicalMetrics
+        >>> tree = Tree.from_nested({"cat": None, "tiger": None})
+        >>> r = HierarchicalMetrics(tree, ks=(1,)).update([[0.3, 0.7]], [0]).compute()
+        >>> r["accuracy@1"], r["mistake_severity"], round(r["mean_emd"], 6)  # 0.7 moves 2
+        (0.0, 2.0, 1.4)
+        """
         n = self.n_samples
         out: dict[str, Any] = {"n_samples": n}
         for k in self.ks:

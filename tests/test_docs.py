@@ -10,6 +10,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -43,9 +44,44 @@ INCOMPLETE_DOCSTRINGS: dict[str, str] = {}
 # --------------------------------------------------------------------- public docstrings
 
 
+# Public modules whose ``__all__`` is checked as well; the framework modules are
+# skipped where their framework is not installed.
+PUBLIC_MODULES = ["io", "metrics", "torch", "tensorflow", "jax"]
+
+# Framework hooks (torch's forward and extra_repr, Keras' call, get_config and
+# from_config) are described by the docstring of their class, as in docs/conf.py.
+FRAMEWORK_HOOKS = {"forward", "extra_repr", "call", "get_config", "from_config"}
+
+
+def _import_public_module(name):
+    """``emdtree.<name>``, or None if it (or the framework it needs) does not import."""
+    with warnings.catch_warnings():
+        # frameworks may warn about their own dependencies while they load
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return importlib.import_module(f"emdtree.{name}")
+        except ImportError:
+            return None
+
+
+def _with_methods(name, obj, skip=()):
+    out = [(name, obj)]
+    if inspect.isclass(obj):
+        for member, value in vars(obj).items():
+            if member.startswith("_") or member in skip:
+                continue
+            func = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
+            if inspect.isfunction(func):
+                out.append((f"{name}.{member}", getattr(obj, member)))
+    return out
+
+
 def _public_objects():
-    """``(name, object)`` for every function and class in ``emdtree.__all__``, the
-    public methods of those classes, and the functions of ``emdtree.datasets``."""
+    """``(name, object)`` for every function and class in ``emdtree.__all__``, in
+    the ``__all__`` of the modules in ``PUBLIC_MODULES`` (named ``module.name``),
+    the public methods of those classes, the functions of ``emdtree.datasets`` and
+    :class:`emdtree._sinkhorn.SinkhornResult`."""
     out = []
     for name in emdtree.__all__:
         if name.startswith("__"):
@@ -56,16 +92,18 @@ def _public_objects():
             continue
         if inspect.ismodule(obj):
             continue
-        out.append((name, obj))
-        if inspect.isclass(obj):
-            for member, value in vars(obj).items():
-                if member.startswith("_"):
-                    continue
-                func = value.__func__ if isinstance(value, (classmethod, staticmethod)) else value
-                if inspect.isfunction(func):
-                    out.append((f"{name}.{member}", getattr(obj, member)))
+        out.extend(_with_methods(name, obj))
     for name in emdtree.datasets.__all__:
         out.append((f"datasets.{name}", getattr(emdtree.datasets, name)))
+    for module_name in PUBLIC_MODULES:
+        module = _import_public_module(module_name)
+        if module is None:
+            continue
+        for name in module.__all__:
+            out.extend(_with_methods(f"{module_name}.{name}", getattr(module, name), skip=FRAMEWORK_HOOKS))
+    from emdtree._sinkhorn import SinkhornResult
+
+    out.append(("SinkhornResult", SinkhornResult))
     return out
 
 
@@ -86,16 +124,21 @@ def _documented_parameters(doc):
 
 
 def _signature_parameters(obj):
-    target = obj.__init__ if inspect.isclass(obj) else obj
-    params = inspect.signature(target).parameters.values()
+    # for a class, the signature of calling it: __init__, or __new__ of a named tuple
+    params = inspect.signature(obj).parameters.values()
     return [p.name for p in params if p.name not in ("self", "cls")]
 
 
 def test_public_objects_are_found():
     # guards against the collection above silently finding nothing
     for name in ("emd", "emd_value_and_grad", "emd_grad", "phi", "emd_hvp", "emd_hessian", "Tree",
-                 "Tree.from_newick", "datasets.imagenet_wordnet"):
+                 "Tree.from_newick", "datasets.imagenet_wordnet", "io.read_tree", "io.Table",
+                 "metrics.report", "metrics.HierarchicalMetrics.update", "SinkhornResult"):
         assert name in PUBLIC
+    for module_name in ("torch", "tensorflow", "jax"):
+        if _import_public_module(module_name) is not None:
+            assert f"{module_name}.emd_loss" in PUBLIC
+    assert not any(name.endswith((".forward", ".call")) for name in PUBLIC)
 
 
 @pytest.mark.parametrize("name", [_marked(n) for n in PUBLIC])
@@ -139,6 +182,16 @@ def test_documented_parameters_are_read_in_groups():
     doc = docscrape.FunctionDoc(f)
     assert _documented_parameters(doc) == ["p", "q"]
     assert _signature_parameters(f) == ["p", "q", "tree"]
+
+
+def test_signature_parameters_of_classes():
+    class Plain:
+        def __init__(self, tree, *, rho=1.0):
+            pass
+
+    assert _signature_parameters(Plain) == ["tree", "rho"]
+    # a named tuple is built by __new__ (its __init__ is object's)
+    assert _signature_parameters(emdtree.io.Matrix) == ["row_ids", "col_ids", "values"]
 
 
 # --------------------------------------------------------------------- guide examples
