@@ -132,7 +132,7 @@ numpydoc_validation_exclude = {
     r"^emdtree\.(torch|tensorflow|jax)\.\w+\.(forward|extra_repr|call|get_config|from_config)$",
     # fields of named tuples, described in the Parameters section of their class
     r"^emdtree\.io\.(Table|Matrix)\.\w+$",
-    r"^emdtree\._sinkhorn\.SinkhornResult\.\w+$",
+    r"^emdtree\.(_sinkhorn\.)?SinkhornResult\.\w+$",
 } | {rf"^emdtree\.{page}(\.|$)" for page in OPTIONAL_PAGES if page not in VALIDATED_OPTIONAL}
 
 # -- HTML -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # Loaded on first use, so that ``import emdtree`` needs only NumPy, Numba and
 # SciPy: the framework adapters import their framework when they load.
 _LAZY_MODULES = ("io", "jax", "metrics", "tensorflow", "torch")
-_LAZY_FUNCTIONS = {"pairwise": "._pairwise", "sinkhorn": "._sinkhorn"}
+_LAZY_FUNCTIONS = {"pairwise": "._pairwise", "sinkhorn": "._sinkhorn", "SinkhornResult": "._sinkhorn"}
 
 
 def __getattr__(name: str):
@@ -33,6 +33,7 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_FUNCTIONS))
 
 __all__ = [
+    "SinkhornResult",
     "Tree",
     "datasets",
     "emd",

@@ -101,9 +101,6 @@ def _public_objects():
             continue
         for name in module.__all__:
             out.extend(_with_methods(f"{module_name}.{name}", getattr(module, name), skip=FRAMEWORK_HOOKS))
-    from emdtree._sinkhorn import SinkhornResult
-
-    out.append(("SinkhornResult", SinkhornResult))
     return out
 
 
