@@ -136,10 +136,7 @@ def prepare(
     ndim = len(shape)
     n_rows = math.prod(batch_shape)
     tree = resolve_tree(tree, n_bins)
-    mass_eps = max(
-        float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps)
-        for name, a in raw.items() if name in masses
-    )
+    mass_eps = max(_eps(a.dtype) for name, a in raw.items() if name in masses)
 
     out, steps = [], []
     for name, a in raw.items():
@@ -215,6 +212,19 @@ def _mass_totals(rows: Rows, i: int, check: bool) -> np.ndarray:
     return tot
 
 
+_EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float16, np.float32, np.float64, np.longdouble)}
+_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float32, np.float64)}
+_FEW_ROWS = 8
+
+
+def _eps(dtype: np.dtype) -> float:
+    """Machine epsilon of a mass dtype (integers count as float64)."""
+    eps = _EPS.get(dtype)
+    if eps is None:
+        eps = float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+    return eps
+
+
 def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     """Validate p and q from a kernel's row totals (rows, 2) and minima.
 
@@ -224,6 +234,15 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     """
     if rows.n_rows == 0:
         return
+    if rows.n_rows <= _FEW_ROWS:
+        # a few samples: Python floats, without NumPy's per-call overhead; the
+        # general path below names whatever is wrong
+        tol = max(rows.tree.n_bins, 64) * rows.mass_eps
+        pairs = totals.tolist()
+        total = sum(a + b for a, b in pairs)
+        if (min(low.tolist(), default=0.0) >= 0 and math.isfinite(total) and total <= _MAX[rows.dtype]
+                and all(abs(a - b) <= tol * max(abs(a), abs(b)) for a, b in pairs)):
+            return
     sp, sq = totals[:, 0], totals[:, 1]
     total = totals.sum()
     if not (low.min() >= 0 and math.isfinite(total) and total <= np.finfo(rows.dtype).max):
