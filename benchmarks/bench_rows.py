@@ -44,7 +44,7 @@ def main() -> int:
     table, results = [], []
     for name, tree in trees.items():
         for dtype in (np.float32, np.float64):
-            parent, weight, bin_pos, non_bin, _ = _driver.kernel_arrays(tree, np.dtype(dtype))
+            parent, weight, bin_pos, non_bin = _driver.sweep_arrays(tree, np.dtype(dtype))
             consts = _driver.consts_of(2.0, np.dtype(dtype))
             for batch in (1, 2, 4, 8, 16, 32):
                 p = rng.random((batch, tree.n_bins)).astype(dtype)

@@ -17,6 +17,7 @@ import numpy as np
 from ._inputs import Rows, check_label_stats, check_stats
 from ._kernels import chain, cpu, dense
 from ._kernels import rows as rows_kernel
+from ._layout import sweep_order
 from ._tree import Tree
 
 # Work (rows x nodes) from which the kernels run across Numba's threads. Measured
@@ -70,6 +71,20 @@ def kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     return cache[key]
 
 
+def sweep_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """``(parent, weight, bin_position, non_bin)`` of the tree's
+    :class:`~emdtree._layout.SweepOrder` for the value-and-gradient kernels,
+    converted once per dtype."""
+    cache = tree.__dict__.setdefault("_sweep_arrays", {})
+    key = np.dtype(dtype).str
+    if key not in cache:
+        kernel_arrays(tree, dtype)  # checks the edge costs against the dtype's range
+        order = sweep_order(tree.layout)
+        cache[key] = (order.parent, np.ascontiguousarray(order.weight, dtype=dtype), order.bin_position,
+                      order.non_bin)
+    return cache[key]
+
+
 def launch(serial, parallel, rows: Rows, *args) -> None:
     """Run a kernel on one thread, or across Numba's threads for large enough work."""
     if rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK:
@@ -92,7 +107,9 @@ def value_grad(
     bin ``labels[r]`` and ``q`` must be a broadcast row of zeros.
     """
     (p, q), (ps, qs) = rows.arrays, rows.steps
-    parent, weight, bin_pos, non_bin, _ = kernel_arrays(rows.tree, rows.dtype)
+    # the sweep order, not the post-order layout: samples then move between the rows and
+    # the scratch buffer in bin order (benchmarks/bench_scaling.py)
+    parent, weight, bin_pos, non_bin = sweep_arrays(rows.tree, rows.dtype)
     n_rows, n_bins = rows.n_rows, rows.tree.n_bins
     value = np.empty(n_rows, dtype=rows.dtype)
     grad = np.empty(n_rows * n_bins if want_grad else 0, dtype=rows.dtype)
@@ -104,7 +121,8 @@ def value_grad(
     if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL and not labels.shape[0]:
         low = np.empty(n_rows, dtype=np.float64)
         launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
-               pf, qf, ps, qs, n_rows, weight, mode, want_grad, value, grad, totals, low)
+               pf, qf, ps, qs, n_rows, kernel_arrays(rows.tree, rows.dtype)[1], mode, want_grad, value, grad,
+               totals, low)
     else:
         # full blocks of BLOCK samples through the blocked kernel, a few left-over
         # samples one at a time (benchmarks/bench_rows.py)

@@ -12,6 +12,10 @@ numbering: they work on *positions* in a depth-first post-order, in which
 
 Children are visited in increasing node index, so the layout of a tree is a
 deterministic function of its ``parents`` array.
+
+:func:`sweep_order` renumbers a layout for the kernels that need only the
+first and last of these properties (the value-and-gradient sweeps): the bins
+of the leaves first, in bin order, then the other nodes in post-order.
 """
 
 from __future__ import annotations
@@ -174,3 +178,75 @@ def build_layout(parents: np.ndarray, weights: np.ndarray, bins: np.ndarray) -> 
     for arr in layout:
         arr.setflags(write=False)
     return layout
+
+
+class SweepOrder(NamedTuple):
+    """A topological order of the nodes for the value-and-gradient sweeps.
+
+    The layout's post-order puts the bins wherever the tree puts them, so that
+    moving a block of samples between the caller's bin-ordered rows and the
+    node-major scratch buffer is a scatter (and a gather) over the whole
+    buffer: random rows, which miss every cache once the buffer outgrows it.
+    This order puts the *simple* bins first, in bin order, and the other
+    nodes after them in post-order. A simple bin is the only bin of a non-root
+    leaf: nothing flows into its row in the ascending sweep, so it can come
+    anywhere before its parent. Rows then move in bin order between the input
+    and the buffer, and only the (smaller) rows of the other nodes see random
+    access, through the parents of the simple bins.
+
+    ``parent[j] > j`` and the root is last, as in the layout; subtrees are not
+    contiguous, so only kernels that need no more than a topological order
+    (the ascending and descending sweeps) can use it.
+
+    Attributes
+    ----------
+    row : ndarray of int64, shape (n_nodes,)
+        Row of each layout position.
+    parent : ndarray of int64, shape (n_nodes,)
+        Row of the parent of each row; ``-1`` at the root.
+    weight : ndarray of float64, shape (n_nodes,)
+        Cost of the edge from each row to its parent; 0 at the root.
+    bin_position : ndarray of int64, shape (n_bins,)
+        Row of the node that carries each bin.
+    non_bin : ndarray of int64, shape (n_rows,)
+        Rows of the nodes that carry no bin, ascending.
+    """
+
+    row: np.ndarray
+    parent: np.ndarray
+    weight: np.ndarray
+    bin_position: np.ndarray
+    non_bin: np.ndarray
+
+
+def _simple_bins(layout: Layout) -> np.ndarray:
+    """Whether each bin is the only bin of a non-root leaf."""
+    n = layout.parent.shape[0]
+    per_node = np.bincount(layout.bin_position, minlength=n)
+    leaf = layout.size == 1
+    leaf[n - 1] = False
+    return (leaf & (per_node == 1))[layout.bin_position]
+
+
+def sweep_order(layout: Layout) -> SweepOrder:
+    """The :class:`SweepOrder` of a layout: simple bins first, in bin order."""
+    n = layout.parent.shape[0]
+    simple_bin = _simple_bins(layout)
+    simple_at = np.zeros(n, dtype=bool)
+    simple_at[layout.bin_position[simple_bin]] = True
+    row = np.empty(n, dtype=np.int64)
+    n_simple = int(simple_bin.sum())
+    row[layout.bin_position[simple_bin]] = np.arange(n_simple, dtype=np.int64)
+    row[~simple_at] = np.arange(n_simple, n, dtype=np.int64)
+    order = np.empty(n, dtype=np.int64)
+    order[row] = np.arange(n, dtype=np.int64)
+    parent = np.full(n, -1, dtype=np.int64)
+    parent[:-1] = row[layout.parent[order[:-1]]]
+    weight = layout.weight[order]
+    carries = np.zeros(n, dtype=bool)
+    carries[row[layout.bin_position]] = True
+    out = SweepOrder(row, parent, weight, row[layout.bin_position], np.flatnonzero(~carries).astype(np.int64))
+    for arr in out:
+        arr.setflags(write=False)
+    return out
+

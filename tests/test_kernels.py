@@ -203,14 +203,14 @@ def test_row_kernel_equals_blocked_kernel(dtype, rho):
     parents, weights, bins, tree = _tree(12, 150)
     rng = np.random.default_rng(13)
     p, q = random_masses(rng, tree.n_bins, batch=(BLOCK,), dtype=dtype)
-    parent, weight, bin_pos, non_bin, _ = _driver.kernel_arrays(tree, np.dtype(dtype))
+    arrays = _driver.sweep_arrays(tree, np.dtype(dtype))
     consts = _driver.consts_of(rho, np.dtype(dtype))
     out = []
     kernels = ((cpu.value_grad_serial, np.empty(1, dtype)), (rows_kernel.value_grad_rows, np.empty(BLOCK)))
     for kernel, low in kernels:
         value, grad = np.empty(BLOCK, dtype), np.empty(BLOCK * tree.n_bins, dtype)
         totals = np.empty((BLOCK, 2))
-        kernel(p.ravel(), q.ravel(), 1, 1, np.zeros(0, np.int64), BLOCK, parent, weight, bin_pos, non_bin, _driver.mode_of(rho),
+        kernel(p.ravel(), q.ravel(), 1, 1, np.zeros(0, np.int64), BLOCK, *arrays, _driver.mode_of(rho),
                consts, True, value, grad, totals, low)
         out.append((value, grad, totals))
     tol = 3e-6 if dtype == np.float32 else 1e-13

@@ -1,8 +1,12 @@
 """Numba CPU kernels for phi, EMD^rho, its gradient and Hessian-vector products.
 
-All kernels work on a tree's post-order :class:`~emdtree._layout.Layout`
-(``parent[j] > j``, root last) and on 2-D C-contiguous float32 or float64
-arrays of shape ``(rows, n_bins)``. They do no validation.
+All kernels work on a topological numbering of the tree's nodes
+(``parent[j] > j``, root last): the post-order :class:`~emdtree._layout.Layout`,
+or for the value and gradient the :func:`~emdtree._layout.sweep_order`, which
+puts the bins of the leaves first and in bin order so that samples move
+between the caller's rows and the scratch buffer in order. They take 2-D
+C-contiguous float32 or float64 arrays of shape ``(rows, n_bins)`` and do no
+validation.
 
 Layout of the work. Per sample the algorithm is two sweeps over the nodes, an
 ascending one that accumulates the subtree sums phi (paper eq. 5/8) and a
