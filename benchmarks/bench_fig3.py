@@ -220,11 +220,9 @@ def main(argv=None) -> int:
                         for (lam, m, dt), pts in results.items()],
         })
     if args.rst:
-        from run_all import rst_table
+        from run_all import write_rst
 
-        with open(args.rst, "w", encoding="utf-8") as f:
-            f.write(rst_table(headers, rows))
-        print(f"wrote {args.rst}")
+        write_rst(args.rst, headers, rows)
     return 0
 
 

@@ -203,11 +203,9 @@ def main(argv=None) -> int:
         write_json(args.json, {"benchmark": "bench_peers", "machine": info, "config": config,
                                "results": results, "tree_ns_per_leaf_per_pair": per_leaf})
     if args.rst:
-        from run_all import rst_table
+        from run_all import write_rst
 
-        with open(args.rst, "w", encoding="utf-8") as f:
-            f.write(rst_table(headers, rows))
-        print(f"wrote {args.rst}")
+        write_rst(args.rst, headers, rows)
     return 0
 
 

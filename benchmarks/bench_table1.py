@@ -158,16 +158,10 @@ def main(argv=None) -> int:
         write_json(args.json, {"benchmark": "bench_table1", "machine": info, "config": config,
                                "paper_ms": PAPER, "results": results})
     if args.rst:
-        write_rst(args.rst, headers, rows, config)
+        from run_all import write_rst
+
+        write_rst(args.rst, headers, rows)
     return 0
-
-
-def write_rst(path: str, headers: list[str], rows: list[list[str]], config: dict) -> None:
-    from run_all import rst_table
-
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(rst_table(headers, rows))
-    print(f"wrote {path}")
 
 
 def _cuda_available() -> bool:

@@ -40,6 +40,13 @@ def rst_table(headers: list[str], rows: list[list[str]]) -> str:
     return out
 
 
+def write_rst(path: str, headers: list[str], rows: list[list[str]]) -> None:
+    """Write :func:`rst_table` to ``path`` for the docs page to include."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(rst_table(headers, rows))
+    print(f"wrote {path}")
+
+
 def machine_rst(info: dict) -> str:
     load = ", ".join(f"{x:.2f}" for x in info.get("load_average") or [])
     return (
