@@ -30,7 +30,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from ._inputs import check_rho, prepare, resolve_shape, resolve_tree
+from ._inputs import check_rho, flatten, prepare, resolve_shape, resolve_tree
 from ._tree import Tree
 
 _HOST_TYPES = (np.ndarray, np.generic, list, tuple, numbers.Number)
@@ -94,12 +94,6 @@ def _namespace(arrays: dict[str, Any]) -> tuple[Any, Any]:
 
 def _library(namespace_name: str) -> str:
     return {"numpy": "a NumPy array"}.get(namespace_name, f"a {namespace_name.split('.')[-1]} array")
-
-
-def _is_torch_cpu(x: Any) -> bool:
-    import array_api_compat as compat
-
-    return compat.is_torch_array(x) and x.device.type == "cpu"
 
 
 def _on_cuda(x: Any) -> bool:
@@ -211,16 +205,7 @@ def prepare_foreign(
 
     out = []
     for name, a in raw.items():
-        if a.ndim < ndim:
-            a = xp.reshape(a, (1,) * (ndim - a.ndim) + tuple(a.shape))
-        if ax != ndim - 1:
-            a = xp.moveaxis(a, ax, -1)
-        if a.shape[-1] != n_bins:
-            raise ValueError(f"{name} has {a.shape[-1]} bins along axis {axis}; expected {n_bins}")
-        if cuda and math.prod(a.shape) == n_bins:
-            flat = xp.reshape(a, (1, n_bins))
-        else:
-            flat = xp.reshape(xp.broadcast_to(a, batch_shape + (n_bins,)), (n_rows, n_bins))
+        flat, _ = flatten(xp, name, a, ax, axis, n_bins, batch_shape, keep_row=cuda)
         if flat.dtype != dtype:
             flat = xp.astype(flat, dtype)
         out.append(_contiguous(xp, flat) if cuda else flat)

@@ -111,6 +111,30 @@ def resolve_shape(
     return shape, ax, n_bins, shape[:ax] + shape[ax + 1:]
 
 
+def flatten(
+    xp: Any, name: str, a: Any, ax: int, axis: int, n_bins: int, batch_shape: tuple[int, ...], keep_row: bool,
+) -> tuple[Any, int]:
+    """Argument ``a`` of namespace ``xp`` as (rows, n_bins) with the bin axis last.
+
+    Returns the rows and their step: 0 for one row that stands for the whole
+    batch (only with ``keep_row``), else 1.
+    """
+    ndim = len(batch_shape) + 1
+    if a.ndim < ndim:
+        a = xp.reshape(a, (1,) * (ndim - a.ndim) + tuple(a.shape))
+    if ax != ndim - 1:
+        a = xp.moveaxis(a, ax, -1)
+    if a.shape[-1] != n_bins:
+        # only possible through broadcasting a length-1 bin axis
+        raise ValueError(f"{name} has {a.shape[-1]} bins along axis {axis}; expected {n_bins}")
+    n_rows = math.prod(batch_shape)
+    if keep_row and math.prod(a.shape) == n_bins:
+        return xp.reshape(a, (1, n_bins)), 0
+    if tuple(a.shape[:-1]) == batch_shape:
+        return xp.reshape(a, (n_rows, n_bins)), 1
+    return xp.reshape(xp.broadcast_to(a, batch_shape + (n_bins,)), (n_rows, n_bins)), 1
+
+
 def prepare(
     arrays: dict[str, Any],
     tree: Tree | None,
@@ -140,19 +164,7 @@ def prepare(
 
     out, steps = [], []
     for name, a in raw.items():
-        if a.ndim < ndim:
-            a = a.reshape((1,) * (ndim - a.ndim) + a.shape)
-        if ax != ndim - 1:
-            a = np.moveaxis(a, ax, -1)
-        if a.shape[-1] != n_bins:
-            # only possible through broadcasting a length-1 bin axis
-            raise ValueError(f"{name} has {a.shape[-1]} bins along axis {axis}; expected {n_bins}")
-        if a.size == n_bins:
-            flat, step = a.reshape(1, n_bins), 0
-        elif a.shape[:-1] == batch_shape:
-            flat, step = a.reshape(n_rows, n_bins), 1
-        else:
-            flat, step = np.broadcast_to(a, batch_shape + (n_bins,)).reshape(n_rows, n_bins), 1
+        flat, step = flatten(np, name, a, ax, axis, n_bins, batch_shape, keep_row=True)
         if flat.dtype != dtype or not flat.flags.c_contiguous:
             flat = np.ascontiguousarray(flat, dtype=dtype)
         flat = flat.view()
