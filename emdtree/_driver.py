@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 
-import numba
 import numpy as np
 
 from ._inputs import Rows, check_label_stats, check_stats
 from ._kernels import chain, cpu, dense
 from ._kernels import rows as rows_kernel
 from ._layout import sweep_order
+from ._threads import parallel_launch, usable_threads
 from ._tree import Tree
 
 # Work (rows x nodes) from which the kernels run across Numba's threads. Measured
@@ -88,9 +88,10 @@ def sweep_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
 def launch(serial, parallel, rows: Rows, *args) -> None:
     """Run a kernel on one thread, or across Numba's threads for large enough work."""
     if rows.n_rows > cpu.BLOCK and rows.n_rows * rows.tree.n_nodes >= PARALLEL_MIN_WORK:
-        n_threads = numba.get_num_threads()
+        n_threads = usable_threads()
         if n_threads > 1:
-            parallel(*args, n_threads)
+            with parallel_launch(n_threads):
+                parallel(*args, n_threads)
             return
     serial(*args)
 
@@ -205,8 +206,12 @@ def hessian(rows: Rows, rho: float) -> np.ndarray:
             out[:] = single
         else:
             phi_pos = phi(rows, node_order=False)
-            big = rows.n_rows > 1 and rows.n_rows * n * n >= PARALLEL_MIN_WORK
-            fill = dense.hessian_batch if big and numba.get_num_threads() > 1 else dense.hessian_batch_serial
-            fill(phi_pos, lay.weight, lay.bins_below, lay.parent, lay.size, lay.bin_at, lay.bin_position,
-                 mode, rho, out)
+            args = (phi_pos, lay.weight, lay.bins_below, lay.parent, lay.size, lay.bin_at, lay.bin_position,
+                    mode, rho, out)
+            n_threads = usable_threads()
+            if rows.n_rows > 1 and rows.n_rows * n * n >= PARALLEL_MIN_WORK and n_threads > 1:
+                with parallel_launch(n_threads):
+                    dense.hessian_batch(*args)
+            else:
+                dense.hessian_batch_serial(*args)
     return out

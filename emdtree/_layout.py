@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from ._kernels.jit import njit
 
 
 class Layout(NamedTuple):

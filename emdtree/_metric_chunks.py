@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _driver
 from ._api import emd
-from ._kernels.ranking import rank_top_k
+from ._kernels.ranking import rank_top_k, rank_top_k_parallel
 from ._labels import value_grad_labels
 from ._metric_inputs import explain_masses
+from ._threads import parallel_launch, usable_threads
 from ._tree import Tree
 
 
@@ -63,5 +65,10 @@ def ranks(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, n
     x.flags.writeable = y.flags.writeable = False  # one specialisation whatever the caller's flags
     top = np.empty((x.shape[0], k), dtype=np.int64)
     rank = np.empty(x.shape[0], dtype=np.int64)
-    rank_top_k(x, y, top, rank)
+    n_threads = usable_threads()
+    if x.size >= _driver.PARALLEL_MIN_WORK and n_threads > 1:
+        with parallel_launch(n_threads):
+            rank_top_k_parallel(x, y, top, rank)
+    else:
+        rank_top_k(x, y, top, rank)
     return rank, top

@@ -31,10 +31,12 @@ from typing import Any
 import numba
 import numpy as np
 
+from . import _driver
 from ._inputs import check_rho, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
 from ._kernels.checks import row_totals
+from ._threads import parallel_launch, usable_threads
 from ._tree import Tree
 
 __all__ = ["pairwise"]
@@ -236,9 +238,13 @@ def pairwise(
         ``normalize``) have equal totals. ``False`` skips the checks; the
         result for invalid masses is then undefined.
     n_threads : int, optional
-        Numba threads for the pair sums; default ``numba.get_num_threads()``.
-        For ``rho=2`` in float64 most of the work is a matrix product, which
-        runs on NumPy's BLAS and its own threads.
+        Numba threads for the pair sums. By default ``numba.get_num_threads()``
+        for large matrices and one thread when the pairs times the columns
+        are fewer than ``emdtree._driver.PARALLEL_MIN_WORK`` (a parallel region
+        costs milliseconds when another core is busy). In a process forked
+        from one that ran OpenMP parallel regions, one thread (see
+        :mod:`emdtree._threads`). For ``rho=2`` in float64 most of the work is
+        a matrix product, which runs on NumPy's BLAS and its own threads.
 
     Returns
     -------
@@ -286,9 +292,9 @@ def pairwise(
         raise ValueError("condensed=True needs Y=None: a condensed vector holds the pairs of one set of "
                          "samples")
     max_threads = numba.config.NUMBA_NUM_THREADS
-    if n_threads is None:
-        n_threads = numba.get_num_threads()
-    n_threads = _check_int(n_threads, "n_threads", 1, max_threads)
+    chosen = n_threads is not None
+    if chosen:
+        n_threads = _check_int(n_threads, "n_threads", 1, max_threads)
     xs = _check_samples(X, "X", ax)
     ys = None if Y is None else _check_samples(Y, "Y", ax)
     dtype = working_dtype(xs) if ys is None else working_dtype(xs, ys)
@@ -334,6 +340,9 @@ def pairwise(
     else:
         out, kind = np.zeros(n_a * n_a, dtype=dtype), kernels.OUT_SQUARE
     n_cols = a.shape[1]
+    if not chosen:
+        n_threads = numba.get_num_threads() if out.size * n_cols >= _driver.PARALLEL_MIN_WORK else 1
+    n_threads = usable_threads(n_threads)
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
     if out.size and n_cols and use_gram:
@@ -345,13 +354,13 @@ def pairwise(
             mode = kernels.MODE_ONE_MIN
             sum_a = a.sum(axis=1)
             sum_b = sum_a if ys is None else b.sum(axis=1)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(n_threads)
-        try:
-            kernels.pair_sums(a.reshape(-1), b.reshape(-1), n_a, n_b, n_cols, kind, mode, dtype.type(rho),
-                              sum_a, sum_b, _MIN_TAU, out, 1 if n_threads == 1 else 8 * n_threads)
-        finally:
-            numba.set_num_threads(previous)
+        args = (a.reshape(-1), b.reshape(-1), n_a, n_b, n_cols, kind, mode, dtype.type(rho), sum_a, sum_b,
+                _MIN_TAU, out)
+        if n_threads == 1:
+            kernels.pair_sums_serial(*args)
+        else:
+            with parallel_launch(n_threads):
+                kernels.pair_sums(*args, 8 * n_threads)
     return out if condensed else out.reshape(n_a, n_b)
 
 
@@ -385,13 +394,13 @@ def _gram_pairs(a: np.ndarray, b: np.ndarray, square: bool, kind: int, out: np.n
             low_rows, low_cols = low_rows[keep], low_cols[keep]
         if low_rows.size:
             vals = np.empty(low_rows.size)
-            previous = numba.get_num_threads()
-            numba.set_num_threads(n_threads)
-            try:
-                kernels.listed_pairs(a.reshape(-1), b.reshape(-1), n_cols, low_rows + r0, low_cols + c0,
-                                     kernels.MODE_TWO, 2.0, vals)
-            finally:
-                numba.set_num_threads(previous)
+            args = (a.reshape(-1), b.reshape(-1), n_cols, low_rows + r0, low_cols + c0, kernels.MODE_TWO, 2.0,
+                    vals)
+            if n_threads == 1:
+                kernels.listed_pairs_serial(*args)
+            else:
+                with parallel_launch(n_threads):
+                    kernels.listed_pairs(*args)
             d[low_rows, low_cols] = vals
         if kind == kernels.OUT_RECT:
             out.reshape(n_a, n_b)[r0:r1] = d

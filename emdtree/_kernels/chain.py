@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .jit import njit
 from .simd import _call, _splat_n, tile_lanes
 
 

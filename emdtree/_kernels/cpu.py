@@ -39,8 +39,9 @@ gradient is summed in float64 from the entries that are stored.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .jit import njit
 from .simd import (
     BLOCK,
     row_accumulate,

@@ -11,8 +11,9 @@ contiguous ranges, so a row costs O(n_nodes) whatever the depth.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .jit import njit
 from .._layout import Layout
 
 

@@ -24,7 +24,9 @@ a square matrix only super tiles on or above the diagonal are computed.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import njit
 
 SUPER = 64  # rows of x (and of y) per super tile
 MICRO = 4  # rows of x (and of y) per register micro tile
@@ -292,11 +294,21 @@ def _items(n_a, n_b, square):  # pragma: no cover
     return items
 
 
-@njit(cache=True, parallel=True)
-def pair_sums(
-    a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out, n_parts,
+@njit(cache=True)
+def _pair_items(
+    a, b, n_a, n_b, n_cols, items, t0, t1, out_kind, mode, rho, sum_a, sum_b, tau, out, acc,
 ):  # pragma: no cover
-    """``D[i, j] = sum_k |a[i, k] - b[j, k]|^rho`` for all pairs, into ``out``.
+    """The super tiles ``items[t0:t1]`` of :func:`pair_sums`, with ``acc`` as scratch."""
+    square = out_kind != OUT_RECT
+    for t in range(t0, t1):
+        i0, j0 = items[t, 0], items[t, 1]
+        _super_tile(a, b, n_a, n_b, n_cols, i0, j0, square, mode, rho, acc)
+        if mode == MODE_ONE_MIN:
+            _finish_min(acc, a, b, n_a, n_b, n_cols, i0, j0, square, sum_a, sum_b, tau, rho)
+        _store(acc, out, n_a, n_b, i0, j0, out_kind)
+
+
+_PAIR_SUMS_DOC = """``D[i, j] = sum_k |a[i, k] - b[j, k]|^rho`` for all pairs, into ``out``.
 
     ``a`` and ``b`` are flat C-ordered (n_a, n_cols) and (n_b, n_cols) arrays of
     one dtype, ``out`` a flat array laid out as ``out_kind`` says. For
@@ -305,27 +317,52 @@ def pair_sums(
     :data:`MODE_TWO`, :data:`MODE_GENERAL` (which alone uses ``rho``) or
     :data:`MODE_ONE_MIN`, which needs the float64 row sums ``sum_a``, ``sum_b``
     of non-negative rows and the cancellation threshold ``tau``.
-    The super tiles are split into ``n_parts`` contiguous runs, run across
-    Numba's threads (one part runs on the calling thread).
     """
-    square = out_kind != OUT_RECT
-    items = _items(n_a, n_b, square)
+
+
+@njit(cache=True)
+def pair_sums_serial(a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out):  # pragma: no cover
+    items = _items(n_a, n_b, out_kind != OUT_RECT)
+    acc = np.empty(SUPER * SUPER, dtype=np.float64)
+    _pair_items(a, b, n_a, n_b, n_cols, items, 0, items.shape[0], out_kind, mode, rho, sum_a, sum_b, tau,
+                out, acc)
+
+
+@njit(cache=True, parallel=True)
+def pair_sums(
+    a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out, n_parts,
+):  # pragma: no cover
+    items = _items(n_a, n_b, out_kind != OUT_RECT)
     n_items = items.shape[0]
     for part in prange(n_parts):
         acc = np.empty(SUPER * SUPER, dtype=np.float64)
-        for t in range(part * n_items // n_parts, (part + 1) * n_items // n_parts):
-            i0, j0 = items[t, 0], items[t, 1]
-            _super_tile(a, b, n_a, n_b, n_cols, i0, j0, square, mode, rho, acc)
-            if mode == MODE_ONE_MIN:
-                _finish_min(acc, a, b, n_a, n_b, n_cols, i0, j0, square, sum_a, sum_b, tau, rho)
-            _store(acc, out, n_a, n_b, i0, j0, out_kind)
+        _pair_items(a, b, n_a, n_b, n_cols, items, part * n_items // n_parts, (part + 1) * n_items // n_parts,
+                    out_kind, mode, rho, sum_a, sum_b, tau, out, acc)
+
+
+pair_sums_serial.__doc__ = _PAIR_SUMS_DOC + "\n    On the calling thread.\n"
+pair_sums.__doc__ = _PAIR_SUMS_DOC + (
+    "\n    The super tiles are split into ``n_parts`` contiguous runs, run across\n"
+    "    Numba's threads (one part runs on the calling thread).\n")
+
+
+@njit(cache=True)
+def _listed_one(a, b, n_cols, i, j, mode, rho):  # pragma: no cover
+    v = 0.0
+    for k0 in range(0, n_cols, CHUNK):
+        v += _single(a, b, i * n_cols, j * n_cols, k0, min(k0 + CHUNK, n_cols), mode, rho)
+    return v
+
+
+@njit(cache=True)
+def listed_pairs_serial(a, b, n_cols, rows, cols, mode, rho, out):  # pragma: no cover
+    """``out[t] = sum_k |a[rows[t], k] - b[cols[t], k]|^rho`` (float64) for listed pairs."""
+    for t in range(rows.shape[0]):
+        out[t] = _listed_one(a, b, n_cols, rows[t], cols[t], mode, rho)
 
 
 @njit(cache=True, parallel=True)
 def listed_pairs(a, b, n_cols, rows, cols, mode, rho, out):  # pragma: no cover
-    """``out[t] = sum_k |a[rows[t], k] - b[cols[t], k]|^rho`` (float64) for listed pairs."""
+    """As :func:`listed_pairs_serial`, across Numba's threads."""
     for t in prange(rows.shape[0]):
-        v = 0.0
-        for k0 in range(0, n_cols, CHUNK):
-            v += _single(a, b, rows[t] * n_cols, cols[t] * n_cols, k0, min(k0 + CHUNK, n_cols), mode, rho)
-        out[t] = v
+        out[t] = _listed_one(a, b, n_cols, rows[t], cols[t], mode, rho)

@@ -12,7 +12,7 @@ but touches ``BLOCK`` times less memory. Same arguments and outputs as
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import njit
 
 from .cpu import MODE_ONE, MODE_TWO
 
