@@ -127,6 +127,12 @@ class _Rows:
                 what = "not finite" if not np.isfinite(value) else "negative"
                 raise ValueError(f"{_position(name, r0 + r, k, axis)} = {value} is {what}: "
                                  f"entries of {name} must be finite and >= 0")
+            if check and (bad == -2 or (totals.size and totals.max() > np.finfo(dtype).max)):
+                r = int(np.flatnonzero(~(totals <= np.finfo(dtype).max))[0])
+                where = f"{name}[{r0 + r}]" if axis == 1 else f"{name}[:, {r0 + r}]"
+                raise ValueError(f"the total mass of {where} overflows {np.dtype(dtype).name}"
+                                 + ("; pass float64 masses" if dtype != np.float64 else "")
+                                 + ": scale the masses down")
             if normalize is not None:
                 zero = np.flatnonzero(~(totals > 0))
                 if zero.size:

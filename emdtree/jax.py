@@ -32,7 +32,7 @@ from ._tree import Tree
 __all__ = ["emd_loss"]
 
 
-def _kernels(p: np.ndarray, q: np.ndarray, token: int, rho: float, check: bool, want_grad: bool):
+def _kernels(p: np.ndarray, q: np.ndarray, token: Tree | int | None, rho: float, check: bool, want_grad: bool):
     """Value (and gradient) for ``p`` (..., n_bins) against ``q`` (..., n_bins) or labels (...)."""
     p, q = np.asarray(p), np.asarray(q)
     n_bins = p.shape[-1]
@@ -52,7 +52,8 @@ def _kernels(p: np.ndarray, q: np.ndarray, token: int, rho: float, check: bool, 
 def _call(p: jax.Array, q: jax.Array, token: int, rho: float, check: bool, want_grad: bool):
     value = jax.ShapeDtypeStruct(p.shape[:-1], p.dtype)
     shapes = (value, jax.ShapeDtypeStruct(p.shape, p.dtype)) if want_grad else value
-    fn = functools.partial(_kernels, token=token, rho=rho, check=check, want_grad=want_grad)
+    # the callback holds the tree itself: a jitted function may outlive the caller's reference
+    fn = functools.partial(_kernels, token=_losses.tree_of(token), rho=rho, check=check, want_grad=want_grad)
     return jax.pure_callback(fn, shapes, p, q, vmap_method="expand_dims")
 
 

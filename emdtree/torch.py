@@ -114,6 +114,7 @@ def _setup(ctx, inputs, output):
     # does not compute a Hessian-vector product of zeros
     ctx.set_materialize_grads(False)
     ctx.tree, ctx.rho = tree, rho
+    ctx.tree_object = _losses.tree_of(tree)  # alive until the backward pass: the registry holds it weakly
     ctx.target_is_labels = not target.dtype.is_floating_point
     grad = output[1] if isinstance(output, tuple) else None
     ctx.save_for_backward(input, target, grad)
