@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import sys
+import warnings
 from typing import Any, TextIO
 
 import numpy as np
@@ -41,11 +42,13 @@ def read_array(spec: str, what: str, *, mmap: bool = False) -> np.ndarray:
         raise InputError(f"{what}: no such file {path!r} (nor inline numbers such as 0.5,0.5)")
     if os.path.isdir(path):
         raise InputError(f"{what}: {path!r} is a directory, not a file")
+    from ._files import load_npy, open_npz
+
     try:
         if suffix == ".npy":
-            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            return load_npy(path, mmap=mmap)
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
+            with open_npz(path) as data:
                 names = data.files
                 if key is None:
                     if len(names) != 1:
@@ -56,11 +59,18 @@ def read_array(spec: str, what: str, *, mmap: bool = False) -> np.ndarray:
                     raise InputError(f"{what}: {path!r} has no array {key!r} (it has {', '.join(names)})")
                 return data[key]
         if suffix in _TEXT_DELIMITERS:
-            return np.loadtxt(path, delimiter=_TEXT_DELIMITERS[suffix], ndmin=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data": said below, on one line
+                values = np.loadtxt(path, delimiter=_TEXT_DELIMITERS[suffix], ndmin=1)
+            if values.size == 0:
+                raise InputError(f"{what}: {path!r} holds no numbers")
+            return values
     except InputError:
         raise
     except ValueError as exc:
-        raise InputError(f"{what}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{what}: {message}" if repr(path) in message else
+                         f"{what}: cannot read {path!r}: {message}") from None
     raise InputError(f"{what}: cannot tell the format of {path!r}: use .npy, .npz, .csv, .tsv or .txt")
 
 
@@ -128,14 +138,19 @@ def _json_value(value: Any) -> Any:
 
 
 def _write_values(path: str, values: np.ndarray) -> None:
+    from ._files import atomic_write
+
     suffix = pathlib.Path(path).suffix.lower()
     if suffix == ".npy":
-        np.save(path, values)
+        # through a file object: given a name, np.save would append ".npy" to "OUT.NPY"
+        with atomic_write(path, "wb") as fh:
+            np.save(fh, values)
         return
     if values.ndim > 2:
         raise InputError(f"-o {path!r}: {values.ndim}-D results go to a .npy file")
     delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix, "\t")
-    np.savetxt(path, np.atleast_1d(values), fmt="%.17g", delimiter=delimiter)
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        np.savetxt(fh, np.atleast_1d(values), fmt="%.17g", delimiter=delimiter)
 
 
 # ----------------------------------------------------------------------------- distance
@@ -245,9 +260,11 @@ def evaluate(args, out: TextIO) -> None:
 
 
 def _write_per_class(path: str, columns: dict[str, list]) -> None:
+    from ._files import atomic_write
+
     keys = list(columns)
     n = len(columns["class"])
-    with open(path, "w", encoding="utf-8", newline="") as fh:
+    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
         fh.write("\t".join(keys) + "\n")
         for i in range(n):
             cells = []

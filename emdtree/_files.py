@@ -141,6 +141,24 @@ def _reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _check_magic(name: str, kind: str) -> None:
+    """Refuse a file that is neither kind of NumPy file before np.load takes it for a pickle."""
+    try:
+        with open(name, "rb") as fh:
+            head = fh.read(6)
+    except IsADirectoryError:
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name) from None
+    if not head:
+        raise ValueError(f"cannot read {name!r} as {kind} file: the file is empty")
+    if not (head.startswith(_NPY_MAGIC) or head[:4] in _ZIP_MAGIC):
+        raise ValueError(f"cannot read {name!r} as {kind} file: it is not a NumPy file (no .npy or .npz "
+                         "header)")
+
+
 def load_npy(path: str | os.PathLike[str], *, mmap: bool = False) -> np.ndarray:
     """The array of a ``.npy`` file, memory-mapped read-only with ``mmap``.
 
@@ -150,6 +168,7 @@ def load_npy(path: str | os.PathLike[str], *, mmap: bool = False) -> np.ndarray:
         Naming the file, when it is empty, truncated, damaged or holds
         pickled objects.
     """
+    _check_magic(os.fspath(path), "a .npy")
     try:
         data = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except _DAMAGED as exc:
@@ -188,6 +207,7 @@ class NpzArchive:
 def open_npz(path: str | os.PathLike[str]) -> Iterator[NpzArchive]:
     """Open an ``.npz`` file; a damaged archive or member is a ValueError naming it."""
     name = os.fspath(path)
+    _check_magic(name, "an .npz")
     try:
         data = np.load(name, allow_pickle=False)
     except _DAMAGED as exc:
