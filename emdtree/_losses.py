@@ -152,6 +152,40 @@ def tree_of(token: int) -> Tree | None:
                        "the loss and its gradient are in use")
 
 
+# ----------------------------------------------------------------------------- inputs to normalise
+
+
+def check_normalizable(x: np.ndarray, normalize: str, axis: int, name: str = "input") -> None:
+    """A ValueError naming the entry or sample of the raw ``x`` that ``normalize`` cannot handle.
+
+    The adapters normalise with framework operations before the kernels see
+    the masses: a ``+inf`` logit under ``"softmax"`` or a sample without mass
+    under ``"l1"`` would reach them as NaN, and the kernels' message would
+    then blame a NaN that the caller never passed.
+    """
+    x = np.asarray(x)
+    bad = np.argwhere(~np.isfinite(x))
+    what = "logits" if normalize == "softmax" else "masses"
+    if bad.size:
+        i = tuple(int(j) for j in bad[0])
+        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is not finite: normalize={normalize!r} needs "
+                         f"finite {what}")
+    if normalize != "l1":
+        return
+    bad = np.argwhere(x < 0)
+    if bad.size:
+        i = tuple(int(j) for j in bad[0])
+        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is negative: normalize='l1' needs masses >= 0")
+    totals = x.sum(axis=axis, dtype=np.float64)
+    bad = np.argwhere(~(totals > 0) | ~np.isfinite(totals))
+    if bad.size:
+        where = [str(int(j)) for j in bad[0]]
+        where.insert(axis % x.ndim, ":")
+        total = totals[tuple(bad[0])].item()
+        problem = "has no mass" if total == 0 else f"sums to {total!r}"
+        raise ValueError(f"{name}[{', '.join(where)}] {problem}: normalize='l1' cannot rescale it to sum to 1")
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -191,9 +225,9 @@ def float_labels(labels: np.ndarray, n_bins: int, name: str = "target") -> np.nd
     if bad.size:
         i = int(bad[0])
         value = flat[i].item()
-        what = "a whole number" if not (math.isfinite(value) and value == round(value)) else \
+        what = "whole numbers" if not (math.isfinite(value) and value == round(value)) else \
             f"in [0, {n_bins - 1}] ({n_bins} bins)"
-        raise ValueError(f"{name}[{i}] = {value!r} is not a class index: class indices must be {what}")
+        raise ValueError(f"{name}[{i}] = {flat[i]} is not a class index: class indices must be {what}")
     return flat.astype(np.int64)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ._inputs import check_rho, working_dtype
+from ._inputs import check_rho, reject_masked, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
 from ._kernels.checks import row_totals
@@ -64,6 +64,7 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     """A 2-D (n_samples, n_bins) view of ``x``: memory maps stay memory maps."""
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{name} is a GPU array; pairwise takes host arrays")
+    reject_masked(x, name)
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {arr.shape}")

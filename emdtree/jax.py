@@ -156,10 +156,15 @@ def emd_loss(
     out_dtype = input.dtype
     if input.dtype not in (jnp.float32, jnp.float64):
         input = input.astype(jnp.float32)
+    if check_inputs and normalize is not None and not isinstance(input, jax.core.Tracer):
+        # eagerly only: under jit the kernels report the normalised masses
+        _losses.check_normalizable(np.asarray(input), normalize, ax)
     p = jnp.moveaxis(input, ax, -1)
     if normalize == "softmax":
         p = jax.nn.softmax(p, axis=-1)
     elif normalize == "l1":
         p = p / jnp.sum(p, axis=-1, keepdims=True)
-    q = target if labels else jnp.moveaxis(target, ax, -1).astype(p.dtype)
+    q = target if labels else jnp.moveaxis(target, ax, -1)
+    if not labels and not (q.dtype == jnp.float32 and p.dtype == jnp.float64):
+        q = q.astype(p.dtype)  # a float32 target keeps float32's tolerance in the mass check, as in emdtree.emd
     return _emd(p, q, token, rho, bool(check_inputs)).astype(out_dtype)
