@@ -145,7 +145,8 @@ class _Rows:
             if n_cols:
                 cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
                                positions, x.reshape(-1))
-                x *= scale
+                with np.errstate(over="ignore"):  # an overflow shows in the result check
+                    x *= scale
                 np.minimum(self.low, x.min(axis=0), out=self.low)
                 np.maximum(self.high, x.max(axis=0), out=self.high)
 
@@ -344,7 +345,8 @@ def pairwise(
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
     if out.size and n_cols and use_gram:
-        _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
+            _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
     elif out.size and n_cols:
         mode = kernels.MODE_ONE if rho == 1.0 else kernels.MODE_TWO if rho == 2.0 else kernels.MODE_GENERAL
         sum_a = sum_b = np.zeros(0)
@@ -359,7 +361,26 @@ def pairwise(
                               sum_a, sum_b, _MIN_TAU, out, 1 if n_threads == 1 else 8 * n_threads)
         finally:
             numba.set_num_threads(previous)
+    if check_inputs:
+        _check_finite(out, kind, n_a, n_b, rho)
     return out if condensed else out.reshape(n_a, n_b)
+
+
+def _check_finite(out: np.ndarray, kind: int, n_a: int, n_b: int, rho: float) -> None:
+    """Checked masses are finite, so a distance that is not is ``w |phi|^rho`` overflowing."""
+    step = 1 << 20  # in slices: a boolean copy of a large matrix would be large too
+    for start in range(0, out.size, step):
+        bad = np.flatnonzero(~np.isfinite(out[start:start + step]))
+        if bad.size:
+            k = start + int(bad[0])
+            if kind == kernels.OUT_CONDENSED:
+                i = int(np.searchsorted(np.cumsum(np.arange(n_a - 1, 0, -1)), k, side="right"))
+                j = k - (i * (2 * n_a - i - 1)) // 2 + i + 1
+            else:
+                i, j = divmod(k, n_b)
+            raise ValueError(f"the distance between samples {i} and {j} overflows {out.dtype.name} with "
+                             f"rho = {rho:g}: |phi|^rho is beyond {float(np.finfo(out.dtype).max):.3g}; use "
+                             "a smaller rho or scale the masses down")
 
 
 def _gram_pairs(a: np.ndarray, b: np.ndarray, square: bool, kind: int, out: np.ndarray, tau: float,
