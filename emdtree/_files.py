@@ -208,13 +208,15 @@ def open_npz(path: str | os.PathLike[str]) -> Iterator[NpzArchive]:
     """Open an ``.npz`` file; a damaged archive or member is a ValueError naming it."""
     name = os.fspath(path)
     _check_magic(name, "an .npz")
-    try:
-        data = np.load(name, allow_pickle=False)
-    except _DAMAGED as exc:
-        raise ValueError(f"cannot read {name!r} as an .npz file: {_reason(exc)}") from None
-    if isinstance(data, np.ndarray):
-        raise ValueError(f"cannot read {name!r} as an .npz file: it holds a single .npy array")
-    try:
-        yield NpzArchive(name, data)
-    finally:
-        data.close()
+    # our own file object: np.load leaves the one it opens unclosed when the archive is damaged
+    with open(name, "rb") as fh:
+        try:
+            data = np.load(fh, allow_pickle=False)
+        except _DAMAGED as exc:
+            raise ValueError(f"cannot read {name!r} as an .npz file: {_reason(exc)}") from None
+        if isinstance(data, np.ndarray):
+            raise ValueError(f"cannot read {name!r} as an .npz file: it holds a single .npy array")
+        try:
+            yield NpzArchive(name, data)
+        finally:
+            data.close()

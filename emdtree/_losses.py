@@ -227,7 +227,7 @@ def float_labels(labels: np.ndarray, n_bins: int, name: str = "target") -> np.nd
         value = flat[i].item()
         what = "whole numbers" if not (math.isfinite(value) and value == round(value)) else \
             f"in [0, {n_bins - 1}] ({n_bins} bins)"
-        raise ValueError(f"{name}[{i}] = {flat[i]} is not a class index: class indices must be {what}")
+        raise ValueError(f"{name}[{i}] = {str(flat[i])} is not a class index: class indices must be {what}")
     return flat.astype(np.int64)
 
 
