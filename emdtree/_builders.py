@@ -439,7 +439,10 @@ def build_from_linkage(Z: np.ndarray) -> TreeArrays:
     from scipy.cluster.hierarchy import is_valid_linkage
 
     try:
-        Z = np.asarray(Z, dtype=np.float64)
+        raw = np.asarray(Z)
+        if raw.dtype.kind not in "biuf":  # complex, strings, objects: no silent casts
+            raise TypeError
+        Z = raw.astype(np.float64)
     except (TypeError, ValueError):
         raise TypeError("Z must be a numeric linkage matrix of shape (n - 1, 4)") from None
     try:

@@ -18,6 +18,8 @@ import errno
 import os
 import secrets
 import stat
+import tokenize
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -28,7 +30,9 @@ import numpy as np
 __all__ = ["atomic_write", "load_npy", "open_npz", "NpzArchive"]
 
 # what np.load and NpzFile raise for a file that is empty, truncated or not NumPy's
-_DAMAGED = (EOFError, ValueError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeError, OverflowError)
+# (a damaged .npy header reaches ast.literal_eval: SyntaxError, tokenize.TokenError)
+_DAMAGED = (EOFError, ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError, zipfile.BadZipFile,
+            zlib.error, KeyError, UnicodeError, OverflowError)
 
 
 @contextlib.contextmanager
@@ -130,6 +134,15 @@ def _named(exc: OSError, name: str) -> OSError:
 # ----------------------------------------------------------------------------- reading NumPy files
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No warnings while NumPy parses a header: a damaged one makes ``ast`` warn about
+    escapes, and the error that follows says all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, EOFError):
         return "the file is empty or truncated"
@@ -154,9 +167,15 @@ def _check_magic(name: str, kind: str) -> None:
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name) from None
     if not head:
         raise ValueError(f"cannot read {name!r} as {kind} file: the file is empty")
-    if not (head.startswith(_NPY_MAGIC) or head[:4] in _ZIP_MAGIC):
+    npy, npz = head.startswith(_NPY_MAGIC), head[:4] in _ZIP_MAGIC
+    if not (npy or npz):
         raise ValueError(f"cannot read {name!r} as {kind} file: it is not a NumPy file (no .npy or .npz "
                          "header)")
+    # np.load would open the other kind itself and leave the file open if it is damaged
+    if kind == "a .npy" and npz:
+        raise ValueError(f"cannot read {name!r} as a .npy file: it is an .npz archive")
+    if kind == "an .npz" and npy:
+        raise ValueError(f"cannot read {name!r} as an .npz file: it holds a single .npy array")
 
 
 def load_npy(path: str | os.PathLike[str], *, mmap: bool = False) -> np.ndarray:
@@ -170,7 +189,8 @@ def load_npy(path: str | os.PathLike[str], *, mmap: bool = False) -> np.ndarray:
     """
     _check_magic(os.fspath(path), "a .npy")
     try:
-        data = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with _quiet():
+            data = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except _DAMAGED as exc:
         raise ValueError(f"cannot read {os.fspath(path)!r} as a .npy file: {_reason(exc)}") from None
     if not isinstance(data, np.ndarray):  # an .npz archive under a .npy name
@@ -198,7 +218,8 @@ class NpzArchive:
 
     def __getitem__(self, key: str) -> np.ndarray:
         try:
-            return self._data[key]
+            with _quiet():
+                return self._data[key]
         except _DAMAGED as exc:
             raise ValueError(f"cannot read the array {key!r} of {self.path!r}: {_reason(exc)}") from None
 
@@ -211,7 +232,8 @@ def open_npz(path: str | os.PathLike[str]) -> Iterator[NpzArchive]:
     # our own file object: np.load leaves the one it opens unclosed when the archive is damaged
     with open(name, "rb") as fh:
         try:
-            data = np.load(fh, allow_pickle=False)
+            with _quiet():
+                data = np.load(fh, allow_pickle=False)
         except _DAMAGED as exc:
             raise ValueError(f"cannot read {name!r} as an .npz file: {_reason(exc)}") from None
         if isinstance(data, np.ndarray):
