@@ -214,8 +214,9 @@ _LABELS = [
 def _read_labels(spec: str) -> np.ndarray:
     labels = read_array(spec, "LABELS")
     if labels.dtype.kind == "f":
-        if labels.size and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
-            bad = int(np.flatnonzero(~(np.isfinite(labels) & (labels == np.round(labels))))[0])
+        whole = np.isfinite(labels) & (labels == np.round(labels)) & (np.abs(labels) < 2.0**62)
+        if labels.size and not np.all(whole):
+            bad = int(np.flatnonzero(~whole.reshape(-1))[0])
             raise InputError(f"LABELS[{bad}] = {labels.flat[bad].item()!r} is not a class index")
         labels = labels.astype(np.int64)
     return np.asarray(labels).reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels

@@ -18,6 +18,7 @@ import errno
 import os
 import secrets
 import stat
+import struct
 import tokenize
 import warnings
 import zipfile
@@ -30,9 +31,12 @@ import numpy as np
 __all__ = ["atomic_write", "load_npy", "open_npz", "NpzArchive"]
 
 # what np.load and NpzFile raise for a file that is empty, truncated or not NumPy's
-# (a damaged .npy header reaches ast.literal_eval: SyntaxError, tokenize.TokenError)
+# (a damaged .npy header reaches ast.literal_eval: SyntaxError, tokenize.TokenError; zipfile
+# says NotImplementedError for an unknown version or compression, RuntimeError for encryption,
+# OSError for a seek past either end; the file itself was opened before, so that is damage too)
 _DAMAGED = (EOFError, ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError, zipfile.BadZipFile,
-            zlib.error, KeyError, UnicodeError, OverflowError)
+            zlib.error, KeyError, UnicodeError, OverflowError, NotImplementedError, RuntimeError, struct.error,
+            OSError)
 
 
 @contextlib.contextmanager
