@@ -15,9 +15,13 @@ Commands:
     Top-k accuracy, mistake severity, hierarchical distance and mean EMD of
     a classifier's predictions, read in chunks.
 
-Bad input (a missing file, shapes that do not match, unknown tip names, a
-malformed tree, a label out of range) ends with exit status 2 and one line
-``emdtree: error: ...`` on stderr.
+Bad input (a missing, empty or damaged file, shapes that do not match,
+unknown tip names, a malformed tree, a label out of range, a result too large
+for memory) ends with exit status 2 and one line ``emdtree: error: ...`` on
+stderr. Output files (``-o``, ``--per-class``) are written to a temporary file
+beside the target and renamed into place when complete, so a failed run
+leaves the previous file intact. When the reader of stdout goes away
+(``emdtree info | head -1``) the command stops silently with status 141.
 """
 
 from __future__ import annotations
