@@ -272,8 +272,8 @@ class Tree:
         ------
         ValueError
             If there is no root or more than one, a cycle, a parent index out
-            of range, a negative or non-finite weight, a duplicate bin, or
-            names of the wrong length.
+            of range, a negative or non-finite weight, a duplicate bin, a
+            repeated bin name, or names of the wrong length.
 
         Examples
         --------
@@ -604,6 +604,15 @@ class Tree:
         -------
         Tree
 
+        Raises
+        ------
+        TypeError
+            If ``data`` is not a mapping.
+        ValueError
+            For a foreign ``format`` field, a ``version`` that is not an
+            integer or is newer than this library reads, missing fields or
+            fields that do not make a tree.
+
         Examples
         --------
         >>> from emdtree import Tree
@@ -644,12 +653,24 @@ class Tree:
         return to_newick(self.parents, self.weights, self.bins, self.names, self.node_names)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save to ``.json`` or ``.npz`` (chosen by the file extension).
+        """Save to ``.json`` or ``.npz`` (chosen by the file extension, in any case).
+
+        The tree is written to a temporary file in the same directory, which
+        replaces ``path`` only once it is complete and flushed to disk: a
+        save that fails leaves an existing file as it was.
 
         Parameters
         ----------
         path : str or path-like
-            Destination; its extension, ``.json`` or ``.npz``, selects the format.
+            Destination; its extension, ``.json`` or ``.npz`` (``.NPZ`` too),
+            selects the format. The file is written under exactly this name.
+
+        Raises
+        ------
+        ValueError
+            For another extension.
+        OSError
+            When the file cannot be written (naming it).
 
         Examples
         --------
@@ -701,6 +722,13 @@ class Tree:
         Returns
         -------
         Tree
+
+        Raises
+        ------
+        ValueError
+            For an empty, damaged or foreign file, a format version newer
+            than this library reads, or fields that do not make a tree
+            (repeated bin names included); the message names the file.
 
         Examples
         --------

@@ -275,7 +275,9 @@ def read_table(
     ValueError
         For ragged rows, cells that are not numbers (naming row and
         column), duplicate ids or feature names, arrays that are not 2-D,
-        names that do not match the counts, or an unknown extension.
+        names that do not match the counts, an unknown extension, or a file
+        that is empty, damaged or not in the format its extension says
+        (naming the file).
     ImportError
         For a ``.biom`` file without the ``biom-format`` package.
 
@@ -540,6 +542,9 @@ def write_matrix(
     ValueError
         If the matrix is not 2-D or not real, the number of ids does not
         match its shape, an id repeats or holds a tab or a line break.
+    OSError
+        When the file cannot be written (naming it); ``path`` is then left
+        as it was.
 
     Examples
     --------
