@@ -9,7 +9,6 @@ import json
 import os
 import pathlib
 import resource
-import signal
 import subprocess
 import sys
 import tracemalloc
@@ -202,9 +201,11 @@ def test_atomic_write_keeps_permissions_and_follows_links(tmp_path):
         io.write_matrix(tmp_path, np.zeros((1, 1)), ["a"])
 
 
-def _limit_file_size():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead of killing
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+# the child limits itself (no preexec_fn: forking a process that imported JAX warns)
+LIMITED = ("import resource, runpy, signal; "
+           "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # write() fails with EFBIG instead of killing
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+           "runpy.run_module('emdtree', run_name='__main__')")
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
@@ -215,9 +216,8 @@ def test_cli_output_survives_a_file_size_limit(tmp_path):
     (tmp_path / "table.tsv").write_text("sample\ta\tb\tc\n" + rows + "\n")
     out = tmp_path / "d.tsv"
     out.write_text("previous result\n")
-    run = subprocess.run([sys.executable, "-m", "emdtree", "pairwise", "table.tsv", "--tree", "t.nwk",
-                          "-o", "d.tsv", "-q"], cwd=tmp_path, capture_output=True, text=True,
-                         preexec_fn=_limit_file_size, timeout=300)
+    run = subprocess.run([sys.executable, "-c", LIMITED, "pairwise", "table.tsv", "--tree", "t.nwk",
+                          "-o", "d.tsv", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0] == "emdtree: error: File too large: 'd.tsv'", run.stderr
