@@ -196,6 +196,8 @@ _OPTIONS = [
     (re.compile(r"normalize='(\w+)'"), r"--normalize \1"),
     (re.compile(r"drop_missing=True"), "--drop-missing"),
     (re.compile(r"chunk_size"), "--chunk-size"),
+    (re.compile(r"give default_length to fill in missing lengths"),
+     "give every branch a length, or none (then each costs 1)"),
 ]
 
 

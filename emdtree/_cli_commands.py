@@ -191,12 +191,26 @@ def pairwise(args, out: TextIO) -> None:
         sample_ids, X = io.load_counts(args.table, tree, drop_missing=args.drop_missing, **options)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
+    _check_counts(X, sample_ids, tree, args.table)
     normalize = None if args.normalize == "none" else args.normalize
     if not args.quiet and _stderr_is_terminal():
         print(f"emdtree: {len(sample_ids)} samples x {tree.n_bins} bins; "
               f"{len(sample_ids) * (len(sample_ids) - 1) // 2} pairs", file=sys.stderr)
     D = emdtree.pairwise(X, tree=tree, rho=args.rho, normalize=normalize)
     io.write_matrix(args.output, D, sample_ids)
+
+
+def _check_counts(X: np.ndarray, sample_ids: list[str], tree: Any, table: str) -> None:
+    """Name a count that is not finite or negative by its sample id and feature, as in the file."""
+    for start in range(0, X.shape[0], 4096):  # in blocks: X may be memory-mapped
+        block = X[start:start + 4096]
+        bad = np.argwhere(~(np.isfinite(block) & (block >= 0)))
+        if bad.size:
+            i, b = int(bad[0][0]), int(bad[0][1])
+            value = block[i, b]
+            what = "not finite" if not np.isfinite(value) else "negative"
+            raise InputError(f"{table!r}: the count of {tree.names[b]!r} in sample {sample_ids[start + i]!r} "
+                             f"is {value} ({what}): counts must be finite and >= 0")
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -34,9 +34,9 @@ __all__ = ["atomic_write", "load_npy", "open_npz", "NpzArchive"]
 # (a damaged .npy header reaches ast.literal_eval: SyntaxError, tokenize.TokenError; zipfile
 # says NotImplementedError for an unknown version or compression, RuntimeError for encryption,
 # OSError for a seek past either end; the file itself was opened before, so that is damage too)
-_DAMAGED = (EOFError, ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError, zipfile.BadZipFile,
-            zlib.error, KeyError, UnicodeError, OverflowError, NotImplementedError, RuntimeError, struct.error,
-            OSError)
+_DAMAGED = (EOFError, ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError,
+            zipfile.BadZipFile, zlib.error, KeyError, UnicodeError, OverflowError, NotImplementedError,
+            RuntimeError, struct.error, OSError)
 
 
 @contextlib.contextmanager
@@ -107,7 +107,8 @@ def _create_beside(target: str, directory: str, name: str) -> tuple[int, str]:
     for _ in range(100):
         temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
         try:
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), temp
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return os.open(temp, flags, 0o666), temp
         except FileExistsError:
             continue
         except OSError as exc:

@@ -183,7 +183,8 @@ def check_normalizable(x: np.ndarray, normalize: str, axis: int, name: str = "in
         where.insert(axis % x.ndim, ":")
         total = totals[tuple(bad[0])].item()
         problem = "has no mass" if total == 0 else f"sums to {total!r}"
-        raise ValueError(f"{name}[{', '.join(where)}] {problem}: normalize='l1' cannot rescale it to sum to 1")
+        raise ValueError(f"{name}[{', '.join(where)}] {problem}: normalize='l1' cannot rescale it to "
+                         "sum to 1")
 
 
 # ----------------------------------------------------------------------------- targets

@@ -621,7 +621,8 @@ class Tree:
         True
         """
         if not isinstance(data, Mapping):
-            raise TypeError(f"a saved tree is a mapping as returned by Tree.to_dict, got {type(data).__name__}")
+            raise TypeError("a saved tree is a mapping as returned by Tree.to_dict, got "
+                            f"{type(data).__name__}")
         if data.get("format") != _FORMAT:
             raise ValueError(f"not a saved emdtree.Tree (format field is {data.get('format')!r})")
         _check_version(data.get("version"))
@@ -631,8 +632,10 @@ class Tree:
         fields = {key: data.get(key) for key in ("parents", "weights", "bins", "names", "node_names")}
         for key, value in fields.items():
             if value is not None and not isinstance(value, (list, tuple, np.ndarray)):
-                raise ValueError(f"the field {key!r} of a saved tree must be a list, got {type(value).__name__}")
-        return cls(fields["parents"], fields["weights"], fields["bins"], fields["names"], fields["node_names"])
+                raise ValueError(f"the field {key!r} of a saved tree must be a list, got "
+                                 f"{type(value).__name__}")
+        return cls(fields["parents"], fields["weights"], fields["bins"], fields["names"],
+                   fields["node_names"])
 
     def to_newick(self) -> str:
         """Newick text of the tree (bins must be tips); see :meth:`from_newick`.
@@ -746,9 +749,12 @@ class Tree:
                 try:
                     data = json.load(fh)
                 except UnicodeDecodeError as exc:
-                    raise ValueError(f"{path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+                    raise ValueError(f"{path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}") \
+                        from None
                 except ValueError as exc:
                     raise ValueError(f"{path!r} is not valid JSON: {exc}") from None
+                except RecursionError:
+                    raise ValueError(f"{path!r} nests JSON too deeply to be a saved tree") from None
             try:
                 return cls.from_dict(data)
             except (ValueError, TypeError) as exc:

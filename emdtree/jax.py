@@ -32,7 +32,8 @@ from ._tree import Tree
 __all__ = ["emd_loss"]
 
 
-def _kernels(p: np.ndarray, q: np.ndarray, token: Tree | int | None, rho: float, check: bool, want_grad: bool):
+def _kernels(p: np.ndarray, q: np.ndarray, token: Tree | int | None, rho: float, check: bool,
+             want_grad: bool):
     """Value (and gradient) for ``p`` (..., n_bins) against ``q`` (..., n_bins) or labels (...)."""
     p, q = np.asarray(p), np.asarray(q)
     n_bins = p.shape[-1]
@@ -166,5 +167,7 @@ def emd_loss(
         p = p / jnp.sum(p, axis=-1, keepdims=True)
     q = target if labels else jnp.moveaxis(target, ax, -1)
     if not labels and not (q.dtype == jnp.float32 and p.dtype == jnp.float64):
-        q = q.astype(p.dtype)  # a float32 target keeps float32's tolerance in the mass check, as in emdtree.emd
+        # (a float32 target beside float64 input stays float32: its mass is checked to
+        # float32's precision, as emdtree.emd does)
+        q = q.astype(p.dtype)
     return _emd(p, q, token, rho, bool(check_inputs)).astype(out_dtype)

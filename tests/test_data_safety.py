@@ -395,6 +395,9 @@ def test_saved_tree_messages(tmp_path):
     (tmp_path / "t.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(ValueError, match="is not UTF-8"):
         Tree.load(tmp_path / "t.json")
+    (tmp_path / "t.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nests JSON too deeply"):
+        Tree.load(tmp_path / "t.json")
 
 
 def test_newick_with_a_byte_order_mark_and_file_names_with_parentheses(tmp_path, monkeypatch):
@@ -428,8 +431,8 @@ def test_adapters_name_what_the_normalisation_cannot_take(framework):
         array, labels = jax.numpy.array, jax.numpy.array
     inf = float("inf")
     x = array([[0.0, 1.0, 2.0], [inf, 0.0, 0.0]])
-    with pytest.raises(ValueError, match=r"input\[1, 0\] = inf is not finite: normalize='softmax' needs finite "
-                                         "logits"):
+    with pytest.raises(ValueError,
+                       match=r"input\[1, 0\] = inf is not finite: normalize='softmax' needs finite logits"):
         emd_loss(x, labels([0, 1]), normalize="softmax")
     with pytest.raises(ValueError, match=r"input\[0, :\] has no mass: normalize='l1'"):
         emd_loss(array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), labels([0, 1]), normalize="l1")
@@ -478,14 +481,23 @@ def test_cli_names_options_as_flags(tmp_path, capsys):
     assert "normalize='l1'" not in line
 
 
+def test_cli_names_a_bad_count_by_sample_and_feature(tmp_path, capsys):
+    (tmp_path / "t.nwk").write_text(NEWICK)
+    (tmp_path / "table.tsv").write_text("sample\tc\ta\tb\ns1\t1\t2\t0\ns2\t0\t1e999\t1\n")
+    argv = ["pairwise", tmp_path / "table.tsv", "--tree", tmp_path / "t.nwk", "-o", tmp_path / "d.tsv"]
+    one_error_line(argv, capsys, "the count of 'a' in sample 's2' is inf (not finite)")
+    (tmp_path / "table.tsv").write_text("sample\tc\ta\tb\ns1\t1\t2\t-3\ns2\t0\t1\t1\n")
+    one_error_line(argv, capsys, "the count of 'b' in sample 's1' is -3.0 (negative)")
+
+
 def test_damaged_biom_file_is_named(tmp_path, capsys):
     pytest.importorskip("biom")
     (tmp_path / "t.nwk").write_text(NEWICK)
     (tmp_path / "table.biom").write_bytes(b'{"id": "x", "format": "Biological Observation Matrix 1.0.0"')
     with pytest.raises(ValueError, match="cannot read .*table.biom' as a BIOM table"):
         io.read_table(tmp_path / "table.biom")
-    one_error_line(["pairwise", tmp_path / "table.biom", "--tree", tmp_path / "t.nwk", "-o", tmp_path / "d.tsv"],
-                   capsys, "table.biom", "BIOM")
+    one_error_line(["pairwise", tmp_path / "table.biom", "--tree", tmp_path / "t.nwk", "-o",
+                    tmp_path / "d.tsv"], capsys, "table.biom", "BIOM")
 
 
 def test_an_overflowing_emd_is_an_error():
