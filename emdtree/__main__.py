@@ -15,18 +15,25 @@ Commands:
     Top-k accuracy, mistake severity, hierarchical distance and mean EMD of
     a classifier's predictions, read in chunks.
 
-Bad input (a missing file, shapes that do not match, unknown tip names, a
-malformed tree, a label out of range) ends with exit status 2 and one line
-``emdtree: error: ...`` on stderr.
+Bad input (a missing, empty or damaged file, shapes that do not match,
+unknown tip names, a malformed tree, a label out of range, a result too large
+for memory) ends with exit status 2 and one line ``emdtree: error: ...`` on
+stderr. Output files (``-o``, ``--per-class``) are written to a temporary file
+beside the target and renamed into place when complete, so a failed run
+leaves the previous file intact. When the reader of stdout goes away
+(``emdtree info | head -1``) the command stops silently with status 141.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from typing import Sequence
 
 COMMANDS = ("demo", "info", "distance", "pairwise", "evaluate")
+_BROKEN_PIPE = 141  # 128 + SIGPIPE: the status of `yes | head -1`'s yes
 
 
 class _UsageError(Exception):
@@ -183,20 +190,50 @@ def _run(args, out) -> None:
     run(args, out)
 
 
+# the library's keyword arguments, as the options that set them
+_OPTIONS = [
+    (re.compile(r"normalize=None"), "--normalize none"),
+    (re.compile(r"normalize='(\w+)'"), r"--normalize \1"),
+    (re.compile(r"drop_missing=True"), "--drop-missing"),
+    (re.compile(r"chunk_size"), "--chunk-size"),
+    (re.compile(r"give default_length to fill in missing lengths"),
+     "give every branch a length, or none (then each costs 1)"),
+]
+
+
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        detail = str(exc).strip().splitlines()
+        return "not enough memory" + (f": {detail[0]}" if detail else "") + \
+            " (try fewer samples, or --threads 1)"
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         return f"{exc.strerror}: {exc.filename!r}"
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     lines = text.strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    line = lines[0] if lines else type(exc).__name__
+    for pattern, option in _OPTIONS:
+        line = pattern.sub(option, line)
+    return line
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null, so that the flush at exit stays silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``emdtree`` command line; returns the exit status.
 
-    Input errors (the library's ValueError, TypeError, KeyError and OSError)
-    print one line and return 2; any other exception is a bug and propagates
-    with its traceback.
+    Input errors (the library's ValueError, TypeError, KeyError and OSError,
+    and a MemoryError for a result too large) print one line and return 2;
+    any other exception is a bug and propagates with its traceback. When the
+    reader of stdout goes away (``emdtree info | head -1``) the command stops
+    silently with status 141 (128 + SIGPIPE), as a program killed by SIGPIPE.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -210,10 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         _run(args, sys.stdout)
+        sys.stdout.flush()  # a broken pipe shows here rather than at exit
     except KeyboardInterrupt:
         print("emdtree: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, OSError) as exc:
+    except BrokenPipeError:
+        _silence_stdout()
+        return _BROKEN_PIPE
+    except (ValueError, TypeError, KeyError, OSError, MemoryError) as exc:
         print(f"emdtree: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -439,13 +439,24 @@ def build_from_linkage(Z: np.ndarray) -> TreeArrays:
     from scipy.cluster.hierarchy import is_valid_linkage
 
     try:
-        Z = np.asarray(Z, dtype=np.float64)
+        raw = np.asarray(Z)
+        if raw.dtype.kind not in "biuf":  # complex, strings, objects: no silent casts
+            raise TypeError
+        Z = raw.astype(np.float64)
     except (TypeError, ValueError):
         raise TypeError("Z must be a numeric linkage matrix of shape (n - 1, 4)") from None
     try:
         is_valid_linkage(Z, throw=True, name="Z")
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid linkage matrix: {err}") from None
+    ids = Z[:, :2]
+    # scipy lets NaN and (for one merge) out-of-range clusters through
+    limit = Z.shape[0] + 1 + np.arange(Z.shape[0])[:, None]  # merge i may join clusters < n + i
+    bad = ~(np.isfinite(ids) & (ids == np.round(ids)) & (ids >= 0) & (ids < limit)).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"invalid linkage matrix: merge {i} joins clusters {float(Z[i, 0])!r} and "
+                         f"{float(Z[i, 1])!r}; they must be integers in [0, {int(limit[i, 0]) - 1}]")
     bad = ~(np.isfinite(Z[:, 2]) & (Z[:, 2] >= 0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

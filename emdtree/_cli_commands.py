@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import sys
+import warnings
 from typing import Any, TextIO
 
 import numpy as np
@@ -41,11 +42,13 @@ def read_array(spec: str, what: str, *, mmap: bool = False) -> np.ndarray:
         raise InputError(f"{what}: no such file {path!r} (nor inline numbers such as 0.5,0.5)")
     if os.path.isdir(path):
         raise InputError(f"{what}: {path!r} is a directory, not a file")
+    from ._files import load_npy, open_npz
+
     try:
         if suffix == ".npy":
-            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            return load_npy(path, mmap=mmap)
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
+            with open_npz(path) as data:
                 names = data.files
                 if key is None:
                     if len(names) != 1:
@@ -56,11 +59,18 @@ def read_array(spec: str, what: str, *, mmap: bool = False) -> np.ndarray:
                     raise InputError(f"{what}: {path!r} has no array {key!r} (it has {', '.join(names)})")
                 return data[key]
         if suffix in _TEXT_DELIMITERS:
-            return np.loadtxt(path, delimiter=_TEXT_DELIMITERS[suffix], ndmin=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data": said below, on one line
+                values = np.loadtxt(path, delimiter=_TEXT_DELIMITERS[suffix], ndmin=1)
+            if values.size == 0:
+                raise InputError(f"{what}: {path!r} holds no numbers")
+            return values
     except InputError:
         raise
     except ValueError as exc:
-        raise InputError(f"{what}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{what}: {message}" if repr(path) in message else
+                         f"{what}: cannot read {path!r}: {message}") from None
     raise InputError(f"{what}: cannot tell the format of {path!r}: use .npy, .npz, .csv, .tsv or .txt")
 
 
@@ -128,14 +138,19 @@ def _json_value(value: Any) -> Any:
 
 
 def _write_values(path: str, values: np.ndarray) -> None:
+    from ._files import atomic_write
+
     suffix = pathlib.Path(path).suffix.lower()
     if suffix == ".npy":
-        np.save(path, values)
+        # through a file object: given a name, np.save would append ".npy" to "OUT.NPY"
+        with atomic_write(path, "wb") as fh:
+            np.save(fh, values)
         return
     if values.ndim > 2:
         raise InputError(f"-o {path!r}: {values.ndim}-D results go to a .npy file")
     delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix, "\t")
-    np.savetxt(path, np.atleast_1d(values), fmt="%.17g", delimiter=delimiter)
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        np.savetxt(fh, np.atleast_1d(values), fmt="%.17g", delimiter=delimiter)
 
 
 # ----------------------------------------------------------------------------- distance
@@ -176,12 +191,26 @@ def pairwise(args, out: TextIO) -> None:
         sample_ids, X = io.load_counts(args.table, tree, drop_missing=args.drop_missing, **options)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
+    _check_counts(X, sample_ids, tree, args.table)
     normalize = None if args.normalize == "none" else args.normalize
     if not args.quiet and _stderr_is_terminal():
         print(f"emdtree: {len(sample_ids)} samples x {tree.n_bins} bins; "
               f"{len(sample_ids) * (len(sample_ids) - 1) // 2} pairs", file=sys.stderr)
     D = emdtree.pairwise(X, tree=tree, rho=args.rho, normalize=normalize)
     io.write_matrix(args.output, D, sample_ids)
+
+
+def _check_counts(X: np.ndarray, sample_ids: list[str], tree: Any, table: str) -> None:
+    """Name a count that is not finite or negative by its sample id and feature, as in the file."""
+    for start in range(0, X.shape[0], 4096):  # in blocks: X may be memory-mapped
+        block = X[start:start + 4096]
+        bad = np.argwhere(~(np.isfinite(block) & (block >= 0)))
+        if bad.size:
+            i, b = int(bad[0][0]), int(bad[0][1])
+            value = block[i, b]
+            what = "not finite" if not np.isfinite(value) else "negative"
+            raise InputError(f"{table!r}: the count of {tree.names[b]!r} in sample {sample_ids[start + i]!r} "
+                             f"is {value} ({what}): counts must be finite and >= 0")
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -199,8 +228,9 @@ _LABELS = [
 def _read_labels(spec: str) -> np.ndarray:
     labels = read_array(spec, "LABELS")
     if labels.dtype.kind == "f":
-        if labels.size and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
-            bad = int(np.flatnonzero(~(np.isfinite(labels) & (labels == np.round(labels))))[0])
+        whole = np.isfinite(labels) & (labels == np.round(labels)) & (np.abs(labels) < 2.0**62)
+        if labels.size and not np.all(whole):
+            bad = int(np.flatnonzero(~whole.reshape(-1))[0])
             raise InputError(f"LABELS[{bad}] = {labels.flat[bad].item()!r} is not a class index")
         labels = labels.astype(np.int64)
     return np.asarray(labels).reshape(-1) if labels.ndim == 2 and 1 in labels.shape else labels
@@ -245,9 +275,11 @@ def evaluate(args, out: TextIO) -> None:
 
 
 def _write_per_class(path: str, columns: dict[str, list]) -> None:
+    from ._files import atomic_write
+
     keys = list(columns)
     n = len(columns["class"])
-    with open(path, "w", encoding="utf-8", newline="") as fh:
+    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
         fh.write("\t".join(keys) + "\n")
         for i in range(n):
             cells = []

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ._inputs import Rows, check_label_stats, check_stats
+from ._inputs import Rows, check_label_stats, check_result, check_stats
 from ._kernels import chain, cpu, dense
 from ._kernels import rows as rows_kernel
 from ._layout import sweep_order
@@ -149,6 +149,10 @@ def value_grad(
             check_label_stats(rows, totals, low)
         else:
             check_stats(rows, totals, low)
+        # finite masses, so a value that is not finite is |phi|^rho overflowing; with
+        # rho other than 1 and 2 the gradient's rho |phi|^(rho - 1) can overflow alone
+        check_result(rows, rho, value, grad.reshape(n_rows, n_bins) if want_grad and mode == cpu.MODE_GENERAL
+                     else None)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
 
 

@@ -77,9 +77,18 @@ class Rows(NamedTuple):
     mass_eps: float  # machine epsilon of the least precise mass argument
 
 
+def reject_masked(x: Any, name: str) -> None:
+    """A TypeError for a masked array with masked entries: ``np.asarray`` would drop the mask."""
+    if isinstance(x, np.ma.MaskedArray) and np.ma.getmaskarray(x).any():
+        i = tuple(int(j) for j in np.argwhere(np.ma.getmaskarray(x))[0])
+        raise TypeError(f"{name} is a masked array and {name}{list(i)} is masked: the EMD has no meaning "
+                        f"for a masked entry; pass {name}.filled(0) (or another fill value)")
+
+
 def _as_array(x: Any, name: str) -> np.ndarray:
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{name} is a GPU array; the NumPy API takes host arrays")
+    reject_masked(x, name)
     arr = np.asarray(x)
     if arr.ndim == 0:
         raise ValueError(f"{name} must have a bin axis, got a scalar")
@@ -320,6 +329,27 @@ def _check_totals(rows: Rows, ta: np.ndarray, tb: np.ndarray, masses: tuple[str,
             f"{a} and {b} must have equal total mass{where}: sum({a}) = {float(ta[r_a])!r}, "
             f"sum({b}) = {float(tb[r_b])!r}; pass normalize='l1' to compare them as distributions"
         )
+
+
+def check_result(rows: Rows, rho: float, value: np.ndarray, grad: np.ndarray | None) -> None:
+    """A ValueError when the EMD of checked (finite) masses, or its gradient, is not finite.
+
+    With finite masses and edge costs that only happens when ``w |phi|^rho``
+    overflows the working dtype: a large ``rho`` with ``|phi| > 1``.
+    """
+    if np.isfinite(value).all() and (grad is None or np.isfinite(grad).all()):
+        return
+    bad = ~np.isfinite(value)
+    if grad is not None:
+        bad |= ~np.isfinite(grad).all(axis=1)
+    r = int(np.flatnonzero(bad)[0])
+    what = "EMD^rho" if not np.isfinite(value[r]) else "the gradient of EMD^rho"
+    hint = "; float64 masses reach further" if rows.dtype != np.float64 else ""
+    raise ValueError(
+        f"{what}{_batch_position(r, rows.batch_shape)} overflows {rows.dtype.name} with rho = {rho:g}: "
+        f"|phi|^rho is beyond {float(np.finfo(rows.dtype).max):.3g}; use a smaller rho or scale the masses "
+        f"down{hint}"
+    )
 
 
 def _batch_position(row: int, batch_shape: tuple[int, ...]) -> str:

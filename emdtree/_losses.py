@@ -11,9 +11,13 @@ integer class index per row.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
 import numbers
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -95,31 +99,92 @@ def check_target_shape(input_shape: tuple, target_shape: tuple, ax: int, labels:
 # ----------------------------------------------------------------------------- trees as integers
 
 # Framework ops take plain integers, not Python objects: a tree is passed to them
-# as a token into this registry. Equal trees share a token; 0 stands for None
-# (the unit chain of however many bins the input has).
-_TOKENS: dict[Tree, int] = {}
-_TREES: dict[int, Tree] = {}
+# as a token into this registry. Equal trees share a token while one of them is
+# alive; 0 stands for None (the unit chain of however many bins the input has).
+# The registry holds weak references only, so a tree the user drops is freed
+# (trees can be large: a 20,000-node tree with its layout takes about 2 MB). An
+# op that runs later (a backward pass, a compiled function) keeps the tree it
+# needs alive itself, through tree_of.
+_LOCK = threading.RLock()
+_TOKENS: weakref.WeakKeyDictionary[Tree, int] = weakref.WeakKeyDictionary()  # a live tree of each token
+_TREES: dict[int, list[weakref.ref[Tree]]] = {}  # token -> the live trees that carry it
 _NEXT = itertools.count(1)
 
 
 def tree_token(tree: Tree | None) -> int:
-    """A positive integer standing for ``tree`` (0 for ``None``)."""
+    """A positive integer standing for ``tree`` (0 for ``None``), kept on the tree."""
     if tree is None:
         return 0
-    token = tree.__dict__.get("_loss_token")
-    if token is None:
-        token = _TOKENS.get(tree)
+    token = tree._loss_token
+    if token:
+        return token
+    with _LOCK:
+        token = _TOKENS.get(tree)  # an equal tree's token, found by value
         if token is None:
             token = next(_NEXT)
             _TOKENS[tree] = token
-            _TREES[token] = tree
-        tree.__dict__["_loss_token"] = token
+        _TREES.setdefault(token, []).append(weakref.ref(tree, functools.partial(_forget, token)))
+        object.__setattr__(tree, "_loss_token", token)
     return token
 
 
+def _forget(token: int, ref: weakref.ref) -> None:
+    with _LOCK:
+        refs = _TREES.get(token)
+        if refs is None:
+            return
+        with contextlib.suppress(ValueError):
+            refs.remove(ref)
+        if not refs:
+            del _TREES[token]
+
+
 def tree_of(token: int) -> Tree | None:
-    """Inverse of :func:`tree_token`."""
-    return None if token == 0 else _TREES[token]
+    """Inverse of :func:`tree_token`: a live tree that carries ``token``."""
+    if token == 0:
+        return None
+    with _LOCK:
+        for ref in _TREES.get(token, ()):
+            tree = ref()
+            if tree is not None:
+                return tree
+    raise RuntimeError("the tree of this EMD loss no longer exists: keep a reference to the Tree while "
+                       "the loss and its gradient are in use")
+
+
+# ----------------------------------------------------------------------------- inputs to normalise
+
+
+def check_normalizable(x: np.ndarray, normalize: str, axis: int, name: str = "input") -> None:
+    """A ValueError naming the entry or sample of the raw ``x`` that ``normalize`` cannot handle.
+
+    The adapters normalise with framework operations before the kernels see
+    the masses: a ``+inf`` logit under ``"softmax"`` or a sample without mass
+    under ``"l1"`` would reach them as NaN, and the kernels' message would
+    then blame a NaN that the caller never passed.
+    """
+    x = np.asarray(x)
+    bad = np.argwhere(~np.isfinite(x))
+    what = "logits" if normalize == "softmax" else "masses"
+    if bad.size:
+        i = tuple(int(j) for j in bad[0])
+        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is not finite: normalize={normalize!r} needs "
+                         f"finite {what}")
+    if normalize != "l1":
+        return
+    bad = np.argwhere(x < 0)
+    if bad.size:
+        i = tuple(int(j) for j in bad[0])
+        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is negative: normalize='l1' needs masses >= 0")
+    totals = x.sum(axis=axis, dtype=np.float64)
+    bad = np.argwhere(~(totals > 0) | ~np.isfinite(totals))
+    if bad.size:
+        where = [str(int(j)) for j in bad[0]]
+        where.insert(axis % x.ndim, ":")
+        total = totals[tuple(bad[0])].item()
+        problem = "has no mass" if total == 0 else f"sums to {total!r}"
+        raise ValueError(f"{name}[{', '.join(where)}] {problem}: normalize='l1' cannot rescale it to "
+                         "sum to 1")
 
 
 # ----------------------------------------------------------------------------- targets
@@ -146,6 +211,25 @@ def check_labels(labels: np.ndarray, n_bins: int, batch_shape: tuple[int, ...] |
     # a fresh writable copy: read-only indices (from a JAX buffer, say) would
     # compile another specialisation of the kernels
     return np.array(flat, dtype=np.int64)
+
+
+def float_labels(labels: np.ndarray, n_bins: int, name: str = "target") -> np.ndarray:
+    """Class indices handed over as floats (Keras often does) as int64.
+
+    Raises a ValueError naming the first label that is not a whole number in
+    ``[0, n_bins)``: truncating 0.4, -0.9 or NaN to a class would train on
+    the wrong class silently.
+    """
+    flat = np.asarray(labels).reshape(-1)
+    ok = np.isfinite(flat) & (flat == np.round(flat)) & (flat >= 0) & (flat < n_bins)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        i = int(bad[0])
+        value = flat[i].item()
+        what = "whole numbers" if not (math.isfinite(value) and value == round(value)) else \
+            f"in [0, {n_bins - 1}] ({n_bins} bins)"
+        raise ValueError(f"{name}[{i}] = {str(flat[i])} is not a class index: class indices must be {what}")
+    return flat.astype(np.int64)
 
 
 def one_hot(labels: np.ndarray, n_bins: int, dtype: np.dtype) -> np.ndarray:

@@ -15,17 +15,19 @@ from typing import Any
 import numpy as np
 
 from ._hierarchy import DISTANCES
+from ._inputs import reject_masked
 
 CHUNK_ELEMENTS = 1 << 22  # default chunk: about 4 million scores (32 MB of float64)
 
 
-def host(x: Any) -> Any:
+def host(x: Any, name: str = "input") -> Any:
     """Torch tensors (also those that require grad or live on a GPU) to NumPy;
     dask arrays stay lazy; anything else through :func:`numpy.asarray`."""
     if is_dask(x):
         return x
     if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
         return x.detach().cpu().numpy()
+    reject_masked(x, name)
     return np.asarray(x)
 
 
@@ -59,6 +61,11 @@ def check_target(pred: Any, target: Any) -> bool:
     if np.dtype(target.dtype).kind in "iu" and target.ndim == 1:
         check_labels_shape(target, pred.shape[0], "target")
         return True
+    if target.ndim == 1 and target.shape == (pred.shape[0],) and pred.shape != target.shape:
+        raise TypeError(
+            f"target has the shape of class indices, ({pred.shape[0]},), but dtype {target.dtype}: class "
+            f"indices must be integers (distributions would have pred's shape {tuple(pred.shape)})"
+        )
     if target.shape != pred.shape:
         raise ValueError(
             f"target must be class indices of shape ({pred.shape[0]},) or distributions of pred's shape "

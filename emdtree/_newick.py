@@ -90,6 +90,8 @@ def parse_newick(text: str, default_length: float | None = None) -> TreeArrays:
     """
     if not isinstance(text, str):
         raise TypeError(f"expected Newick text as str, got {type(text).__name__}")
+    if text.startswith("\ufeff"):  # a byte-order mark, from a file read as plain UTF-8
+        text = " " + text[1:]  # keeps the positions in messages
     if default_length is not None:
         default_length = float(default_length)
         if not math.isfinite(default_length) or default_length < 0:
@@ -225,8 +227,10 @@ def read_newick(source: str | os.PathLike[str], default_length: float | None = N
     Parameters
     ----------
     source : str or os.PathLike
-        A path (``os.PathLike``, or a ``str`` without ``(`` and ``;``) to a
-        UTF-8 file holding one tree, or Newick text.
+        A path (``os.PathLike``, or a ``str`` naming an existing file, or one
+        without ``(`` and ``;``) to a UTF-8 file holding one tree, or Newick
+        text (which ends with ``;`` when it could be mistaken for a file name
+        such as ``tree(1).nwk``).
     default_length : float, optional
         See :func:`parse_newick`.
 
@@ -244,7 +248,7 @@ def read_newick(source: str | os.PathLike[str], default_length: float | None = N
         See :func:`parse_newick`.
     """
     if isinstance(source, str):
-        if "(" in source or ";" in source:
+        if ("(" in source or ";" in source) and not _names_a_file(source):
             return parse_newick(source, default_length)
     elif not isinstance(source, os.PathLike):
         raise TypeError(f"expected Newick text or a path, got {type(source).__name__}")
@@ -253,10 +257,24 @@ def read_newick(source: str | os.PathLike[str], default_length: float | None = N
         with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(
-            errno.ENOENT, "no such Newick file (Newick text must contain '(' or ';')", path
-        ) from None
+        hint = "" if "(" in path else " (Newick text must contain '(' or ';')"
+        raise FileNotFoundError(errno.ENOENT, f"no such Newick file{hint}", path) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path!r} is not UTF-8 text (byte {exc.start}): not a Newick file") from None
     return parse_newick(text, default_length)
+
+
+_FILE_SUFFIXES = (".nwk", ".newick", ".tre", ".tree", ".nw", ".txt", ".nex", ".phy")
+
+
+def _names_a_file(source: str) -> bool:
+    """Whether a string with '(' or ';' is a file name (``tree(1).nwk``) rather than Newick text."""
+    if len(source) > 4096 or "\n" in source or "\0" in source:
+        return False
+    if os.path.isfile(source):
+        return True
+    # a missing file, not text: "tree(1).nwk" should say the file does not exist
+    return ";" not in source and os.path.splitext(source)[1].lower() in _FILE_SUFFIXES
 
 
 def _quote(name: str) -> str:

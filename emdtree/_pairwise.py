@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from . import _driver
-from ._inputs import check_rho, working_dtype
+from ._inputs import check_rho, reject_masked, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
 from ._kernels.checks import row_totals
@@ -66,6 +66,7 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     """A 2-D (n_samples, n_bins) view of ``x``: memory maps stay memory maps."""
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{name} is a GPU array; pairwise takes host arrays")
+    reject_masked(x, name)
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {arr.shape}")
@@ -129,6 +130,12 @@ class _Rows:
                 what = "not finite" if not np.isfinite(value) else "negative"
                 raise ValueError(f"{_position(name, r0 + r, k, axis)} = {value} is {what}: "
                                  f"entries of {name} must be finite and >= 0")
+            if check and (bad == -2 or (totals.size and totals.max() > np.finfo(dtype).max)):
+                r = int(np.flatnonzero(~(totals <= np.finfo(dtype).max))[0])
+                where = f"{name}[{r0 + r}]" if axis == 1 else f"{name}[:, {r0 + r}]"
+                raise ValueError(f"the total mass of {where} overflows {np.dtype(dtype).name}"
+                                 + ("; pass float64 masses" if dtype != np.float64 else "")
+                                 + ": scale the masses down")
             if normalize is not None:
                 zero = np.flatnonzero(~(totals > 0))
                 if zero.size:
@@ -140,7 +147,8 @@ class _Rows:
             if n_cols:
                 cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
                                positions, x.reshape(-1))
-                x *= scale
+                with np.errstate(over="ignore"):  # an overflow shows in the result check
+                    x *= scale
                 np.minimum(self.low, x.min(axis=0), out=self.low)
                 np.maximum(self.high, x.max(axis=0), out=self.high)
 
@@ -346,7 +354,8 @@ def pairwise(
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
     if out.size and n_cols and use_gram:
-        _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
+            _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
     elif out.size and n_cols:
         mode = kernels.MODE_ONE if rho == 1.0 else kernels.MODE_TWO if rho == 2.0 else kernels.MODE_GENERAL
         sum_a = sum_b = np.zeros(0)
@@ -361,7 +370,26 @@ def pairwise(
         else:
             with parallel_launch(n_threads):
                 kernels.pair_sums(*args, 8 * n_threads)
+    if check_inputs:
+        _check_finite(out, kind, n_a, n_b, rho)
     return out if condensed else out.reshape(n_a, n_b)
+
+
+def _check_finite(out: np.ndarray, kind: int, n_a: int, n_b: int, rho: float) -> None:
+    """Checked masses are finite, so a distance that is not is ``w |phi|^rho`` overflowing."""
+    step = 1 << 20  # in slices: a boolean copy of a large matrix would be large too
+    for start in range(0, out.size, step):
+        bad = np.flatnonzero(~np.isfinite(out[start:start + step]))
+        if bad.size:
+            k = start + int(bad[0])
+            if kind == kernels.OUT_CONDENSED:
+                i = int(np.searchsorted(np.cumsum(np.arange(n_a - 1, 0, -1)), k, side="right"))
+                j = k - (i * (2 * n_a - i - 1)) // 2 + i + 1
+            else:
+                i, j = divmod(k, n_b)
+            raise ValueError(f"the distance between samples {i} and {j} overflows {out.dtype.name} with "
+                             f"rho = {rho:g}: |phi|^rho is beyond {float(np.finfo(out.dtype).max):.3g}; use "
+                             "a smaller rho or scale the masses down")
 
 
 def _gram_pairs(a: np.ndarray, b: np.ndarray, square: bool, kind: int, out: np.ndarray, tau: float,

@@ -23,8 +23,24 @@ _FORMAT = "emdtree.Tree"
 _FORMAT_VERSION = 1
 
 
+def _check_version(version: Any) -> None:
+    """The format version of a saved tree: an integer no newer than this library's."""
+    if isinstance(version, str) and version.strip().lstrip("+-").isdigit():
+        version = int(version)
+    if version is None:  # written before the field existed
+        return
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
+        raise ValueError(f"the version field of a saved tree must be an integer, got {version!r}")
+    if version > _FORMAT_VERSION:
+        raise ValueError(f"saved tree has format version {version}, newer than {_FORMAT_VERSION}: "
+                         "upgrade emdtree to read it")
+
+
 def _as_index_array(values: Any, what: str) -> np.ndarray:
-    arr = np.asarray(values)
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):  # ragged nesting
+        raise ValueError(f"{what} must be a one-dimensional array of integer node indices") from None
     if arr.ndim != 1:
         raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
@@ -68,7 +84,10 @@ def _check_weights(weights: Any, n: int, root: int) -> np.ndarray:
     if weights is None:
         w = np.ones(n, dtype=np.float64)
     else:
-        w = np.asarray(weights)
+        try:
+            w = np.asarray(weights)
+        except (ValueError, TypeError):  # ragged nesting
+            raise ValueError("weights must be a scalar or a one-dimensional array of numbers") from None
         if w.dtype.kind not in "iuf":
             raise TypeError(f"weights must be real numbers, got dtype {w.dtype}")
         w = w.astype(np.float64)
@@ -99,10 +118,21 @@ def _check_names(names: Any, n: int, what: str, allow_none: bool) -> tuple | Non
     if not allow_none and any(x is None for x in names):
         i = next(i for i, x in enumerate(names) if x is None)
         raise ValueError(f"{what}[{i}] is None: every bin needs a name (or pass names=None)")
-    out = tuple(None if x is None else str(x) for x in names)
+    try:
+        out = tuple(None if x is None else str(x) for x in names)
+    except TypeError:
+        raise TypeError(f"{what} must be a sequence of strings, got {type(names).__name__}") from None
     if len(out) != n:
         target = "bins" if what == "names" else "nodes"
         raise ValueError(f"{what} has {len(out)} entries but there are {n} {target}")
+    if what == "names" and len(set(out)) != n:
+        # a table's feature is matched to its bin by name: a repeated name would pick one silently
+        first: dict[str, int] = {}
+        for i, name in enumerate(out):
+            if name in first:
+                raise ValueError(f"names[{first[name]}] and names[{i}] are both {name!r}: "
+                                 "bin names must be unique")
+            first[name] = i
     return out
 
 
@@ -151,7 +181,11 @@ class Tree:
            [4., 2., 0.]])
     """
 
-    __slots__ = ("parents", "weights", "bins", "names", "node_names", "layout", "__dict__")
+    # _loss_token: the integer that stands for this tree in framework ops (0 until
+    # emdtree._losses.tree_token assigns one); __weakref__ lets that registry
+    # forget the tree once the user drops it. __dict__ holds cached properties.
+    __slots__ = ("parents", "weights", "bins", "names", "node_names", "layout", "_loss_token",
+                 "__dict__", "__weakref__")
 
     def __init__(
         self,
@@ -196,6 +230,7 @@ class Tree:
         set_(self, "names", _check_names(names, b.shape[0], "names", allow_none=False))
         set_(self, "node_names", _check_names(node_names, n, "node_names", allow_none=True))
         set_(self, "layout", layout)
+        set_(self, "_loss_token", 0)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Tree is immutable: cannot set {name!r}")
@@ -237,8 +272,8 @@ class Tree:
         ------
         ValueError
             If there is no root or more than one, a cycle, a parent index out
-            of range, a negative or non-finite weight, a duplicate bin, or
-            names of the wrong length.
+            of range, a negative or non-finite weight, a duplicate bin, a
+            repeated bin name, or names of the wrong length.
 
         Examples
         --------
@@ -569,6 +604,15 @@ class Tree:
         -------
         Tree
 
+        Raises
+        ------
+        TypeError
+            If ``data`` is not a mapping.
+        ValueError
+            For a foreign ``format`` field, a ``version`` that is not an
+            integer or is newer than this library reads, missing fields or
+            fields that do not make a tree.
+
         Examples
         --------
         >>> from emdtree import Tree
@@ -576,14 +620,22 @@ class Tree:
         >>> Tree.from_dict(t.to_dict()) == t
         True
         """
+        if not isinstance(data, Mapping):
+            raise TypeError("a saved tree is a mapping as returned by Tree.to_dict, got "
+                            f"{type(data).__name__}")
         if data.get("format") != _FORMAT:
             raise ValueError(f"not a saved emdtree.Tree (format field is {data.get('format')!r})")
-        if int(data.get("version", -1)) > _FORMAT_VERSION:
-            raise ValueError(f"saved tree has format version {data['version']}, newer than {_FORMAT_VERSION}")
+        _check_version(data.get("version"))
         missing = [key for key in ("parents", "weights", "bins") if key not in data]
         if missing:
             raise ValueError(f"saved tree lacks the field(s) {', '.join(missing)}")
-        return cls(data["parents"], data["weights"], data["bins"], data.get("names"), data.get("node_names"))
+        fields = {key: data.get(key) for key in ("parents", "weights", "bins", "names", "node_names")}
+        for key, value in fields.items():
+            if value is not None and not isinstance(value, (list, tuple, np.ndarray)):
+                raise ValueError(f"the field {key!r} of a saved tree must be a list, got "
+                                 f"{type(value).__name__}")
+        return cls(fields["parents"], fields["weights"], fields["bins"], fields["names"],
+                   fields["node_names"])
 
     def to_newick(self) -> str:
         """Newick text of the tree (bins must be tips); see :meth:`from_newick`.
@@ -604,12 +656,24 @@ class Tree:
         return to_newick(self.parents, self.weights, self.bins, self.names, self.node_names)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save to ``.json`` or ``.npz`` (chosen by the file extension).
+        """Save to ``.json`` or ``.npz`` (chosen by the file extension, in any case).
+
+        The tree is written to a temporary file in the same directory, which
+        replaces ``path`` only once it is complete and flushed to disk: a
+        save that fails leaves an existing file as it was.
 
         Parameters
         ----------
         path : str or path-like
-            Destination; its extension, ``.json`` or ``.npz``, selects the format.
+            Destination; its extension, ``.json`` or ``.npz`` (``.NPZ`` too),
+            selects the format. The file is written under exactly this name.
+
+        Raises
+        ------
+        ValueError
+            For another extension.
+        OSError
+            When the file cannot be written (naming it).
 
         Examples
         --------
@@ -621,10 +685,12 @@ class Tree:
         >>> Tree.load(path) == t
         True
         """
+        from ._files import atomic_write
+
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()
         if ext == ".json":
-            with open(path, "w", encoding="utf-8") as fh:
+            with atomic_write(path, "w", encoding="utf-8") as fh:
                 json.dump(self.to_dict(), fh)
         elif ext == ".npz":
             # names as JSON text: NumPy's fixed-width strings would drop trailing NULs
@@ -633,15 +699,17 @@ class Tree:
                 extra["names_json"] = np.array(json.dumps(list(self.names)))
             if self.node_names is not None:
                 extra["node_names_json"] = np.array(json.dumps(list(self.node_names)))
-            np.savez(
-                path,
-                format=np.array(_FORMAT),
-                version=np.array(_FORMAT_VERSION),
-                parents=self.parents,
-                weights=self.weights,
-                bins=self.bins,
-                **extra,
-            )
+            # written through a file object: given a name, np.savez would append ".npz" to "t.NPZ"
+            with atomic_write(path, "wb") as fh:
+                np.savez(
+                    fh,
+                    format=np.array(_FORMAT),
+                    version=np.array(_FORMAT_VERSION),
+                    parents=self.parents,
+                    weights=self.weights,
+                    bins=self.bins,
+                    **extra,
+                )
         else:
             raise ValueError(f"cannot tell the format of {path!r}: use a .json or .npz extension")
 
@@ -658,6 +726,13 @@ class Tree:
         -------
         Tree
 
+        Raises
+        ------
+        ValueError
+            For an empty, damaged or foreign file, a format version newer
+            than this library reads, or fields that do not make a tree
+            (repeated bin names included); the message names the file.
+
         Examples
         --------
         >>> import tempfile, pathlib
@@ -670,18 +745,51 @@ class Tree:
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()
         if ext == ".json":
-            with open(path, encoding="utf-8") as fh:
-                return cls.from_dict(json.load(fh))
+            with open(path, encoding="utf-8-sig") as fh:
+                try:
+                    data = json.load(fh)
+                except UnicodeDecodeError as exc:
+                    raise ValueError(f"{path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}") \
+                        from None
+                except ValueError as exc:
+                    raise ValueError(f"{path!r} is not valid JSON: {exc}") from None
+                except RecursionError:
+                    raise ValueError(f"{path!r} nests JSON too deeply to be a saved tree") from None
+            try:
+                return cls.from_dict(data)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"{path!r}: {exc}") from None
         if ext == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                if "format" not in data.files or str(data["format"]) != _FORMAT:
-                    raise ValueError(f"{path!r} is not a saved emdtree.Tree")
-                names = json.loads(str(data["names_json"])) if "names_json" in data.files else None
-                node_names = None
-                if "node_names_json" in data.files:
-                    node_names = json.loads(str(data["node_names_json"]))
-                return cls(data["parents"], data["weights"], data["bins"], names, node_names)
+            return cls._load_npz(path)
         raise ValueError(f"cannot tell the format of {path!r}: use a .json or .npz extension")
+
+    @classmethod
+    def _load_npz(cls, path: str) -> Tree:
+        from ._files import open_npz
+
+        with open_npz(path) as data:
+            if "format" not in data or data["format"].shape != () or str(data["format"]) != _FORMAT:
+                raise ValueError(f"{path!r} is not a saved emdtree.Tree")
+            version = data["version"] if "version" in data else None
+            if version is not None:
+                version = version.item() if version.shape == () and version.dtype.kind in "iuU" else version
+            try:
+                _check_version(version)
+                missing = [key for key in ("parents", "weights", "bins") if key not in data]
+                if missing:
+                    raise ValueError(f"saved tree lacks the array(s) {', '.join(missing)}")
+                names = [None, None]
+                for i, key in enumerate(("names_json", "node_names_json")):
+                    if key in data:
+                        try:
+                            names[i] = json.loads(str(data[key]))
+                        except ValueError:
+                            raise ValueError(f"its {key} array is not JSON text") from None
+                        if not isinstance(names[i], list):
+                            raise ValueError(f"its {key} array must hold a JSON list")
+                return cls(data["parents"], data["weights"], data["bins"], names[0], names[1])
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"{path!r}: {exc}") from None
 
     # ------------------------------------------------------------------ dunder
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._files import atomic_write, load_npy, open_npz
 from ._tree import Tree
 
 __all__ = ["Table", "Matrix", "read_tree", "read_table", "match_features", "load_counts",
@@ -148,7 +149,10 @@ def read_tree(source: str | os.PathLike[str] | Tree) -> Tree:
 # ----------------------------------------------------------------------------- text tables
 
 def _split(line: str, delimiter: str) -> list[str]:
-    return next(csv.reader([line], delimiter=delimiter))
+    try:
+        return next(csv.reader([line], delimiter=delimiter))
+    except csv.Error as exc:  # e.g. a cell over csv's field size limit
+        raise ValueError(f"cannot split a line into cells: {exc}") from None
 
 
 def _read_text(path: pathlib.Path, delimiter: str, what: str) -> tuple[str, list[str], list[str], np.ndarray]:
@@ -158,8 +162,12 @@ def _read_text(path: pathlib.Path, delimiter: str, what: str) -> tuple[str, list
     run of comments when it splits into as many cells as the first data line
     (the ``#OTU ID`` header of BIOM's TSV).
     """
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        lines = fh.read().splitlines()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {exc.start}): not a {what} in text form") \
+            from None
     header = None
     data_start = len(lines)
     last_comment = None
@@ -267,7 +275,9 @@ def read_table(
     ValueError
         For ragged rows, cells that are not numbers (naming row and
         column), duplicate ids or feature names, arrays that are not 2-D,
-        names that do not match the counts, or an unknown extension.
+        names that do not match the counts, an unknown extension, or a file
+        that is empty, damaged or not in the format its extension says
+        (naming the file).
     ImportError
         For a ``.biom`` file without the ``biom-format`` package.
 
@@ -311,19 +321,27 @@ def read_table(
     return Table(ids, names, values)
 
 
+def _names(data: Any, key: str, path: pathlib.Path) -> list[str] | None:
+    if key not in data:
+        return None
+    names = data[key]
+    if names.ndim != 1:
+        raise ValueError(f"the {key} in {str(path)!r} must be a 1-D array, got shape {names.shape}")
+    return [str(s) for s in names.tolist()]
+
+
 def _read_numpy(path: pathlib.Path, suffix: str, transpose: bool, mmap: bool) -> Table:
     if suffix == ".npy":
-        counts = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        counts = load_npy(path, mmap=mmap)
         sample_ids = feature_names = None
     else:
-        with np.load(path, allow_pickle=False) as data:
-            if "counts" not in data.files:
+        with open_npz(path) as data:
+            if "counts" not in data:
                 has = ", ".join(data.files) or "none"
                 raise ValueError(f"{str(path)!r} has no array 'counts' (it has {has})")
             counts = data["counts"]
-            sample_ids = [str(s) for s in data["sample_ids"].tolist()] if "sample_ids" in data.files else None
-            feature_names = [str(s) for s in data["feature_names"].tolist()] \
-                if "feature_names" in data.files else None
+            sample_ids = _names(data, "sample_ids", path)
+            feature_names = _names(data, "feature_names", path)
     if counts.ndim != 2:
         raise ValueError(f"the counts in {str(path)!r} must be a 2-D array, got shape {counts.shape}")
     if counts.dtype.kind not in "biuf":
@@ -352,8 +370,15 @@ def _read_biom(path: pathlib.Path) -> Table:
         raise ImportError(
             "reading .biom files needs the biom-format package: pip install emdtree[biom]"
         ) from None
-    table = biom.load_table(str(path))
-    counts = np.asarray(table.matrix_data.T.toarray(), dtype=np.float64)
+    try:
+        table = biom.load_table(str(path))
+        counts = np.asarray(table.matrix_data.T.toarray(), dtype=np.float64)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # biom-format and h5py report damage in many types
+        text = str(exc).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        raise ValueError(f"cannot read {str(path)!r} as a BIOM table: {reason}") from None
     return Table([str(s) for s in table.ids(axis="sample")], [str(f) for f in table.ids(axis="observation")],
                  counts)
 
@@ -496,12 +521,15 @@ def write_matrix(
     """Write a labelled matrix as TSV (as scikit-bio's DistanceMatrix: first cell empty).
 
     Values are written with the shortest text that reads back to the same
-    float64, so :func:`read_matrix` returns them exactly.
+    float64, so :func:`read_matrix` returns them exactly. The rows are
+    written one at a time (a memory-mapped matrix is never read whole) to a
+    temporary file beside ``path``, which replaces ``path`` only once it is
+    complete: a failed write leaves the previous file as it was.
 
     Parameters
     ----------
     path : str or path-like
-        The file to write (overwritten if it exists).
+        The file to write (replaced if it exists).
     matrix : array_like, shape (n_rows, n_cols)
         Real numbers, e.g. a distance matrix from :func:`emdtree.pairwise`.
     row_ids : sequence of str, length n_rows
@@ -514,6 +542,9 @@ def write_matrix(
     ValueError
         If the matrix is not 2-D or not real, the number of ids does not
         match its shape, an id repeats or holds a tab or a line break.
+    OSError
+        When the file cannot be written (naming it); ``path`` is then left
+        as it was.
 
     Examples
     --------
@@ -535,10 +566,13 @@ def write_matrix(
     cols = rows if col_ids is None else _check_ids(col_ids, values.shape[1], "col_ids")
     if col_ids is None and values.shape[0] != values.shape[1]:
         raise ValueError(f"matrix has shape {values.shape}: give col_ids for a matrix that is not square")
-    with open(path, "w", encoding="utf-8", newline="") as fh:
+    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
         fh.write("\t" + "\t".join(cols) + "\n")
-        for name, row in zip(rows, values.astype(np.float64).tolist()):
-            fh.write(name + "\t" + "\t".join(repr(v) for v in row) + "\n")
+        # one row at a time: converting the whole matrix to Python floats would
+        # take about six times its size
+        for i, name in enumerate(rows):
+            row = values[i].astype(np.float64, copy=False).tolist()
+            fh.write(name + "\t" + "\t".join(map(repr, row)) + "\n")
 
 
 def read_matrix(path: str | os.PathLike[str]) -> Matrix:

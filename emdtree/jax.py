@@ -32,7 +32,8 @@ from ._tree import Tree
 __all__ = ["emd_loss"]
 
 
-def _kernels(p: np.ndarray, q: np.ndarray, token: int, rho: float, check: bool, want_grad: bool):
+def _kernels(p: np.ndarray, q: np.ndarray, token: Tree | int | None, rho: float, check: bool,
+             want_grad: bool):
     """Value (and gradient) for ``p`` (..., n_bins) against ``q`` (..., n_bins) or labels (...)."""
     p, q = np.asarray(p), np.asarray(q)
     n_bins = p.shape[-1]
@@ -52,7 +53,8 @@ def _kernels(p: np.ndarray, q: np.ndarray, token: int, rho: float, check: bool, 
 def _call(p: jax.Array, q: jax.Array, token: int, rho: float, check: bool, want_grad: bool):
     value = jax.ShapeDtypeStruct(p.shape[:-1], p.dtype)
     shapes = (value, jax.ShapeDtypeStruct(p.shape, p.dtype)) if want_grad else value
-    fn = functools.partial(_kernels, token=token, rho=rho, check=check, want_grad=want_grad)
+    # the callback holds the tree itself: a jitted function may outlive the caller's reference
+    fn = functools.partial(_kernels, token=_losses.tree_of(token), rho=rho, check=check, want_grad=want_grad)
     return jax.pure_callback(fn, shapes, p, q, vmap_method="expand_dims")
 
 
@@ -155,10 +157,17 @@ def emd_loss(
     out_dtype = input.dtype
     if input.dtype not in (jnp.float32, jnp.float64):
         input = input.astype(jnp.float32)
+    if check_inputs and normalize is not None and not isinstance(input, jax.core.Tracer):
+        # eagerly only: under jit the kernels report the normalised masses
+        _losses.check_normalizable(np.asarray(input), normalize, ax)
     p = jnp.moveaxis(input, ax, -1)
     if normalize == "softmax":
         p = jax.nn.softmax(p, axis=-1)
     elif normalize == "l1":
         p = p / jnp.sum(p, axis=-1, keepdims=True)
-    q = target if labels else jnp.moveaxis(target, ax, -1).astype(p.dtype)
+    q = target if labels else jnp.moveaxis(target, ax, -1)
+    if not labels and not (q.dtype == jnp.float32 and p.dtype == jnp.float64):
+        # (a float32 target beside float64 input stays float32: its mass is checked to
+        # float32's precision, as emdtree.emd does)
+        q = q.astype(p.dtype)
     return _emd(p, q, token, rho, bool(check_inputs)).astype(out_dtype)

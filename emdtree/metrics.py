@@ -385,7 +385,7 @@ class EMDMetric:
         >>> EMDMetric().update([[0.5, 0.5, 0.0]], [2]).compute()  # 0.5 * 2 + 0.5 * 1
         1.5
         """
-        pred, target = host(pred), host(target)
+        pred, target = host(pred, "pred"), host(target, "target")
         check_scores(pred)
         is_labels = check_target(pred, target)
         n_bins = pred.shape[1]
@@ -591,7 +591,7 @@ class HierarchicalMetrics:
         >>> acc.update([[0.9, 0.1], [0.8, 0.2]], [0, 1]).compute()["accuracy@1"]
         0.5
         """
-        pred, labels = host(pred), host(labels)
+        pred, labels = host(pred, "pred"), host(labels, "labels")
         check_scores(pred)
         check_labels_shape(labels, pred.shape[0])
         n_bins = pred.shape[1]

@@ -62,8 +62,12 @@ def _is_sparse_target(y_true: tf.Tensor, y_pred: tf.Tensor, ax: int) -> bool:
 def _emd_rows(p: tf.Tensor, q: tf.Tensor, token: int, rho: float, check: bool, sparse: bool) -> tf.Tensor:
     """EMD^rho of each row of ``p`` (rows, n_bins) against ``q``, with its gradient."""
 
+    tree = _losses.tree_of(token)  # held by the closure, so by the graph that calls it
+
     def kernels(p_np, q_np):
-        return _losses.value_grad(p_np, q_np, token, rho, want_grad=True, check=check,
+        if sparse and q_np.dtype.kind == "f":  # Keras hands class indices over as floats
+            q_np = _losses.float_labels(q_np, p_np.shape[-1], "y_true")
+        return _losses.value_grad(p_np, q_np, tree, rho, want_grad=True, check=check,
                                   names=("y_pred", "y_true"))
 
     @tf.custom_gradient
@@ -188,7 +192,8 @@ def emd_loss(
     batch_shape = tf.shape(p)[:-1]
     p_rows = tf.reshape(p, [-1, n_bins])
     if sparse:
-        q_rows = tf.reshape(tf.cast(y_true, tf.int64), [-1])
+        # floats stay floats up to the kernels, which refuse 0.4 or NaN instead of truncating them
+        q_rows = tf.reshape(y_true if y_true.dtype.is_floating else tf.cast(y_true, tf.int64), [-1])
     else:
         q = y_true if ax == rank - 1 else tf.transpose(y_true, perm)
         q_rows = tf.reshape(tf.cast(q, p.dtype), [-1, n_bins])

@@ -114,6 +114,7 @@ def _setup(ctx, inputs, output):
     # does not compute a Hessian-vector product of zeros
     ctx.set_materialize_grads(False)
     ctx.tree, ctx.rho = tree, rho
+    ctx.tree_object = _losses.tree_of(tree)  # alive until the backward pass: the registry holds it weakly
     ctx.target_is_labels = not target.dtype.is_floating_point
     grad = output[1] if isinstance(output, tuple) else None
     ctx.save_for_backward(input, target, grad)
@@ -200,6 +201,19 @@ def _hvp_vmap(info, in_dims, input, target, v, tree, rho):
 def _tree_token(tree: Tree | None, n_bins: int) -> int:
     # a constant for the compiler: the tree is host data, read when tracing
     return _losses.check_tree(tree, n_bins)
+
+
+def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
+    """Name the raw entry that the normalisation would turn into NaN (eagerly only: a
+    compiled or transformed call gets the kernels' message about the normalised masses)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(input):
+        return
+    x = input.detach()
+    ok = torch.isfinite(x).all()
+    if normalize == "l1":
+        ok = ok & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
+    if not bool(ok):
+        _losses.check_normalizable(x.cpu().numpy(), normalize, ax)
 
 
 def _check_tensor(x: Any, name: str) -> Tensor:
@@ -301,6 +315,8 @@ def emd_loss(
     out_dtype = input.dtype
     if input.dtype not in (torch.float32, torch.float64):
         input = input.float()
+    if check_inputs and normalize is not None:
+        _check_normalizable(input, normalize, ax)
     p = input.movedim(ax, -1)
     if normalize == "softmax":
         p = torch.softmax(p, dim=-1)
@@ -311,7 +327,12 @@ def emd_loss(
     if labels:
         q = target.reshape(-1).long()
     else:
-        q = target.movedim(ax, -1).to(p.dtype).reshape(-1, n_bins)
+        # a float32 target stays float32 next to float64 input, so that its mass is checked to
+        # float32's precision, as emdtree.emd does
+        q = target.movedim(ax, -1)
+        if not (q.dtype == torch.float32 and p.dtype == torch.float64):
+            q = q.to(p.dtype)
+        q = q.reshape(-1, n_bins)
 
     if torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
         value = _value_grad_op(p, q, token, rho, check_inputs)[0]

@@ -54,8 +54,10 @@ def test_bins_are_the_leaves_in_class_order(collapsed):
     np.testing.assert_array_equal(np.sort(tree.bins), leaves(tree.parents))
     classes = imagenet_classes()
     assert [wnids[node] for node in tree.bins] == [wnid for wnid, _ in classes]
-    assert list(tree.names) == [name for _, name in classes]
-    assert [tree.node_names[node] for node in tree.bins] == list(tree.names)
+    repeated = {"crane"}  # the one class name that two classes share gets its wnid
+    assert list(tree.names) == [f"{name} ({wnid})" if name in repeated else name for wnid, name in classes]
+    assert [tree.node_names[node] for node in tree.bins] == [name for _, name in classes]
+    assert len(set(tree.names)) == tree.n_bins
 
 
 def test_class_names():
@@ -65,7 +67,8 @@ def test_class_names():
     assert classes == sorted(classes)  # class index = position in wnid order
     tree = imagenet_wordnet()
     assert tree.names[0].split(", ")[0] == "tench"
-    assert tree.names[134] == tree.names[517] == "crane"
+    assert classes[134][1] == classes[517][1] == "crane"
+    assert (tree.names[134], tree.names[517]) == ("crane (n02012849)", "crane (n03126707)")
     assert classes[134][0] != classes[517][0]
     assert tree.names[999] == "toilet tissue, toilet paper, bathroom tissue"
 

@@ -14,7 +14,9 @@ def row_totals(x, totals):  # pragma: no cover
 
     Returns the flat index of the first entry that is NaN, infinite or
     negative, -2 when the entries are fine but a row's sum overflows, or -1
-    when every entry is a finite non-negative number. The
+    when every entry is a finite non-negative number. Every total is written
+    unless an invalid entry stops the pass (an overflowing row's total is
+    ``inf``), so a caller that does not check never reads unset memory. The
     rows are read in vector tiles; only a row whose sum is not finite or whose
     minimum is negative is read again, entry by entry, to find the culprit.
     """
@@ -23,6 +25,7 @@ def row_totals(x, totals):  # pragma: no cover
     m = 64 // x.itemsize
     n_tiles = n_cols // m
     stats = np.zeros(2, dtype=np.float64)
+    overflow = False
     for r in range(n_rows):
         off = r * n_cols
         stats[0] = 0.0
@@ -39,7 +42,6 @@ def row_totals(x, totals):  # pragma: no cover
                 v = flat[off + k]
                 if not (v >= 0.0 and v < np.inf):
                     return off + k
-            if not np.isfinite(total):
-                return -2
+            overflow = True
         totals[r] = total
-    return -1
+    return -2 if overflow else -1

@@ -90,8 +90,14 @@ def _imagenet_wordnet(collapsed: bool) -> Tree:
     from .._tree import Tree
 
     parents, bins, _, node_names = _tree_arrays(collapsed)
+    return Tree.from_parents(parents, weights=None, bins=bins, names=_bin_names(), node_names=node_names)
+
+
+def _bin_names() -> list[str]:
+    """Class names, each one that repeats (``crane``) followed by its wnid: bin names are keys."""
     names = [name for _, name in _classes()]
-    return Tree.from_parents(parents, weights=None, bins=bins, names=names, node_names=node_names)
+    repeated = {name for name in names if names.count(name) > 1}
+    return [f"{name} ({wnid})" if name in repeated else name for (wnid, name) in _classes()]
 
 
 def imagenet_wordnet(collapsed: bool = True) -> Tree:
@@ -120,8 +126,9 @@ def imagenet_wordnet(collapsed: bool = True) -> Tree:
     -------
     Tree
         ``n_bins == 1000``; ``names`` holds the class names (the synset
-        lemmas joined with ``", "``, as in ImageNet's ``words.txt``),
-        ``node_names`` the name of every node. Node 0 is the root
+        lemmas joined with ``", "``, as in ImageNet's ``words.txt``; a
+        name that two classes share is followed by the wnid, as bin names
+        are unique), ``node_names`` the name of every node. Node 0 is the root
         ``entity`` and every parent comes before its children. The same
         (immutable) object is returned on every call.
 
@@ -135,7 +142,8 @@ def imagenet_wordnet(collapsed: bool = True) -> Tree:
     Derived from Princeton WordNet 3.0 (WordNet 3.0 license, shipped as
     ``emdtree/datasets/data/imagenet_wordnet/LICENSE-WordNet.txt``). Two
     classes share a name: ``crane`` is both class 134 (the bird) and
-    class 517 (the machine); use the wnid as a key.
+    class 517 (the machine); their bins are named ``crane (n02012849)``
+    and ``crane (n03126707)``.
 
     Examples
     --------
