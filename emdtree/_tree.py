@@ -507,15 +507,36 @@ class Tree:
 
     # ------------------------------------------------------------------ metric
 
-    def distance_matrix(self) -> np.ndarray:
-        """Path-metric distances between bins.
+    def distance_matrix(self, distance: str = "path") -> np.ndarray:
+        """Distances between all pairs of bins.
+
+        Parameters
+        ----------
+        distance : {"path", "lca_height", "lca_subtree_height"}, default "path"
+            With ``depth(x)`` the sum of the edge costs from the root down to
+            node ``x`` and ``lca`` the lowest common ancestor of two distinct
+            bins:
+
+            ``"path"``
+                The path metric: the sum of the edge costs on the path
+                between the two bins' nodes. EMD with ``rho=1`` is the
+                optimal-transport cost under this metric.
+            ``"lca_height"``
+                ``H - depth(lca)``, with ``H`` the largest depth of a bin: the
+                distance of Bertinetto et al., "Making Better Mistakes"
+                (CVPR 2020), on their unit-edge hierarchies the height of the
+                hierarchy minus the depth of the LCA (see
+                :mod:`emdtree.metrics`).
+            ``"lca_subtree_height"``
+                The height of the LCA's own subtree: the largest
+                ``depth(x) - depth(lca)`` over the bins ``x`` below it.
+
+            Every distance is 0 between a bin and itself.
 
         Returns
         -------
         ndarray of float64, shape (n_bins, n_bins)
-            ``D[k, l]`` = sum of edge costs on the path between the nodes of
-            bins ``k`` and ``l``. EMD with ``rho=1`` is the optimal-transport
-            cost under this metric.
+            Symmetric, with a zero diagonal.
 
         Examples
         --------
@@ -524,10 +545,34 @@ class Tree:
         array([[0., 1., 3.],
                [1., 0., 2.],
                [3., 2., 0.]])
-        """
-        from ._kernels.dense import distance_matrix
 
-        return distance_matrix(self.layout, self.n_bins)
+        Leaves at unequal depths: ``a`` and ``b`` at depth 2 meet at depth 1,
+        ``c`` and ``d`` at depth 3 meet at depth 2, and the deepest bins are at
+        ``H = 3``:
+
+        >>> t = Tree.from_nested({"x": ["a", "b"], "y": {"z": ["c", "d"]}})
+        >>> t.names
+        ('a', 'b', 'c', 'd')
+        >>> t.distance_matrix("lca_height")  # H - depth(lca)
+        array([[0., 2., 3., 3.],
+               [2., 0., 3., 3.],
+               [3., 3., 0., 1.],
+               [3., 3., 1., 0.]])
+        >>> float(t.distance_matrix("lca_subtree_height")[0, 1])  # x's subtree is 1 deep
+        1.0
+        """
+        from ._hierarchy import DISTANCES, hierarchy
+        from ._kernels.dense import distance_matrix, lca_matrix
+
+        if distance == "path":
+            return distance_matrix(self.layout, self.n_bins)
+        if distance == "lca_height":
+            tables = hierarchy(self)
+            return lca_matrix(self.layout, tables.total_height - tables.to_root)
+        if distance == "lca_subtree_height":
+            height = hierarchy(self).height
+            return lca_matrix(self.layout, np.where(np.isfinite(height), height, 0.0))
+        raise ValueError(f"distance must be one of {', '.join(map(repr, DISTANCES))}, got {distance!r}")
 
     # ------------------------------------------------------------------ I/O
 
