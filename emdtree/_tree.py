@@ -308,7 +308,7 @@ class Tree:
         return cls(parents, weights, np.arange(n, dtype=np.int64))
 
     @classmethod
-    def from_edges(cls, edges: Any, weights: Any = None, root: Any = None) -> Tree:
+    def from_edges(cls, edges: Any, weights: Any = None, root: Any = None, bins: Any = None) -> Tree:
         """Build a tree from an edge list.
 
         Parameters
@@ -321,12 +321,17 @@ class Tree:
             Edge costs aligned with ``edges``; default 1.
         root : hashable, optional
             The root label.
+        bins : sequence of hashable, optional
+            The nodes that carry the bins, in bin order: node labels, or
+            node indices (in the tree's numbering) for entries that are no
+            label. They may be internal nodes. Default: the leaves, in node
+            order.
 
         Returns
         -------
         Tree
-            Bins on the leaves; bin and node names are the labels unless the
-            labels are exactly ``0 .. n_nodes - 1``.
+            Bin and node names are the labels unless the labels are exactly
+            ``0 .. n_nodes - 1``.
 
         Examples
         --------
@@ -334,13 +339,16 @@ class Tree:
         >>> t = Tree.from_edges([("animal", "cat"), ("animal", "dog")], weights=[1.0, 2.0])
         >>> t.names, float(t.distance_matrix()[0, 1])
         (('cat', 'dog'), 3.0)
+        >>> Tree.from_edges([("animal", "cat"), ("animal", "dog")], bins=["dog", "animal", "cat"]).names
+        ('dog', 'animal', 'cat')
         """
         from ._builders import build_from_edges
 
-        return cls(*build_from_edges(edges, weights=weights, root=root))
+        return cls(*build_from_edges(edges, weights=weights, root=root, bins=bins))
 
     @classmethod
-    def from_newick(cls, text_or_path: str | os.PathLike, default_length: float | None = None) -> Tree:
+    def from_newick(cls, text_or_path: str | os.PathLike, default_length: float | None = None,
+                    bins: Sequence[Any] | None = None) -> Tree:
         """Read a Newick tree: branch lengths become weights, tips become bins.
 
         Parameters
@@ -351,11 +359,15 @@ class Tree:
             Cost of edges without a branch length. By default every edge costs
             1 when the tree has no branch lengths at all, and a partly missing
             length is an error.
+        bins : sequence, optional
+            The nodes that carry the bins, in bin order: node labels (tip or
+            internal, each label on one node only) or node indices. Default:
+            the tips in order of appearance.
 
         Returns
         -------
         Tree
-            Bins are the tips in order of appearance, named by their labels.
+            Bins named by their labels.
 
         Examples
         --------
@@ -368,10 +380,16 @@ class Tree:
         """
         from ._newick import read_newick
 
-        return cls(*read_newick(text_or_path, default_length=default_length))
+        arrays = read_newick(text_or_path, default_length=default_length)
+        if bins is not None:
+            from ._builders import name_lookup, with_bins
+
+            arrays = with_bins(arrays, bins, name_lookup(arrays.node_names))
+        return cls(*arrays)
 
     @classmethod
-    def from_networkx(cls, graph: Any, root: Any = None, weight: str | None = "weight") -> Tree:
+    def from_networkx(cls, graph: Any, root: Any = None, weight: str | None = "weight",
+                      bins: Sequence[Any] | None = None) -> Tree:
         """Build a tree from a networkx ``DiGraph`` (parent -> child) or ``Graph``.
 
         Parameters
@@ -382,6 +400,9 @@ class Tree:
             Root node; inferred for a ``DiGraph``.
         weight : str or None, default "weight"
             Edge attribute holding the cost (missing -> 1); ``None``: all 1.
+        bins : sequence of hashable, optional
+            The graph nodes that carry the bins, in bin order; default: the
+            leaves.
 
         Returns
         -------
@@ -397,7 +418,7 @@ class Tree:
         """
         from ._builders import build_from_networkx
 
-        return cls(*build_from_networkx(graph, root=root, weight=weight))
+        return cls(*build_from_networkx(graph, root=root, weight=weight, bins=bins))
 
     @classmethod
     def from_linkage(cls, Z: Any) -> Tree:
@@ -430,7 +451,7 @@ class Tree:
         return cls(*build_from_linkage(Z))
 
     @classmethod
-    def from_nested(cls, mapping: Mapping[str, Any]) -> Tree:
+    def from_nested(cls, mapping: Mapping[str, Any], bins: Sequence[str] | None = None) -> Tree:
         """Build a tree from nested dicts and lists of names (unit edge costs).
 
         Parameters
@@ -439,11 +460,15 @@ class Tree:
             ``{name: children}`` where children is ``None`` (a leaf), a
             mapping, or a list of names and mappings. A single top-level key
             is the root; several get a common unnamed root.
+        bins : sequence of str, optional
+            The names of the nodes that carry the bins, in bin order (leaves
+            or internal nodes, each name on one node only); default: the
+            leaves in pre-order.
 
         Returns
         -------
         Tree
-            Bins are the leaves in pre-order, named by their keys.
+            Bins named by their keys.
 
         Examples
         --------
@@ -454,9 +479,12 @@ class Tree:
         >>> t.distance_matrix()[0]
         array([0., 2., 4.])
         """
-        from ._builders import build_from_nested
+        from ._builders import build_from_nested, name_lookup, with_bins
 
-        return cls(*build_from_nested(mapping))
+        arrays = build_from_nested(mapping)
+        if bins is not None:
+            arrays = with_bins(arrays, bins, name_lookup(arrays.node_names))
+        return cls(*arrays)
 
     # ------------------------------------------------------------------ properties
 
