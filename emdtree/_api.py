@@ -265,7 +265,7 @@ def emd_hvp(
         As in :func:`emd`.
     rho : float, default 2.0
         Exponent, >= 1.
-    axis, check_inputs
+    axis
         As in :func:`emd`.
     normalize : {None, "l1", "softmax"}, optional
         As in :func:`emd`. With a normalisation the result is the exact
@@ -274,6 +274,8 @@ def emd_hvp(
         rule through the Jacobian of the normalisation and its second
         derivative, without the projection ``P``. For ``"softmax"`` it
         is finite and generally non-zero at ``rho = 1`` too.
+    check_inputs
+        As in :func:`emd`.
 
     Returns
     -------
@@ -352,12 +354,14 @@ def emd_hessian(
         As in :func:`emd`.
     rho : float, default 2.0
         Exponent, >= 1.
-    axis, check_inputs
+    axis
         As in :func:`emd`.
     normalize : {None, "l1", "softmax"}, optional
         As in :func:`emd_hvp`: the exact Hessian with respect to the raw
         ``p`` (the logits for ``"softmax"``; its rows sum to zero, since
         adding a constant to the logits changes nothing).
+    check_inputs
+        As in :func:`emd`.
 
     Returns
     -------
