@@ -301,7 +301,8 @@ def emd_hvp(
                                    steps=rows.steps[:2] + (_step_of(w, rows),)), rho, project_out=True)
     g = _grad_of_normalized(rows, rho)
     out = _normalize.hvp(np, normalize, hw, v_rows, g, a, total)
-    return restore_bins(np.ascontiguousarray(np.broadcast_to(out, hw.shape), dtype=rows.dtype), rows)
+    out = out if out.shape == hw.shape else np.broadcast_to(out, hw.shape)  # hw has a row per sample
+    return restore_bins(np.array(out, dtype=rows.dtype), rows)
 
 
 def _total(rows: Rows) -> np.ndarray | None:
@@ -388,6 +389,7 @@ def emd_hessian(
         a = np.broadcast_to(rows.arrays[0], (rows.n_rows, n)).astype(np.float64)
         total = _total(rows)
         g = _grad_of_normalized(rows, rho).astype(np.float64)
-        out = _normalize.hessian(np, normalize, out, g, a, None if total is None else total.astype(np.float64))
+        total = None if total is None else total.astype(np.float64)
+        out = _normalize.hessian(np, normalize, out, g, a, total)
     out = out.astype(rows.dtype, copy=False).reshape(rows.batch_shape + (n, n))
     return out

@@ -264,8 +264,8 @@ def with_bins(arrays: TreeArrays, bins: Any, lookup: Mapping[Any, int] | None) -
             else:
                 raise ValueError(f"bins[{k}] = {b!r} is neither a node label nor a node index")
         if node in first:
-            raise ValueError(f"bins[{first[node]}] and bins[{k}] are the same node: each node carries at most "
-                             "one bin")
+            raise ValueError(f"bins[{first[node]}] and bins[{k}] are the same node: each node carries at "
+                             "most one bin")
         first[node] = k
         nodes.append(node)
     node_names = arrays.node_names

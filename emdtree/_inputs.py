@@ -185,7 +185,7 @@ def prepare(
         return _softmax_rows(rows, masses, check)
     totals: dict[str, np.ndarray] = {}
     if normalize is not None or (check and not defer):
-        for i, (name, flat) in enumerate(zip(raw, out)):
+        for i, name in enumerate(raw):
             if name not in masses:
                 if check:
                     _check_finite(rows, i)
@@ -214,7 +214,8 @@ def _check_finite(rows: Rows, i: int) -> None:
     if not np.all(np.isfinite(flat)):
         bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
         raise ValueError(
-            f"{name}{_position(rows, i, bad)} = {flat.flat[bad]} is not finite: entries of {name} must be finite"
+            f"{name}{_position(rows, i, bad)} = {flat.flat[bad]} is not finite: entries of {name} must be "
+            "finite"
         )
 
 

@@ -165,7 +165,8 @@ def _rows_parallel(u, wu, v, wv, ou, ov, steps, order, rho, mode, want_grad, out
         at_u = np.empty(n, dtype=np.int64)
         at_v = np.empty(m, dtype=np.int64)
         for r in range(c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks):
-            _pair(r, u, wu, v, wv, ou, ov, steps, order, rho, mode, want_grad, out, gu, gv, buf, t, at_u, at_v)
+            _pair(r, u, wu, v, wv, ou, ov, steps, order, rho, mode, want_grad, out, gu, gv, buf, t, at_u,
+                  at_v)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -245,7 +246,8 @@ class _Side:
             r, k = np.argwhere(bad)[0]
             what = "negative" if np.isfinite(w[r, k]) else "not finite"
             raise ValueError(f"{name}{_position(batch, int(r)) if w.shape[0] > 1 else ''} has the entry "
-                             f"{float(w[r, k])!r} at sample {int(k)}, which is {what}: weights must be finite and >= 0")
+                             f"{float(w[r, k])!r} at sample {int(k)}, which is {what}: weights must be "
+                             "finite and >= 0")
         totals = w.sum(axis=-1)
         bad_rows = np.flatnonzero(~((totals > 0) & np.isfinite(totals)))
         if bad_rows.size:

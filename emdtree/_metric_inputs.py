@@ -152,7 +152,8 @@ def explain_masses(pred: np.ndarray, target: np.ndarray | None, start: int, tol_
                              "normalize='softmax' pred must not hold NaN or +inf")
         empty = np.flatnonzero(~(pred.max(axis=1, initial=-np.inf) > -np.inf))
         if empty.size:
-            raise ValueError(f"every logit of pred[{start + int(empty[0])}] is -inf: its softmax is undefined")
+            raise ValueError(f"every logit of pred[{start + int(empty[0])}] is -inf: its softmax is "
+                             "undefined")
     for name, a in (("pred", pred), ("target", target)):
         if a is None or (name == "pred" and normalize == "softmax"):
             continue

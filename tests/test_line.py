@@ -222,7 +222,7 @@ def test_gradient_points_downhill():
 @pytest.mark.parametrize("args, kwargs, error, match", [
     (([], [1.0]), {}, ValueError, "u_values is empty"),
     (([1.0], []), {}, ValueError, "v_values is empty"),
-    (([1.0, 2.0], [1.0], [1.0, 2.0, 3.0]), {}, ValueError, "u_weights has 3 entries along axis -1 but u_values"),
+    (([1.0, 2.0], [1.0], [1.0, 2.0, 3.0]), {}, ValueError, "u_weights has 3 entries along axis -1 but"),
     (([1.0, 2.0], [1.0], [1.0, -1.0]), {}, ValueError, r"u_weights has the entry -1.0 at sample 1, which is "
                                                       "negative"),
     (([1.0, 2.0], [1.0], None, [np.nan]), {}, ValueError, "v_weights has the entry nan at sample 0, which is "
