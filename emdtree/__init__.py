@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 # Loaded on first use, so that ``import emdtree`` needs only NumPy, Numba and
 # SciPy: the framework adapters import their framework when they load.
 _LAZY_MODULES = ("io", "jax", "metrics", "tensorflow", "torch")
-_LAZY_FUNCTIONS = {"pairwise": "._pairwise", "sinkhorn": "._sinkhorn", "SinkhornResult": "._sinkhorn"}
+_LAZY_FUNCTIONS = {"pairwise": "._pairwise", "sinkhorn": "._sinkhorn", "SinkhornResult": "._sinkhorn",
+                   "wasserstein_1d": "._line", "wasserstein_1d_value_and_grad": "._line"}
 
 
 def __getattr__(name: str):
@@ -44,5 +45,7 @@ __all__ = [
     "pairwise",
     "phi",
     "sinkhorn",
+    "wasserstein_1d",
+    "wasserstein_1d_value_and_grad",
     "__version__",
 ]

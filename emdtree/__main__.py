@@ -112,8 +112,9 @@ def _build_parser() -> _Parser:
     dist.add_argument("--tree", metavar="T", help=f"the tree: {tree_help}; default: a unit-spacing chain")
     dist.add_argument("--rho", type=_rho, default=1.0, help="exponent, >= 1 (default 1: the exact EMD)")
     dist.add_argument("--axis", type=int, default=-1, help="the bin axis (default -1)")
-    dist.add_argument("--normalize", choices=("l1", "none"), default="none",
-                      help="'l1': divide P and Q by their totals first (default none: equal totals needed)")
+    dist.add_argument("--normalize", choices=("l1", "softmax", "none"), default="none",
+                      help="'l1': divide P and Q by their totals first; 'softmax': P holds logits, Q "
+                           "distributions (default none: equal totals needed)")
     dist.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .tsv or text)")
 
     pair = sub.add_parser(
@@ -127,9 +128,10 @@ def _build_parser() -> _Parser:
     pair.add_argument("--tree", metavar="T", required=True, help=f"the tree: {tree_help}")
     pair.add_argument("-o", "--output", metavar="D.tsv", required=True, help="where to write the matrix")
     pair.add_argument("--rho", type=_rho, default=1.0, help="exponent, >= 1 (default 1)")
-    pair.add_argument("--normalize", choices=("l1", "none"), default="l1",
+    pair.add_argument("--normalize", choices=("l1", "softmax", "none"), default="l1",
                       help="'l1' (default): compare relative abundances, as samples of counts differ in "
-                           "depth; 'none': raw masses, which must have equal totals")
+                           "depth; 'softmax': the samples are logits; 'none': raw masses, which must have "
+                           "equal totals")
     pair.add_argument("--drop-missing", action="store_true",
                       help="leave out features that are not tips of the tree (default: an error)")
     pair.add_argument("--transpose", action="store_true",
@@ -147,10 +149,12 @@ def _build_parser() -> _Parser:
                     help="the k of top-k accuracy and hierarchical distance (default 1 5, or 1 for "
                          "fewer than 5 classes)")
     ev.add_argument("--rho", type=_rho, default=1.0, help="exponent of the mean EMD (default 1)")
-    ev.add_argument("--normalize", choices=("l1", "none"), default="none",
-                    help="'l1': rescale rows of PRED to sum to 1 (default none: PRED holds probabilities)")
-    ev.add_argument("--distance", choices=("path", "lca_height"), default="path",
-                    help="tree distance between classes: path length (default) or LCA height")
+    ev.add_argument("--normalize", choices=("l1", "softmax", "none"), default="none",
+                    help="'l1': rescale rows of PRED to sum to 1; 'softmax': PRED holds logits (default "
+                         "none: PRED holds probabilities)")
+    ev.add_argument("--distance", choices=("path", "lca_height", "lca_subtree_height"), default="path",
+                    help="tree distance between classes: path length (default), H - depth(LCA) as in "
+                         "Bertinetto et al. 2020, or the height of the LCA's subtree")
     ev.add_argument("--chunk-size", type=_positive_int, metavar="ROWS",
                     help="rows read at a time (default: about 4 million scores)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _dispatch, _driver
-from ._inputs import check_rho, prepare, restore_bins, restore_scalar
+from . import _dispatch, _driver, _normalize
+from ._inputs import Rows, check_rho, prepare, restore_bins, restore_scalar
 from ._tree import Tree
 
 __all__ = ["emd", "emd_grad", "emd_value_and_grad", "phi", "emd_hvp", "emd_hessian"]
@@ -50,9 +50,15 @@ def emd(
         tree's path metric); ``2`` is the smooth loss of the paper.
     axis : int, default -1
         The bin axis.
-    normalize : {None, "l1"}, optional
+    normalize : {None, "l1", "softmax"}, optional
         ``"l1"`` divides ``p`` and ``q`` by their totals first, so that
         histograms of counts can be compared as distributions.
+        ``"softmax"`` takes ``p`` as logits and compares ``softmax(p)``
+        (along ``axis``, shifted by the row maximum so that it cannot
+        overflow) with ``q``, which must then be a distribution (summing to
+        1), as the framework losses do. Logits may be ``-inf`` (probability
+        0) but not NaN or ``+inf``. Derivatives are then taken with respect
+        to the logits.
     check_inputs : bool, default True
         Check that masses are finite, non-negative and have equal totals.
         ``False`` skips these checks (shapes are always checked).
@@ -84,6 +90,8 @@ def emd(
     >>> tree = emdtree.Tree.from_nested({"cat": None, "tiger": None, "vehicle": ["starship"]})
     >>> float(emdtree.emd([1, 0, 0], [0, 1, 0], tree)), float(emdtree.emd([1, 0, 0], [0, 0, 1], tree))
     (2.0, 3.0)
+    >>> round(float(emdtree.emd([0.0, 0.0, 0.0], [1, 0, 0], tree, normalize="softmax")), 12)  # (2 + 3) / 3
+    1.666666666667
     """
     if not _dispatch.is_host(p, q):
         return _dispatch.value_grad(emd, p, q, tree, rho, axis, normalize, check_inputs, want_grad=False)
@@ -115,7 +123,10 @@ def emd_value_and_grad(
     ----------
     p, q, tree, rho, axis, normalize, check_inputs
         As in :func:`emd`. With ``normalize="l1"`` the gradient is that of
-        the normalised loss with respect to the raw ``p``.
+        the normalised loss with respect to the raw ``p``; with
+        ``normalize="softmax"``, with respect to the logits ``p``:
+        ``s * (g - <g, s>)`` for ``s = softmax(p)`` and ``g`` the gradient
+        with respect to ``s`` (it sums to zero too).
 
     Returns
     -------
@@ -132,6 +143,9 @@ def emd_value_and_grad(
     0.5
     >>> grad
     array([ 1.,  0., -1.])
+    >>> _, grad = emdtree.emd_value_and_grad([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], normalize="softmax")
+    >>> grad.round(6)  # lower the first logit, raise the last
+    array([ 0.333333,  0.      , -0.333333])
     """
     if not _dispatch.is_host(p, q):
         return _dispatch.value_grad(emd_value_and_grad, p, q, tree, rho, axis, normalize, check_inputs,
@@ -225,6 +239,7 @@ def emd_hvp(
     rho: float = 2.0,
     axis: int = -1,
     *,
+    normalize: str | None = None,
     check_inputs: bool = True,
 ) -> np.ndarray:
     """Hessian-vector product of EMD^rho in mass-conserving coordinates.
@@ -250,7 +265,16 @@ def emd_hvp(
         As in :func:`emd`.
     rho : float, default 2.0
         Exponent, >= 1.
-    axis, check_inputs
+    axis
+        As in :func:`emd`.
+    normalize : {None, "l1", "softmax"}, optional
+        As in :func:`emd`. With a normalisation the result is the exact
+        Hessian of the normalised loss with respect to the raw ``p`` (the
+        logits for ``"softmax"``) times ``v``, for any ``v``: the chain
+        rule through the Jacobian of the normalisation and its second
+        derivative, without the projection ``P``. For ``"softmax"`` it
+        is finite and generally non-zero at ``rho = 1`` too.
+    check_inputs
         As in :func:`emd`.
 
     Returns
@@ -265,10 +289,43 @@ def emd_hvp(
     array([ 2.,  0., -2.])
     """
     if not _dispatch.is_host(p, q, v):
-        return _dispatch.hvp(emd_hvp, p, q, v, tree, rho, axis, check_inputs)
+        return _dispatch.hvp(emd_hvp, p, q, v, tree, rho, axis, check_inputs, normalize=normalize)
     rho = check_rho(rho)
-    rows = prepare({"p": p, "q": q, "v": v}, tree, axis, check_inputs)
-    return restore_bins(_driver.hvp(rows, rho, project_out=True), rows)
+    rows = prepare({"p": p, "q": q, "v": v}, tree, axis, check_inputs, normalize)
+    if normalize is None:
+        return restore_bins(_driver.hvp(rows, rho, project_out=True), rows)
+    a, v_rows = rows.arrays[0], rows.arrays[2]
+    total = _total(rows)
+    w = _normalize.direction(np, normalize, v_rows, a, total)
+    hw = _driver.hvp(rows._replace(arrays=rows.arrays[:2] + (_rows_of(w, rows),),
+                                   steps=rows.steps[:2] + (_step_of(w, rows),)), rho, project_out=True)
+    g = _grad_of_normalized(rows, rho)
+    out = _normalize.hvp(np, normalize, hw, v_rows, g, a, total)
+    out = out if out.shape == hw.shape else np.broadcast_to(out, hw.shape)  # hw has a row per sample
+    return restore_bins(np.array(out, dtype=rows.dtype), rows)
+
+
+def _total(rows: Rows) -> np.ndarray | None:
+    """Row totals of ``p`` before ``normalize="l1"``, as a (rows, 1) column."""
+    if rows.normalize != "l1":
+        return None
+    return rows.totals[0].astype(rows.dtype).reshape(-1, 1)
+
+
+def _rows_of(x: np.ndarray, rows: Rows) -> np.ndarray:
+    out = np.ascontiguousarray(x, dtype=rows.dtype)
+    out.flags.writeable = False
+    return out
+
+
+def _step_of(x: np.ndarray, rows: Rows) -> int:
+    return 1 if x.shape[0] == rows.n_rows and rows.n_rows != 1 else 0
+
+
+def _grad_of_normalized(rows: Rows, rho: float) -> np.ndarray:
+    """Gradient of EMD^rho with respect to the normalised ``p``, (rows, n_bins)."""
+    pq = rows._replace(arrays=rows.arrays[:2], steps=rows.steps[:2])
+    return _driver.value_grad(pq, rho, want_grad=True, check=False)[1]
 
 
 def emd_hessian(
@@ -278,6 +335,7 @@ def emd_hessian(
     rho: float = 2.0,
     axis: int = -1,
     *,
+    normalize: str | None = None,
     check_inputs: bool = True,
 ) -> np.ndarray:
     """Dense Hessian of EMD^rho in mass-conserving coordinates, ``P H P``.
@@ -297,7 +355,13 @@ def emd_hessian(
         As in :func:`emd`.
     rho : float, default 2.0
         Exponent, >= 1.
-    axis, check_inputs
+    axis
+        As in :func:`emd`.
+    normalize : {None, "l1", "softmax"}, optional
+        As in :func:`emd_hvp`: the exact Hessian with respect to the raw
+        ``p`` (the logits for ``"softmax"``; its rows sum to zero, since
+        adding a constant to the logits changes nothing).
+    check_inputs
         As in :func:`emd`.
 
     Returns
@@ -311,12 +375,21 @@ def emd_hessian(
     >>> emdtree.emd_hessian([0.5, 0.5], [0.5, 0.5])
     array([[ 0.5, -0.5],
            [-0.5,  0.5]])
+    >>> emdtree.emd_hessian([0.0, 0.0], [0.5, 0.5], normalize="softmax")  # J H J, J = diag(s) - s s^T
+    array([[ 0.125, -0.125],
+           [-0.125,  0.125]])
     """
     if not _dispatch.is_host(p, q):
-        return _dispatch.hessian(emd_hessian, p, q, tree, rho, axis, check_inputs)
+        return _dispatch.hessian(emd_hessian, p, q, tree, rho, axis, check_inputs, normalize=normalize)
     rho = check_rho(rho)
-    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs)
+    rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
     out = _driver.hessian(rows, rho)
     n = rows.tree.n_bins
+    if normalize is not None:
+        a = np.broadcast_to(rows.arrays[0], (rows.n_rows, n)).astype(np.float64)
+        total = _total(rows)
+        g = _grad_of_normalized(rows, rho).astype(np.float64)
+        total = None if total is None else total.astype(np.float64)
+        out = _normalize.hessian(np, normalize, out, g, a, total)
     out = out.astype(rows.dtype, copy=False).reshape(rows.batch_shape + (n, n))
     return out

@@ -21,6 +21,7 @@ __all__ = [
     "build_from_nested",
     "build_from_networkx",
     "leaves_of",
+    "with_bins",
 ]
 
 
@@ -239,10 +240,61 @@ def _assemble(
     return TreeArrays(parents, weights, bins, names, None if node_names is None else list(node_names))
 
 
+def with_bins(arrays: TreeArrays, bins: Any, lookup: Mapping[Any, int] | None) -> TreeArrays:
+    """``arrays`` with the bins, in order, given by ``bins``.
+
+    Each entry is looked up in ``lookup`` (node label -> node index); one
+    that is no label there may be a node index, an integer in
+    ``[0, n_nodes)``. ``names`` become the bins' node names (None unless
+    every bin has one).
+    """
+    if isinstance(bins, (str, bytes)) or not isinstance(bins, Iterable):
+        raise TypeError(f"bins must be a sequence of node labels or indices, got {type(bins).__name__}")
+    n = arrays.parents.shape[0]
+    nodes: list[int] = []
+    first: dict[int, int] = {}
+    for k, b in enumerate(bins):
+        try:
+            node = None if lookup is None else lookup.get(b)
+        except TypeError:
+            raise TypeError(f"bins[{k}] = {b!r} is not hashable: give node labels or indices") from None
+        if node is None:
+            if isinstance(b, (int, np.integer)) and not isinstance(b, (bool, np.bool_)) and 0 <= b < n:
+                node = int(b)
+            else:
+                raise ValueError(f"bins[{k}] = {b!r} is neither a node label nor a node index")
+        if node in first:
+            raise ValueError(f"bins[{first[node]}] and bins[{k}] are the same node: each node carries at "
+                             "most one bin")
+        first[node] = k
+        nodes.append(node)
+    node_names = arrays.node_names
+    names = None if node_names is None else [node_names[i] for i in nodes]
+    if names is not None and any(x is None for x in names):
+        names = None
+    return arrays._replace(bins=np.array(nodes, dtype=np.int64), names=names)
+
+
+def name_lookup(node_names: Sequence[str | None] | None) -> dict[str, int] | None:
+    """Node name -> node index, for the names that only one node has."""
+    if node_names is None:
+        return None
+    seen: dict[str, int] = {}
+    twice: set[str] = set()
+    for i, x in enumerate(node_names):
+        if x is None:
+            continue
+        if x in seen:
+            twice.add(x)
+        seen[x] = i
+    return {x: i for x, i in seen.items() if x not in twice}
+
+
 def build_from_edges(
     edges: Iterable[tuple[Hashable, Hashable]] | np.ndarray,
     weights: Sequence[float] | np.ndarray | Mapping[tuple[Hashable, Hashable], float] | None = None,
     root: Hashable | None = None,
+    bins: Iterable[Hashable] | None = None,
 ) -> TreeArrays:
     """Build a tree from a list of edges.
 
@@ -258,6 +310,10 @@ def build_from_edges(
         Without a root the pairs are directed ``(parent, child)`` and the root
         is the one node that is never a child.  With a root the edges are
         undirected and are oriented away from ``root``.
+    bins : sequence of hashable, optional
+        The nodes that carry the bins, in bin order: node labels, or node
+        indices for entries that are no label (see :func:`with_bins`).
+        Default: the leaves in node order.
 
     Returns
     -------
@@ -343,13 +399,14 @@ def build_from_edges(
         if not known:
             raise ValueError(f"root {root!r} is not a node of the edge list")
     pairs = [(index[u], index[v]) for u, v in edge_list]
-    return _assemble(
+    arrays = _assemble(
         labels, node_names, pairs, costs, None if root is None else index[root], root is None, describe
     )
+    return arrays if bins is None else with_bins(arrays, bins, index)
 
 
 def build_from_networkx(
-    graph: Any, root: Hashable | None = None, weight: str | None = "weight"
+    graph: Any, root: Hashable | None = None, weight: str | None = "weight", bins: Any = None
 ) -> TreeArrays:
     """Build a tree from a networkx graph.
 
@@ -364,6 +421,9 @@ def build_from_networkx(
     weight : str or None, optional
         Edge attribute holding the edge cost (1.0 where missing); None gives
         every edge cost 1.0.
+    bins : sequence of hashable, optional
+        The graph nodes that carry the bins, in bin order (see
+        :func:`build_from_edges`). Default: the leaves.
 
     Returns
     -------
@@ -405,9 +465,10 @@ def build_from_networkx(
         for k, (_, _, data) in enumerate(edge_list)
     ]
     pairs = [(index[u], index[v]) for u, v, _ in edge_list]
-    return _assemble(
+    arrays = _assemble(
         labels, node_names, pairs, costs, None if root is None else index[root], directed, describe
     )
+    return arrays if bins is None else with_bins(arrays, bins, index)
 
 
 def build_from_linkage(Z: np.ndarray) -> TreeArrays:

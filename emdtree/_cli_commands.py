@@ -267,7 +267,8 @@ def evaluate(args, out: TextIO) -> None:
         text = str(value) if isinstance(value, int) else ("-" if math.isnan(value) else f"{value:.6g}")
         rows.append((name, text))
     width = max(len(name) for name, _ in rows)
-    distance_name = "path length" if args.distance == "path" else "LCA height"
+    distance_name = {"path": "path length", "lca_height": "LCA height (H - depth of the LCA)",
+                     "lca_subtree_height": "height of the LCA's subtree"}[args.distance]
     print(f"{pred.shape[0]} predictions over {pred.shape[1]} classes; tree distances: {distance_name}",
           file=out)
     for name, text in rows:

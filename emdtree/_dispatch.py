@@ -30,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from . import _normalize
 from ._inputs import check_rho, flatten, prepare, resolve_shape, resolve_tree
 from ._tree import Tree
 
@@ -58,6 +59,7 @@ class Foreign(NamedTuple):
     dtype: Any
     tree: Tree
     totals: tuple[Any, ...]  # row totals before normalize="l1", else Nones
+    normalize: str | None = None  # what was applied to arrays[0]
 
 
 # --------------------------------------------------------------------------- #
@@ -184,8 +186,7 @@ def prepare_foreign(
     cuda: bool = False,
 ) -> Foreign:
     """Counterpart of :func:`emdtree._inputs.prepare` that stays in the caller's library."""
-    if normalize is not None and normalize != "l1":
-        raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
+    normalize = _normalize.check_normalize(normalize)
     xp, dev = _namespace(arrays)
     raw = {}
     like = _float_dtype_of(arrays)
@@ -214,7 +215,10 @@ def prepare_foreign(
     if check and not traced and n_rows:
         _check_values(xp, out, list(raw), masses, n_bins, arrays, tree, axis, normalize)
     totals: list[Any] = [None] * len(out)
-    if normalize is not None:
+    if normalize == "softmax":
+        i = list(raw).index(masses[0])
+        out[i] = _normalize.softmax(xp, out[i])
+    elif normalize is not None:
         for i, name in enumerate(raw):
             if name in masses:
                 tot = xp.sum(out[i], axis=-1, keepdims=True)
@@ -223,7 +227,7 @@ def prepare_foreign(
                 totals[i] = tot
                 out[i] = out[i] / tot
     return Foreign(xp, "cuda" if cuda else "xp", dev, tuple(out), n_rows, batch_shape, ax, ndim, dtype, tree,
-                   tuple(totals))
+                   tuple(totals), normalize)
 
 
 def _check_values(xp, flats, names, masses, n_bins, arrays, tree, axis, normalize) -> None:
@@ -232,10 +236,19 @@ def _check_values(xp, flats, names, masses, n_bins, arrays, tree, axis, normaliz
     ok = None
     mass_totals = []
     for name, a in zip(names, flats):
-        good = xp.all(xp.isfinite(a))
-        if name in masses:
+        if normalize == "softmax" and name == masses[0]:
+            # logits: no NaN or +inf, and a finite logit in every row
+            good = xp.all(~xp.isnan(a) & (a < xp.inf)) & xp.all(xp.max(a, axis=-1) > -xp.inf)
+        else:
+            good = xp.all(xp.isfinite(a))
+        if name in masses and not (normalize == "softmax" and name == masses[0]):
             good = good & xp.all(a >= 0)
-            mass_totals.append(xp.sum(a, axis=-1))
+            tot = xp.sum(a, axis=-1)
+            mass_totals.append(tot)
+            if normalize == "softmax":
+                eps = float(xp.finfo(a.dtype).eps)
+                ok_one = xp.abs(tot - 1) <= max(n_bins, 64) * eps * xp.maximum(xp.abs(tot), xp.ones_like(tot))
+                good = good & xp.all(ok_one)
         ok = good if ok is None else ok & good
     if normalize is None and len(mass_totals) == 2:
         ta, tb = mass_totals
@@ -259,10 +272,8 @@ def _restore_scalar(f: Foreign, flat: Any) -> Any:
 
 
 def _normalized_grad(f: Foreign, grad: Any) -> Any:
-    """Chain rule through p -> p / sum(p): (g - <g, p/S>) / S for each row."""
-    xp = f.xp
-    inner = xp.sum(grad * f.arrays[0], axis=-1, keepdims=True)
-    return (grad - inner) / f.totals[0]
+    """Chain rule through the normalisation of p (see :mod:`emdtree._normalize`)."""
+    return _normalize.grad(f.xp, f.normalize, grad, f.arrays[0], f.totals[0])
 
 
 # --------------------------------------------------------------------------- #
@@ -358,16 +369,18 @@ def phi(numpy_fn: Callable, p: Any, q: Any, tree: Tree | None, axis: int, normal
 
 
 def hvp(numpy_fn: Callable, p: Any, q: Any, v: Any, tree: Tree | None, rho: float, axis: int,
-        check: bool, project_out: bool = True) -> Any:
+        check: bool, project_out: bool = True, normalize: str | None = None) -> Any:
     arrays = {"p": p, "q": q, "v": v}
     route = _route(arrays)
     if route == "torch-cpu" and project_out:
         like = _float_dtype_of(arrays)
         host = [_torch_host(x, like) for x in (p, q, v)]
-        return _torch_back(numpy_fn(*host, tree, rho, axis, check_inputs=check))
+        return _torch_back(numpy_fn(*host, tree, rho, axis, normalize=normalize, check_inputs=check))
     rho = check_rho(rho)
     cuda = _cuda_module() if route == "cuda" else None
-    f = prepare_foreign(arrays, tree, axis, check, cuda=cuda is not None)
+    f = prepare_foreign(arrays, tree, axis, check, normalize, cuda=cuda is not None)
+    if normalize is not None:
+        return _restore_bins(f, _normalized_hvp(f, cuda, rho))
     if cuda is not None:
         out = _run_cuda(cuda, "hvp", f, rho, project_out)
     else:
@@ -377,18 +390,37 @@ def hvp(numpy_fn: Callable, p: Any, q: Any, v: Any, tree: Tree | None, rho: floa
     return _restore_bins(f, out)
 
 
+def _normalized_hvp(f: Foreign, cuda: Any, rho: float) -> Any:
+    """The HVP with respect to the raw p of a normalised loss (:mod:`emdtree._normalize`)."""
+    xp = f.xp
+    a, q, v = f.arrays
+    w = _normalize.direction(xp, f.normalize, v, a, f.totals[0])
+    if cuda is not None:
+        g = _run_cuda(cuda, "value_grad", f._replace(arrays=(a, q)), rho, True)[1]
+        hw = _run_cuda(cuda, "hvp", f._replace(arrays=(a, q, _contiguous(xp, w))), rho, True)
+    else:
+        from . import _xp
+
+        g = _xp.value_grad(xp, a, q, f.tree, rho, True)[1]
+        hw = _xp.hvp(xp, a, q, w, f.tree, rho, True)
+    return _normalize.hvp(xp, f.normalize, hw, v, g, a, f.totals[0])
+
+
 def hessian(numpy_fn: Callable, p: Any, q: Any, tree: Tree | None, rho: float, axis: int,
-            check: bool) -> Any:
+            check: bool, normalize: str | None = None) -> Any:
     arrays = {"p": p, "q": q}
     if _route(arrays) == "torch-cpu":
         like = _float_dtype_of(arrays)
         return _torch_back(numpy_fn(_torch_host(p, like), _torch_host(q, like), tree, rho, axis,
-                                    check_inputs=check))
+                                    normalize=normalize, check_inputs=check))
     rho = check_rho(rho)
-    f = prepare_foreign(arrays, tree, axis, check)
+    f = prepare_foreign(arrays, tree, axis, check, normalize)
     from . import _xp
 
     out = _xp.hessian(f.xp, *f.arrays, f.tree, rho)
+    if normalize is not None:
+        g = _xp.value_grad(f.xp, *f.arrays, f.tree, rho, True)[1]
+        out = _normalize.hessian(f.xp, normalize, out, g, f.arrays[0], f.totals[0])
     n = f.tree.n_bins
     return f.xp.reshape(out, f.batch_shape + (n, n))
 

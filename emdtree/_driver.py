@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from . import _normalize
 from ._inputs import Rows, check_label_stats, check_result, check_stats
 from ._kernels import chain, cpu, dense
 from ._kernels import rows as rows_kernel
@@ -157,10 +158,14 @@ def value_grad(
 
 
 def normalized_grad(grad: np.ndarray, rows: Rows) -> np.ndarray:
-    """Chain rule through p -> p / sum(p): (g - <g, p/S>) / S for each row."""
-    p_unit, total = rows.arrays[0], rows.totals[0]
-    inner = np.einsum("rk,rk->r", grad, np.broadcast_to(p_unit, grad.shape))
-    return (grad - inner[:, None]) / total.astype(grad.dtype)[:, None]
+    """Chain rule through the normalisation of ``p`` (``rows.normalize``): with
+    ``a`` the normalised rows, ``(g - <g, a>) / S`` for ``"l1"`` and
+    ``a * (g - <g, a>)`` (with respect to the logits) for ``"softmax"``."""
+    a = rows.arrays[0]
+    if rows.normalize == "softmax":
+        return _normalize.grad(np, "softmax", grad, a, None)
+    inner = np.einsum("rk,rk->r", grad, np.broadcast_to(a, grad.shape))
+    return (grad - inner[:, None]) / rows.totals[0].astype(grad.dtype)[:, None]
 
 
 def phi(rows: Rows, node_order: bool) -> np.ndarray:

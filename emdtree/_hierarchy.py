@@ -4,6 +4,22 @@ The hierarchical metrics need the distance between a true class and each of
 a prediction's best classes, for many pairs; the tables here answer that in
 O(log depth) vectorised steps per batch of pairs, without the
 ``n_bins x n_bins`` distance matrix.
+
+Three distances between bins ``a != b`` (all are 0 for ``a == b``), with
+``depth(x)`` the summed edge costs from the root down to node ``x``:
+
+``"path"``
+    ``depth(a) + depth(b) - 2 depth(lca)``: the tree's path metric.
+``"lca_height"``
+    ``H - depth(lca)``, ``H`` the largest ``depth`` of a bin: the distance of
+    Bertinetto et al. (2020), who compute it on unit edges as the height of
+    the hierarchy minus the depth of the LCA. It is an ultrametric; where the
+    bins are leaves, it is half the path metric of the tree in which each
+    bin's own edge is lengthened to bring the bin down to depth ``H``.
+``"lca_subtree_height"``
+    The largest ``depth(x) - depth(lca)`` over the bins ``x`` below the LCA:
+    the height of the LCA's own subtree. It equals ``"lca_height"`` when
+    every bin is a leaf at depth ``H``.
 """
 
 from __future__ import annotations
@@ -15,7 +31,7 @@ import numpy as np
 
 from ._tree import Tree
 
-DISTANCES = ("path", "lca_height")
+DISTANCES = ("path", "lca_height", "lca_subtree_height")
 
 
 class Hierarchy:
@@ -54,6 +70,7 @@ class Hierarchy:
             np.maximum.at(lowest_bin, parent[at], lowest_bin[at])
         self.to_root = to_root
         self.height = lowest_bin - to_root  # -inf where no bin is below
+        self.total_height = float(lowest_bin[-1])  # H: the largest depth of a bin
 
     def lca(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Position of the LCA of the nodes at positions ``a`` and ``b``."""
@@ -67,15 +84,17 @@ class Hierarchy:
     def distance(self, bins_a: np.ndarray, bins_b: np.ndarray, kind: str) -> np.ndarray:
         """Tree distance between bins ``bins_a`` and ``bins_b`` (equal shapes), float64.
 
-        ``kind`` is ``"path"`` (the path metric of :meth:`Tree.distance_matrix`)
-        or ``"lca_height"`` (the longest path from the LCA down to a bin; 0 for
-        equal bins).
+        ``kind`` is one of :data:`DISTANCES` (see the module notes).
         """
         a, b = self.bin_position[bins_a], self.bin_position[bins_b]
         top = self.lca(a, b)
         if kind == "path":
             return self.to_root[a] + self.to_root[b] - 2.0 * self.to_root[top]
-        return np.where(a == b, 0.0, self.height[top])
+        if kind == "lca_height":
+            return np.where(a == b, 0.0, self.total_height - self.to_root[top])
+        if kind == "lca_subtree_height":
+            return np.where(a == b, 0.0, self.height[top])
+        raise ValueError(f"distance must be one of {', '.join(map(repr, DISTANCES))}, got {kind!r}")
 
 
 @functools.lru_cache(maxsize=8)

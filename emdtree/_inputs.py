@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._kernels.checks import row_totals
+from ._normalize import check_normalize, softmax
 from ._tree import Tree
 
 _CHAIN_CACHE_MAX_BINS = 100_000
@@ -75,6 +76,7 @@ class Rows(NamedTuple):
     names: tuple[str, ...]  # the arguments' names, in the order of ``arrays``
     shapes: tuple[tuple[int, ...], ...]  # the arguments' own shapes, for error messages
     mass_eps: float  # machine epsilon of the least precise mass argument
+    normalize: str | None = None  # what was applied: arrays[0] then holds the normalised rows
 
 
 def reject_masked(x: Any, name: str) -> None:
@@ -160,9 +162,14 @@ def prepare(
     direction ``v``) is only checked for finiteness. With ``defer`` (and no
     ``normalize``) the mass checks are left to :func:`check_stats`, fed by
     the statistics a kernel gathers while it reads the masses.
+
+    ``normalize="l1"`` divides every mass argument by its row totals;
+    ``normalize="softmax"`` takes the first mass argument as logits (no NaN
+    or ``+inf``, a finite entry in each row; ``-inf`` stands for probability
+    0) and replaces it by its softmax, while the other mass arguments must
+    be distributions (totals 1).
     """
-    if normalize is not None and normalize != "l1":
-        raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
+    normalize = check_normalize(normalize)
     raw = {name: _as_array(x, name) for name, x in arrays.items()}
     dtype = working_dtype(*raw.values())
     shape, ax, n_bins, batch_shape = resolve_shape({n: a.shape for n, a in raw.items()}, axis)
@@ -183,16 +190,14 @@ def prepare(
 
     rows = Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree,
                 (None,) * len(out), tuple(raw), tuple(a.shape for a in raw.values()), mass_eps)
+    if normalize == "softmax":
+        return _softmax_rows(rows, masses, check)
     totals: dict[str, np.ndarray] = {}
     if normalize is not None or (check and not defer):
-        for i, (name, flat) in enumerate(zip(raw, out)):
+        for i, name in enumerate(raw):
             if name not in masses:
-                if check and not np.all(np.isfinite(flat)):
-                    bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
-                    raise ValueError(
-                        f"{name}{_position(rows, i, bad)} = {flat.flat[bad]} is not finite: "
-                        f"entries of {name} must be finite"
-                    )
+                if check:
+                    _check_finite(rows, i)
                 continue
             totals[name] = _mass_totals(rows, i, check)
         if normalize is not None:
@@ -206,10 +211,66 @@ def prepare(
                     out[i] = out[i] / tot.astype(dtype)[:, None]
                     out[i].flags.writeable = False
             kept = tuple(totals.get(name) for name in raw)
-            return rows._replace(arrays=tuple(out), totals=kept)
+            return rows._replace(arrays=tuple(out), totals=kept, normalize=normalize)
         if check and len(totals) == 2:
             _check_totals(rows, totals[masses[0]], totals[masses[1]], masses)
     return rows
+
+
+def _check_finite(rows: Rows, i: int) -> None:
+    """A ValueError naming the first non-finite entry of argument ``i``."""
+    name, flat = rows.names[i], rows.arrays[i]
+    if not np.all(np.isfinite(flat)):
+        bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
+        raise ValueError(
+            f"{name}{_position(rows, i, bad)} = {flat.flat[bad]} is not finite: entries of {name} must be "
+            "finite"
+        )
+
+
+def check_logits(rows: Rows, i: int) -> None:
+    """Argument ``i`` as logits: no NaN or ``+inf``, and a finite entry in every row."""
+    name, flat = rows.names[i], rows.arrays[i]
+    bad = np.isnan(flat) | (flat == np.inf)
+    if bad.any():
+        k = int(np.flatnonzero(bad.ravel())[0])
+        raise ValueError(
+            f"{name}{_position(rows, i, k)} = {flat.flat[k]} is not a logit: with normalize='softmax' "
+            f"{name} holds logits, which must not be NaN or +inf"
+        )
+    empty = np.flatnonzero(~(flat.max(axis=-1, initial=-np.inf) > -np.inf))
+    if empty.size:
+        where = _batch_position(int(empty[0]), rows.batch_shape) if flat.shape[0] > 1 else ""
+        raise ValueError(f"every logit of {name}{where} is -inf: its softmax is undefined")
+
+
+def _softmax_rows(rows: Rows, masses: tuple[str, ...], check: bool) -> Rows:
+    """``normalize="softmax"``: the first mass argument to probabilities, the
+    others checked to be distributions."""
+    out = list(rows.arrays)
+    for i, name in enumerate(rows.names):
+        if name == masses[0]:
+            if check:
+                check_logits(rows, i)
+            with np.errstate(invalid="ignore"):  # rows of -inf only, unchecked
+                out[i] = softmax(np, out[i])
+            out[i].flags.writeable = False
+        elif not check:
+            continue
+        elif name in masses:
+            tot = _mass_totals(rows, i, True)
+            tol = max(rows.tree.n_bins, 64) * rows.mass_eps * np.maximum(np.abs(tot), 1.0)
+            off = np.flatnonzero(np.abs(tot - 1.0) > tol)
+            if off.size:
+                r = int(off[0])
+                where = _batch_position(r, rows.batch_shape) if out[i].shape[0] > 1 else ""
+                raise ValueError(
+                    f"{name}{where} sums to {float(tot[r])!r}: with normalize='softmax' {masses[0]} holds "
+                    f"logits and {name} must be a distribution (summing to 1)"
+                )
+        else:
+            _check_finite(rows, i)
+    return rows._replace(arrays=tuple(out), normalize="softmax")
 
 
 def _mass_totals(rows: Rows, i: int, check: bool) -> np.ndarray:

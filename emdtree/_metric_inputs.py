@@ -151,8 +151,18 @@ def explain_masses(pred: np.ndarray, target: np.ndarray | None, start: int, tol_
     """Raise a ValueError that names the row (in the whole input) of an invalid
     mass; for a chunk the EMD kernels rejected. ``target=None``: class labels
     (a unit mass on one bin)."""
+    if normalize == "softmax":
+        bad = np.isnan(pred) | (pred == np.inf) if pred.dtype.kind == "f" else np.zeros(pred.shape, bool)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(f"pred[{start + r}, {c}] = {pred[r, c].item()!r} is not a logit: with "
+                             "normalize='softmax' pred must not hold NaN or +inf")
+        empty = np.flatnonzero(~(pred.max(axis=1, initial=-np.inf) > -np.inf))
+        if empty.size:
+            raise ValueError(f"every logit of pred[{start + int(empty[0])}] is -inf: its softmax is "
+                             "undefined")
     for name, a in (("pred", pred), ("target", target)):
-        if a is None:
+        if a is None or (name == "pred" and normalize == "softmax"):
             continue
         bad = (~np.isfinite(a) | (a < 0)) if a.dtype.kind == "f" else a < 0
         if bad.any():
@@ -160,10 +170,18 @@ def explain_masses(pred: np.ndarray, target: np.ndarray | None, start: int, tol_
             what = "not finite" if not np.isfinite(a[r, c]) else "negative"
             raise ValueError(
                 f"{name}[{start + r}, {c}] = {a[r, c].item()!r} is {what}: the EMD needs non-negative masses "
-                "(probabilities, not logits)"
+                "(probabilities, not logits: pass normalize='softmax' for logits)"
             )
     sp = pred.sum(axis=1, dtype=np.float64)
     sq = np.ones_like(sp) if target is None else target.sum(axis=1, dtype=np.float64)
+    if normalize == "softmax":
+        tol = max(pred.shape[1], 64) * tol_eps * np.maximum(np.abs(sq), 1.0)
+        off = np.flatnonzero(np.abs(sq - 1.0) > tol)
+        if off.size:
+            r = int(off[0])
+            raise ValueError(f"target[{start + r}] sums to {float(sq[r])!r}: with normalize='softmax' the "
+                             "targets must be distributions (summing to 1) or class indices")
+        return
     if normalize is not None:
         for name, totals in (("pred", sp), ("target", sq)):
             zero = np.flatnonzero(totals <= 0)

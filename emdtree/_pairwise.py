@@ -36,6 +36,7 @@ from ._inputs import check_rho, reject_masked, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
 from ._kernels.checks import row_totals
+from ._normalize import check_normalize, softmax
 from ._threads import parallel_launch, usable_threads
 from ._tree import Tree
 
@@ -123,6 +124,11 @@ class _Rows:
             rows = np.ascontiguousarray(samples[r0:r1], dtype=dtype).view()
             rows.flags.writeable = False  # one kernel specialisation whatever the caller's flags
             totals = self.totals[r0:r1]
+            if normalize == "softmax":
+                if check:
+                    _check_logits(rows, name, r0, axis)
+                rows = softmax(np, rows)
+                rows.flags.writeable = False
             bad = row_totals(rows, totals)
             if check and bad >= 0:
                 r, k = divmod(bad, rows.shape[1])
@@ -136,7 +142,7 @@ class _Rows:
                 raise ValueError(f"the total mass of {where} overflows {np.dtype(dtype).name}"
                                  + ("; pass float64 masses" if dtype != np.float64 else "")
                                  + ": scale the masses down")
-            if normalize is not None:
+            if normalize == "l1":
                 zero = np.flatnonzero(~(totals > 0))
                 if zero.size:
                     where = f"{name}[{r0 + int(zero[0])}]" if axis == 1 else f"{name}[:, {r0 + int(zero[0])}]"
@@ -162,6 +168,20 @@ class _Rows:
         for r in range(n):
             flat[r * m:(r + 1) * m] = flat[r * n_cols:(r + 1) * n_cols][columns]
         self.x = flat[:n * m].reshape(n, m)
+
+
+def _check_logits(rows: np.ndarray, name: str, r0: int, axis: int) -> None:
+    """Rows of logits: no NaN or +inf, and a finite logit in every row."""
+    bad = np.isnan(rows) | (rows == np.inf)
+    if bad.any():
+        r, k = np.argwhere(bad)[0]
+        raise ValueError(f"{_position(name, r0 + int(r), int(k), axis)} = {rows[r, k]} is not a logit: with "
+                         f"normalize='softmax' {name} must not hold NaN or +inf")
+    empty = np.flatnonzero(~(rows.max(axis=1, initial=-np.inf) > -np.inf))
+    if empty.size:
+        r = r0 + int(empty[0])
+        where = f"{name}[{r}]" if axis == 1 else f"{name}[:, {r}]"
+        raise ValueError(f"every logit of {where} is -inf: its softmax is undefined")
 
 
 def _check_equal_totals(parts: list[tuple[str, _Rows]], n_bins: int, mass_eps: float, axis: int) -> None:
@@ -226,10 +246,11 @@ def pairwise(
         Ground space; default: a chain with unit spacing (ordinal bins).
     rho : float, default 1.0
         Exponent, >= 1; ``1`` is the exact EMD.
-    normalize : {None, "l1"}, optional
+    normalize : {None, "l1", "softmax"}, optional
         ``"l1"`` divides every sample by its total (counts to proportions);
-        a sample with zero total is then an error. Without it all samples
-        must have equal totals.
+        a sample with zero total is then an error. ``"softmax"`` takes every
+        sample as logits and compares their softmaxes. Without it all
+        samples must have equal totals.
     condensed : bool, default False
         Return the condensed vector of :func:`scipy.spatial.distance.pdist`
         (the pairs ``i < j`` row by row) instead of the square matrix; only
@@ -266,8 +287,9 @@ def pairwise(
     ValueError
         For inputs that are not 2-D, bin counts that differ between ``X``,
         ``Y`` and the tree, NaN, infinite or negative masses, unequal totals
-        without ``normalize``, a zero total with ``normalize="l1"``, or
-        ``condensed=True`` with ``Y``.
+        without ``normalize``, a zero total with ``normalize="l1"``, a NaN
+        or ``+inf`` logit with ``normalize="softmax"``, or ``condensed=True``
+        with ``Y``.
 
     See Also
     --------
@@ -289,8 +311,7 @@ def pairwise(
     3.75
     """
     rho = check_rho(rho)
-    if normalize is not None and normalize != "l1":
-        raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
+    normalize = check_normalize(normalize)
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (numbers.Integral, np.integer)):
         raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
     if axis not in (-2, -1, 0, 1):

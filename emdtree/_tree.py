@@ -343,7 +343,7 @@ class Tree:
         return cls(parents, weights, np.arange(n, dtype=np.int64))
 
     @classmethod
-    def from_edges(cls, edges: Any, weights: Any = None, root: Any = None) -> Tree:
+    def from_edges(cls, edges: Any, weights: Any = None, root: Any = None, bins: Any = None) -> Tree:
         """Build a tree from an edge list.
 
         Parameters
@@ -356,12 +356,17 @@ class Tree:
             Edge costs aligned with ``edges``; default 1.
         root : hashable, optional
             The root label.
+        bins : sequence of hashable, optional
+            The nodes that carry the bins, in bin order: node labels, or
+            node indices (in the tree's numbering) for entries that are no
+            label. They may be internal nodes. Default: the leaves, in node
+            order.
 
         Returns
         -------
         Tree
-            Bins on the leaves; bin and node names are the labels unless the
-            labels are exactly ``0 .. n_nodes - 1``.
+            Bin and node names are the labels unless the labels are exactly
+            ``0 .. n_nodes - 1``.
 
         Examples
         --------
@@ -369,13 +374,16 @@ class Tree:
         >>> t = Tree.from_edges([("animal", "cat"), ("animal", "dog")], weights=[1.0, 2.0])
         >>> t.names, float(t.distance_matrix()[0, 1])
         (('cat', 'dog'), 3.0)
+        >>> Tree.from_edges([("animal", "cat"), ("animal", "dog")], bins=["dog", "animal", "cat"]).names
+        ('dog', 'animal', 'cat')
         """
         from ._builders import build_from_edges
 
-        return cls(*build_from_edges(edges, weights=weights, root=root))
+        return cls(*build_from_edges(edges, weights=weights, root=root, bins=bins))
 
     @classmethod
-    def from_newick(cls, text_or_path: str | os.PathLike, default_length: float | None = None) -> Tree:
+    def from_newick(cls, text_or_path: str | os.PathLike, default_length: float | None = None,
+                    bins: Sequence[Any] | None = None) -> Tree:
         """Read a Newick tree: branch lengths become weights, tips become bins.
 
         Parameters
@@ -386,11 +394,15 @@ class Tree:
             Cost of edges without a branch length. By default every edge costs
             1 when the tree has no branch lengths at all, and a partly missing
             length is an error.
+        bins : sequence, optional
+            The nodes that carry the bins, in bin order: node labels (tip or
+            internal, each label on one node only) or node indices. Default:
+            the tips in order of appearance.
 
         Returns
         -------
         Tree
-            Bins are the tips in order of appearance, named by their labels.
+            Bins named by their labels.
 
         Examples
         --------
@@ -403,10 +415,16 @@ class Tree:
         """
         from ._newick import read_newick
 
-        return cls(*read_newick(text_or_path, default_length=default_length))
+        arrays = read_newick(text_or_path, default_length=default_length)
+        if bins is not None:
+            from ._builders import name_lookup, with_bins
+
+            arrays = with_bins(arrays, bins, name_lookup(arrays.node_names))
+        return cls(*arrays)
 
     @classmethod
-    def from_networkx(cls, graph: Any, root: Any = None, weight: str | None = "weight") -> Tree:
+    def from_networkx(cls, graph: Any, root: Any = None, weight: str | None = "weight",
+                      bins: Sequence[Any] | None = None) -> Tree:
         """Build a tree from a networkx ``DiGraph`` (parent -> child) or ``Graph``.
 
         Parameters
@@ -417,6 +435,9 @@ class Tree:
             Root node; inferred for a ``DiGraph``.
         weight : str or None, default "weight"
             Edge attribute holding the cost (missing -> 1); ``None``: all 1.
+        bins : sequence of hashable, optional
+            The graph nodes that carry the bins, in bin order; default: the
+            leaves.
 
         Returns
         -------
@@ -432,7 +453,7 @@ class Tree:
         """
         from ._builders import build_from_networkx
 
-        return cls(*build_from_networkx(graph, root=root, weight=weight))
+        return cls(*build_from_networkx(graph, root=root, weight=weight, bins=bins))
 
     @classmethod
     def from_linkage(cls, Z: Any) -> Tree:
@@ -465,7 +486,7 @@ class Tree:
         return cls(*build_from_linkage(Z))
 
     @classmethod
-    def from_nested(cls, mapping: Mapping[str, Any]) -> Tree:
+    def from_nested(cls, mapping: Mapping[str, Any], bins: Sequence[str] | None = None) -> Tree:
         """Build a tree from nested dicts and lists of names (unit edge costs).
 
         Parameters
@@ -474,11 +495,15 @@ class Tree:
             ``{name: children}`` where children is ``None`` (a leaf), a
             mapping, or a list of names and mappings. A single top-level key
             is the root; several get a common unnamed root.
+        bins : sequence of str, optional
+            The names of the nodes that carry the bins, in bin order (leaves
+            or internal nodes, each name on one node only); default: the
+            leaves in pre-order.
 
         Returns
         -------
         Tree
-            Bins are the leaves in pre-order, named by their keys.
+            Bins named by their keys.
 
         Examples
         --------
@@ -489,9 +514,12 @@ class Tree:
         >>> t.distance_matrix()[0]
         array([0., 2., 4.])
         """
-        from ._builders import build_from_nested
+        from ._builders import build_from_nested, name_lookup, with_bins
 
-        return cls(*build_from_nested(mapping))
+        arrays = build_from_nested(mapping)
+        if bins is not None:
+            arrays = with_bins(arrays, bins, name_lookup(arrays.node_names))
+        return cls(*arrays)
 
     # ------------------------------------------------------------------ properties
 
@@ -542,15 +570,36 @@ class Tree:
 
     # ------------------------------------------------------------------ metric
 
-    def distance_matrix(self) -> np.ndarray:
-        """Path-metric distances between bins.
+    def distance_matrix(self, distance: str = "path") -> np.ndarray:
+        """Distances between all pairs of bins.
+
+        Parameters
+        ----------
+        distance : {"path", "lca_height", "lca_subtree_height"}, default "path"
+            With ``depth(x)`` the sum of the edge costs from the root down to
+            node ``x`` and ``lca`` the lowest common ancestor of two distinct
+            bins:
+
+            ``"path"``
+                The path metric: the sum of the edge costs on the path
+                between the two bins' nodes. EMD with ``rho=1`` is the
+                optimal-transport cost under this metric.
+            ``"lca_height"``
+                ``H - depth(lca)``, with ``H`` the largest depth of a bin: the
+                distance of Bertinetto et al., "Making Better Mistakes"
+                (CVPR 2020), on their unit-edge hierarchies the height of the
+                hierarchy minus the depth of the LCA (see
+                :mod:`emdtree.metrics`).
+            ``"lca_subtree_height"``
+                The height of the LCA's own subtree: the largest
+                ``depth(x) - depth(lca)`` over the bins ``x`` below it.
+
+            Every distance is 0 between a bin and itself.
 
         Returns
         -------
         ndarray of float64, shape (n_bins, n_bins)
-            ``D[k, l]`` = sum of edge costs on the path between the nodes of
-            bins ``k`` and ``l``. EMD with ``rho=1`` is the optimal-transport
-            cost under this metric.
+            Symmetric, with a zero diagonal.
 
         Examples
         --------
@@ -559,10 +608,34 @@ class Tree:
         array([[0., 1., 3.],
                [1., 0., 2.],
                [3., 2., 0.]])
-        """
-        from ._kernels.dense import distance_matrix
 
-        return distance_matrix(self.layout, self.n_bins)
+        Leaves at unequal depths: ``a`` and ``b`` at depth 2 meet at depth 1,
+        ``c`` and ``d`` at depth 3 meet at depth 2, and the deepest bins are at
+        ``H = 3``:
+
+        >>> t = Tree.from_nested({"x": ["a", "b"], "y": {"z": ["c", "d"]}})
+        >>> t.names
+        ('a', 'b', 'c', 'd')
+        >>> t.distance_matrix("lca_height")  # H - depth(lca)
+        array([[0., 2., 3., 3.],
+               [2., 0., 3., 3.],
+               [3., 3., 0., 1.],
+               [3., 3., 1., 0.]])
+        >>> float(t.distance_matrix("lca_subtree_height")[0, 1])  # x's subtree is 1 deep
+        1.0
+        """
+        from ._hierarchy import DISTANCES, hierarchy
+        from ._kernels.dense import distance_matrix, lca_matrix
+
+        if distance == "path":
+            return distance_matrix(self.layout, self.n_bins)
+        if distance == "lca_height":
+            tables = hierarchy(self)
+            return lca_matrix(self.layout, tables.total_height - tables.to_root)
+        if distance == "lca_subtree_height":
+            height = hierarchy(self).height
+            return lca_matrix(self.layout, np.where(np.isfinite(height), height, 0.0))
+        raise ValueError(f"distance must be one of {', '.join(map(repr, DISTANCES))}, got {distance!r}")
 
     # ------------------------------------------------------------------ I/O
 

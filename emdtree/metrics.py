@@ -10,15 +10,34 @@ Class Hierarchies with Deep Networks" (CVPR 2020):
   mean tree distance between the true class and each of the k highest-scored
   classes (a correct class counts 0).
 
-Tree distances are the path metric of :meth:`Tree.distance_matrix` (the cost
-of moving a unit of mass between two bins, so that the EMD between one-hot
-distributions is the distance between their classes), or, with
-``distance="lca_height"``, the height of the lowest common ancestor used by
-Bertinetto et al.: the longest path from it down to a bin. On a tree whose
-bins are leaves at one depth with unit edges the path metric is twice the
-LCA height. Neither needs the ``n_bins x n_bins`` distance matrix: distances
-come from lowest common ancestors, found by binary lifting on the tree's
-post-order layout.
+Tree distances between two classes are one of the distances of
+:meth:`Tree.distance_matrix`:
+
+``distance="path"`` (the default)
+    The path metric: the cost of moving a unit of mass between the two
+    classes, so that the EMD between one-hot distributions is the distance
+    between their classes and all the metrics share one unit.
+``distance="lca_height"``
+    Bertinetto et al.'s distance, ``H - depth(LCA)`` for distinct classes (0
+    for equal ones), with ``H`` the height of the hierarchy and ``depth``
+    counted from the root. It is the distance of their released code and
+    data (``data/*_ilsvrc_distances`` in fiveai/making-better-mistakes), so on
+    their hierarchies the metrics reproduce the mistake severities and
+    hierarchical distances published with it, whatever the depths of the
+    leaves. On weighted edges ``depth`` is the summed cost of the edges from
+    the root and ``H`` the largest depth of a bin; bins on internal nodes
+    are covered by the same formula (a bin is then the LCA of itself and the
+    bins below it).
+``distance="lca_subtree_height"``
+    The height of the LCA's own subtree (the longest path from it down to a
+    bin). It equals ``"lca_height"`` when every class is a leaf at depth
+    ``H`` (as in iNaturalist19-H) and is smaller elsewhere (tieredImageNet-H,
+    whose leaves lie at depths 3 to 12).
+
+On a tree whose classes are leaves at one depth with unit edges the path
+metric is twice either LCA height. None of them needs the
+``n_bins x n_bins`` distance matrix: distances come from lowest common
+ancestors, found by binary lifting on the tree's post-order layout.
 
 Inputs are NumPy arrays or anything :func:`numpy.asarray` takes (CPU torch
 tensors included); large and memory-mapped arrays are read in row chunks and
@@ -82,8 +101,9 @@ def mean_emd(
     Parameters
     ----------
     pred : array_like, shape (n_samples, n_bins)
-        Predicted distributions (non-negative rows summing to 1, or any
-        non-negative rows with ``normalize="l1"``).
+        Predicted distributions (non-negative rows summing to 1), any
+        non-negative rows with ``normalize="l1"``, or logits with
+        ``normalize="softmax"``.
     target : array_like, shape (n_samples, n_bins) or (n_samples,)
         Target distributions, or integer class indices (bin order), which
         stand for one-hot distributions.
@@ -91,8 +111,11 @@ def mean_emd(
         Ground space; default: a unit-spacing chain.
     rho : float, default 1.0
         Exponent of :func:`emdtree.emd`.
-    normalize : {None, "l1"}, optional
-        As in :func:`emdtree.emd`.
+    normalize : {None, "l1", "softmax"}, optional
+        As in :func:`emdtree.emd`: ``"l1"`` rescales the rows of ``pred``
+        (and of distribution targets), ``"softmax"`` turns the logits in
+        ``pred`` into probabilities (targets must then be class indices or
+        distributions).
     chunk_size : int, optional
         Rows per chunk; default: about 4 million entries per chunk. Dask
         arrays are processed block by block (``chunk_size`` rechunks them).
@@ -110,6 +133,9 @@ def mean_emd(
     >>> tree = Tree.from_nested({"cat": None, "tiger": None, "vehicle": ["car"]})
     >>> pred = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
     >>> metrics.mean_emd(pred, [0, 2], tree)  # (0.5 * 2 + 0) / 2
+    0.5
+    >>> logits = np.log(pred + 1e-300)
+    >>> round(metrics.mean_emd(logits, [0, 2], tree, normalize="softmax"), 12)
     0.5
     """
     metric = EMDMetric(tree, rho, normalize=normalize, chunk_size=chunk_size)
@@ -166,9 +192,10 @@ def mistake_severity(pred: Any, labels: Any, tree: Tree, *, distance: str = "pat
         True class indices (bin order).
     tree : Tree
         The class hierarchy; its bins are the classes.
-    distance : {"path", "lca_height"}, default "path"
-        The tree's path metric (:meth:`Tree.distance_matrix`), or the height
-        of the lowest common ancestor (see the module notes).
+    distance : {"path", "lca_height", "lca_subtree_height"}, default "path"
+        The tree's path metric, or Bertinetto et al.'s ``H - depth(LCA)``,
+        or the height of the LCA's subtree (see the module notes and
+        :meth:`Tree.distance_matrix`).
     chunk_size : int, optional
         Rows per chunk (see :func:`mean_emd`).
 
@@ -209,7 +236,7 @@ def average_hierarchical_distance_at_k(pred: Any, labels: Any, tree: Tree, k: in
         The class hierarchy; its bins are the classes.
     k : int
         ``1 <= k <= n_bins``.
-    distance : {"path", "lca_height"}, default "path"
+    distance : {"path", "lca_height", "lca_subtree_height"}, default "path"
         See :func:`mistake_severity`.
     chunk_size : int, optional
         Rows per chunk (see :func:`mean_emd`).
@@ -247,14 +274,16 @@ def report(
     """Top-k accuracies, mistake severity, hierarchical distances and mean EMD.
 
     One pass over the data; see :class:`HierarchicalMetrics` for the keys
-    of the result. ``pred`` must hold distributions (the mean EMD compares
-    them with one-hot labels): apply a softmax to logits first, or pass
-    ``normalize="l1"`` for non-negative scores.
+    of the result. The mean EMD compares distributions with one-hot labels:
+    pass logits with ``normalize="softmax"``, non-negative scores with
+    ``normalize="l1"``, or distributions as they are. Accuracies and
+    hierarchical distances rank the scores as given (a softmax does not
+    change the ranking).
 
     Parameters
     ----------
     pred : array_like, shape (n_samples, n_bins)
-        Predicted distributions over the classes (see above).
+        Predicted distributions over the classes, or scores (see above).
     labels : array_like of int, shape (n_samples,)
         True class indices (bin order).
     tree : Tree
@@ -285,6 +314,10 @@ def report(
     >>> r = metrics.report(pred, [0, 0, 2], tree, ks=(1, 2))
     >>> r["accuracy@1"], r["accuracy@2"], r["mistake_severity"]
     (0.3333333333333333, 0.6666666666666666, 2.5)
+    >>> logits = [[2.0, 3.0, 0.0], [0.0, 1.0, 3.0], [0.0, 0.0, 4.0]]
+    >>> r = metrics.report(logits, [0, 0, 2], tree, ks=(1,), normalize="softmax")
+    >>> r["mistake_severity"], round(r["mean_emd"], 4)
+    (2.5, 1.4606)
     """
     acc = HierarchicalMetrics(tree, ks=ks, rho=rho, per_class=per_class, normalize=normalize,
                               distance=distance, chunk_size=chunk_size)
@@ -309,8 +342,8 @@ class EMDMetric:
         first batch has.
     rho : float, default 1.0
         Exponent of :func:`emdtree.emd`.
-    normalize : {None, "l1"}, optional
-        As in :func:`emdtree.emd`.
+    normalize : {None, "l1", "softmax"}, optional
+        As in :func:`mean_emd`.
     chunk_size : int, optional
         Rows per chunk; see :func:`mean_emd`.
 
@@ -336,8 +369,9 @@ class EMDMetric:
 
         if tree is not None and not isinstance(tree, Tree):
             raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
-        if normalize is not None and normalize != "l1":
-            raise ValueError(f"normalize must be None or 'l1', got {normalize!r}")
+        from ._normalize import check_normalize
+
+        normalize = check_normalize(normalize)
         if chunk_size is not None:
             check_chunk_size(chunk_size)
         self.tree = tree
@@ -496,12 +530,13 @@ class HierarchicalMetrics:
         Exponent of the mean EMD.
     per_class : bool, default False
         Also compute the metrics of each true class.
-    normalize : {None, "l1"}, optional
-        As in :func:`emdtree.emd`, for the mean EMD.
-    distance : {"path", "lca_height"}, default "path"
+    normalize : {None, "l1", "softmax"}, optional
+        As in :func:`mean_emd`, for the mean EMD: ``"softmax"`` for logits.
+    distance : {"path", "lca_height", "lca_subtree_height"}, default "path"
         See :func:`mistake_severity`.
     emd : bool, default True
-        Include the mean EMD (``pred`` must then hold distributions).
+        Include the mean EMD (``pred`` must then hold distributions, or
+        scores that ``normalize`` turns into distributions).
     chunk_size : int, optional
         Rows per chunk; see :func:`mean_emd`.
 
@@ -573,7 +608,8 @@ class HierarchicalMetrics:
         Parameters
         ----------
         pred : array_like, shape (n, n_bins)
-            Scores (distributions if the mean EMD is computed).
+            Scores (distributions if the mean EMD is computed, unless
+            ``normalize`` makes them so).
         labels : array_like of int, shape (n,)
             True class indices.
         progress : callable, optional

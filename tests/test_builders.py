@@ -357,3 +357,55 @@ def test_nested_errors():
         build_from_nested({"a": [None]})
     with pytest.raises(TypeError, match="dict or a list, got str"):
         build_from_nested("tree")
+
+
+# ----------------------------------------------------------------------------- bins= in bin order
+
+
+def test_bins_in_order_for_every_builder():
+    from emdtree import Tree
+
+    edges = [("animal", "cat"), ("animal", "dog"), ("root", "animal"), ("root", "car")]
+    t = Tree.from_edges(edges, bins=["dog", "animal", "car"])
+    assert t.names == ("dog", "animal", "car")
+    assert [t.node_names[b] for b in t.bins] == ["dog", "animal", "car"]
+    np.testing.assert_array_equal(t.distance_matrix(), [[0, 1, 3], [1, 0, 2], [3, 2, 0]])
+    # undirected with a root, and node indices for entries that are no label
+    u = Tree.from_edges([("cat", "animal"), ("dog", "animal"), ("animal", "root"), ("car", "root")],
+                        root="root", bins=["dog", 1])
+    assert u.names == ("dog", "animal")
+    # integer labels 0..n-1 are node indices and labels at once
+    assert Tree.from_edges([(0, 1), (0, 2), (1, 3)], bins=[3, 1]).bins.tolist() == [3, 1]
+    g = nx.DiGraph(edges)
+    assert Tree.from_networkx(g, bins=["car", "root"]).names == ("car", "root")
+    n = Tree.from_nested({"animal": ["cat", "dog"], "vehicle": ["car"]}, bins=["car", "animal"])
+    assert n.names == ("car", "animal")
+    w = Tree.from_newick("((a:1,b:2)ab:0.5,c:3);", bins=["c", "ab", "a"])
+    assert w.names == ("c", "ab", "a")
+    np.testing.assert_array_equal(w.distance_matrix()[0], [0, 3.5, 4.5])
+    # an unnamed internal node by index: no names then
+    assert Tree.from_newick("((a,b),c);", bins=["a", 1]).names is None
+
+
+@pytest.mark.parametrize("bins, error, match", [
+    (["cow"], ValueError, r"bins\[0\] = 'cow' is neither a node label nor a node index"),
+    (["cat", "cat"], ValueError, r"bins\[0\] and bins\[1\] are the same node"),
+    (["cat", 1], ValueError, r"bins\[0\] and bins\[1\] are the same node"),  # node 1 is "cat"
+    ([99], ValueError, r"bins\[0\] = 99 is neither"),
+    ("cat", TypeError, "bins must be a sequence of node labels or indices"),
+    ([["cat"]], TypeError, r"bins\[0\] = \['cat'\] is not hashable"),
+    ([], ValueError, "bins is empty"),
+])
+def test_bins_errors(bins, error, match):
+    from emdtree import Tree
+
+    with pytest.raises(error, match=match):
+        Tree.from_edges([("animal", "cat"), ("animal", "dog")], bins=bins)
+
+
+def test_bins_by_an_ambiguous_name():
+    from emdtree import Tree
+
+    # two internal nodes named "x": the name picks neither
+    with pytest.raises(ValueError, match=r"bins\[0\] = 'x' is neither"):
+        Tree.from_nested({"x": {"y": ["a"]}, "z": {"x": ["b"]}}, bins=["x"])

@@ -295,9 +295,9 @@ def test_axis_out_of_range(name):
 
 @pytest.mark.parametrize("name", WITH_NORMALIZE)
 def test_normalize_errors(name):
-    with pytest.raises(ValueError, match="normalize must be None or 'l1'"):
+    with pytest.raises(ValueError, match="normalize must be None, 'l1' or 'softmax'"):
         FUNCS[name](_P, _Q, normalize="l2")
-    with pytest.raises(ValueError, match="normalize must be None or 'l1'"):
+    with pytest.raises(ValueError, match="normalize must be None, 'l1' or 'softmax'"):
         FUNCS[name](_P, _Q, normalize=True)
     with pytest.raises(ValueError, match="p has zero total mass: cannot normalize"):
         FUNCS[name](np.zeros(3), _Q, normalize="l1")

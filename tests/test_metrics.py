@@ -23,8 +23,8 @@ def ranked(scores):
     return sorted(range(len(scores)), key=lambda c: (-scores[c], c))
 
 
-def lca_height_matrix(tree):
-    """Height of the lowest common ancestor of every pair of bins, by walking parents."""
+def _walks(tree):
+    """``up(node)`` (the path to the root), summed edge costs from the root, bins below each node."""
     parents, weights, bins = tree.parents, tree.weights, tree.bins
 
     def up(node):
@@ -33,22 +33,42 @@ def lca_height_matrix(tree):
             path.append(int(parents[path[-1]]))
         return path
 
-    to_root = {}
-    for node in range(tree.n_nodes):
-        to_root[node] = sum(weights[i] for i in up(node)[:-1])
+    to_root = {node: sum(weights[i] for i in up(node)[:-1]) for node in range(tree.n_nodes)}
     below = {node: [] for node in range(tree.n_nodes)}
     for b in bins:
         for a in up(b):
             below[a].append(int(b))
+    return up, to_root, below
+
+
+def _lca_matrix(tree, value):
+    """``value(lca, to_root, below)`` for every pair of distinct bins, by walking parents."""
+    up, to_root, below = _walks(tree)
+    bins = tree.bins
     n = tree.n_bins
-    H = np.zeros((n, n))
+    out = np.zeros((n, n))
     for i in range(n):
         for j in range(n):
             if i != j:
                 path_j = set(up(bins[j]))
                 top = next(a for a in up(bins[i]) if a in path_j)
-                H[i, j] = max(to_root[b] for b in below[top]) - to_root[top]
-    return H
+                out[i, j] = value(top, to_root, below)
+    return out
+
+
+def lca_height_matrix(tree):
+    """Bertinetto et al.: ``H - depth(lca)``, with ``H`` the largest depth of a bin."""
+    _, to_root, _ = _walks(tree)
+    H = max(to_root[int(b)] for b in tree.bins)
+    return _lca_matrix(tree, lambda top, to_root, below: H - to_root[top])
+
+
+def lca_subtree_height_matrix(tree):
+    """Height of the subtree of the lowest common ancestor: the longest path down to a bin."""
+    return _lca_matrix(tree, lambda top, to_root, below: max(to_root[b] for b in below[top]) - to_root[top])
+
+
+LCA_DISTANCES = {"lca_height": lca_height_matrix, "lca_subtree_height": lca_subtree_height_matrix}
 
 
 def brute_report(pred, labels, D, ks):
@@ -95,8 +115,11 @@ def test_lca_distances_match_distance_matrix(case):
     a, b = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     h = hierarchy(tree)
     np.testing.assert_allclose(h.distance(a, b, "path"), tree.distance_matrix(), rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(h.distance(a, b, "lca_height"), lca_height_matrix(tree), rtol=1e-13,
-                               atol=1e-13)
+    for kind, brute in LCA_DISTANCES.items():
+        want = brute(tree)
+        np.testing.assert_allclose(h.distance(a, b, kind), want, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(tree.distance_matrix(kind), want, rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(tree.distance_matrix("path"), tree.distance_matrix())
 
 
 def test_lca_distances_on_imagenet():
@@ -166,7 +189,7 @@ def test_report_matches_brute_force(case, ties):
     pred = probabilities(rng, 60, n, ties=ties)
     labels = rng.integers(0, n, 60)
     ks = tuple(sorted({1, 2, min(3, n), n}))
-    for distance, D in (("path", tree.distance_matrix()), ("lca_height", lca_height_matrix(tree))):
+    for distance, D in [("path", tree.distance_matrix())] + [(k, f(tree)) for k, f in LCA_DISTANCES.items()]:
         got = metrics.report(pred, labels, tree, ks=ks, distance=distance)
         want = brute_report(pred, labels, D, ks)
         assert got["n_samples"] == 60
@@ -515,7 +538,8 @@ def test_nan_and_mass_errors(small):
 
 def test_argument_errors(small):
     tree, pred, labels = small
-    with pytest.raises(ValueError, match="distance must be one of 'path', 'lca_height', got 'euclid'"):
+    with pytest.raises(ValueError, match="distance must be one of 'path', 'lca_height', "
+                                         "'lca_subtree_height', got 'euclid'"):
         metrics.mistake_severity(pred, labels, tree, distance="euclid")
     with pytest.raises(ValueError, match="chunk_size must be a positive integer or None, got 0"):
         metrics.mean_emd(pred, labels, tree, chunk_size=0)
@@ -529,3 +553,65 @@ def test_argument_errors(small):
         HierarchicalMetrics(tree, ks=(1,)).merge(HierarchicalMetrics(tree, ks=(2,)))
     with pytest.raises(ValueError, match="ks is empty"):
         HierarchicalMetrics(tree, ks=())
+
+
+# ----------------------------------------------------------------------------- LCA distances by hand
+
+
+def test_lca_height_is_bertinetto_on_unequal_depths():
+    #  root ─ A ─ a1, a2            (leaves at depth 2)
+    #       └ B ─ C ─ c1, c2        (leaves at depth 3), so H = 3
+    tree = Tree.from_nested({"A": ["a1", "a2"], "B": {"C": ["c1", "c2"]}})
+    assert tree.names == ("a1", "a2", "c1", "c2")
+    # H - depth(LCA): a1-a2 meet at A (depth 1), c1-c2 at C (depth 2), a-c at the root
+    want = np.array([[0, 2, 3, 3], [2, 0, 3, 3], [3, 3, 0, 1], [3, 3, 1, 0]], dtype=float)
+    np.testing.assert_array_equal(tree.distance_matrix("lca_height"), want)
+    # the height of the LCA's own subtree: A's is 1 deep
+    subtree = np.array([[0, 1, 3, 3], [1, 0, 3, 3], [3, 3, 0, 1], [3, 3, 1, 0]], dtype=float)
+    np.testing.assert_array_equal(tree.distance_matrix("lca_subtree_height"), subtree)
+    np.testing.assert_array_equal(tree.distance_matrix("path"),
+                                  [[0, 2, 5, 5], [2, 0, 5, 5], [5, 5, 0, 2], [5, 5, 2, 0]])
+    # mistakes a1 -> a2 (2) and c1 -> a1 (3); the correct c2 counts for @k only
+    pred = np.array([[0.1, 0.6, 0.2, 0.1], [0.5, 0.1, 0.3, 0.1], [0.0, 0.1, 0.2, 0.7]])
+    labels = np.array([0, 2, 3])
+    assert metrics.mistake_severity(pred, labels, tree, distance="lca_height") == 2.5
+    assert metrics.mistake_severity(pred, labels, tree, distance="lca_subtree_height") == 2.0
+    # top-2: (2 + 3) / 2, (3 + 0) / 2, (0 + 1) / 2 over 3 samples
+    assert metrics.average_hierarchical_distance_at_k(pred, labels, tree, 2, distance="lca_height") == \
+        pytest.approx((2.5 + 1.5 + 0.5) / 3, rel=1e-15)
+
+
+def test_lca_height_on_weighted_edges_and_internal_bins():
+    # depths: A 2, a1 3, a2 2.5, B 1, C 2, c1 5, c2 3; H = 5. A carries a bin too.
+    edges = [("r", "A"), ("A", "a1"), ("A", "a2"), ("r", "B"), ("B", "C"), ("C", "c1"), ("C", "c2")]
+    tree = Tree.from_edges(edges, weights=[2, 1, 0.5, 1, 1, 3, 1], bins=["a1", "a2", "A", "c1", "c2"])
+    assert tree.names == ("a1", "a2", "A", "c1", "c2")
+    want = np.array([
+        [0, 3, 3, 5, 5],  # a1: with a2 and A the LCA is A (5 - 2), with the c's the root
+        [3, 0, 3, 5, 5],
+        [3, 3, 0, 5, 5],  # A is its own LCA with a1 and a2
+        [5, 5, 5, 0, 3],  # c1-c2 meet at C (5 - 2)
+        [5, 5, 5, 3, 0],
+    ], dtype=float)
+    np.testing.assert_array_equal(tree.distance_matrix("lca_height"), want)
+    h = hierarchy(tree)
+    a, b = np.meshgrid(np.arange(5), np.arange(5), indexing="ij")
+    np.testing.assert_array_equal(h.distance(a, b, "lca_height"), want)
+    subtree = np.array([
+        [0, 1, 1, 5, 5],  # A's subtree reaches down 1 (to a1)
+        [1, 0, 1, 5, 5],
+        [1, 1, 0, 5, 5],
+        [5, 5, 5, 0, 3],
+        [5, 5, 5, 3, 0],
+    ], dtype=float)
+    np.testing.assert_array_equal(tree.distance_matrix("lca_subtree_height"), subtree)
+    with pytest.raises(ValueError, match="distance must be one of 'path', 'lca_height'"):
+        tree.distance_matrix("lca")
+
+
+@pytest.mark.parametrize("case", [name for name, _ in TREE_CASES])
+def test_lca_height_is_an_ultrametric(case):
+    D = tree_of(case).distance_matrix("lca_height")
+    # d(a, c) <= max(d(a, b), d(b, c)) for every triple
+    assert np.all(D[:, None, :] <= np.maximum(D[:, :, None], D[None, :, :]) + 1e-12)
+    np.testing.assert_array_equal(D, D.T)

@@ -424,7 +424,7 @@ def small():
     (dict(Y=np.array([[5.0, 0.0, 0.0]])), ValueError, r"sum\(Y\[0\]\) = 5.0"),
     (dict(X=np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), normalize="l1"), ValueError,
      r"X\[1\] has zero total mass: cannot normalize"),
-    (dict(normalize="l2"), ValueError, "normalize must be None or 'l1'"),
+    (dict(normalize="l2"), ValueError, "normalize must be None, 'l1' or 'softmax'"),
     (dict(Y=np.ones((1, 3)), condensed=True, normalize="l1"), ValueError, "condensed=True needs Y=None"),
     (dict(rho=0.5), ValueError, "rho must be a finite number >= 1"),
     (dict(block_size=0), ValueError, "block_size must be >= 1, got 0"),

@@ -30,13 +30,12 @@ def _depth_sum(h, parent):  # pragma: no cover
 
 
 @njit(cache=True)
-def _lca_fill(h, parent, size, bin_at, bin_position, out):  # pragma: no cover
-    """out[k, l] = sum of h over the common ancestors-or-self of bins k and l."""
-    depth_sum = _depth_sum(h, parent)
+def _lca_values(value, parent, size, bin_at, bin_position, out):  # pragma: no cover
+    """out[k, l] = value at the lowest common ancestor-or-self of bins k and l."""
     for k in range(bin_position.shape[0]):
         cur = bin_position[k]
         lo = cur - size[cur] + 1
-        val = depth_sum[cur]
+        val = value[cur]
         for x in range(lo, cur + 1):
             b = bin_at[x]
             if b >= 0:
@@ -44,7 +43,7 @@ def _lca_fill(h, parent, size, bin_at, bin_position, out):  # pragma: no cover
         while parent[cur] >= 0:
             par = parent[cur]
             plo = par - size[par] + 1
-            val = depth_sum[par]
+            val = value[par]
             for x in range(plo, lo):
                 b = bin_at[x]
                 if b >= 0:
@@ -55,6 +54,12 @@ def _lca_fill(h, parent, size, bin_at, bin_position, out):  # pragma: no cover
                     out[k, b] = val
             lo = plo
             cur = par
+
+
+@njit(cache=True)
+def _lca_fill(h, parent, size, bin_at, bin_position, out):  # pragma: no cover
+    """out[k, l] = sum of h over the common ancestors-or-self of bins k and l."""
+    _lca_values(_depth_sum(h, parent), parent, size, bin_at, bin_position, out)
 
 
 @njit(cache=True)
@@ -140,4 +145,15 @@ def distance_matrix(layout: Layout, n_bins: int) -> np.ndarray:
     """Bins x bins path metric of a tree layout (float64)."""
     out = np.empty((n_bins, n_bins), dtype=np.float64)
     _distance_fill(layout.weight, layout.parent, layout.size, layout.bin_at, layout.bin_position, out)
+    return out
+
+
+def lca_matrix(layout: Layout, value: np.ndarray) -> np.ndarray:
+    """Bins x bins matrix of ``value`` (one float64 per layout position) at the
+    lowest common ancestor of each pair; the diagonal is 0."""
+    n_bins = layout.bin_position.shape[0]
+    out = np.empty((n_bins, n_bins), dtype=np.float64)
+    _lca_values(np.ascontiguousarray(value, dtype=np.float64), layout.parent, layout.size, layout.bin_at,
+                layout.bin_position, out)
+    np.fill_diagonal(out, 0.0)
     return out
