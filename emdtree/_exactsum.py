@@ -32,9 +32,22 @@ class ExactSum:
         self.partials = kept
 
     def add_values(self, values: np.ndarray) -> None:
-        # math.fsum rounds the chunk's sum once; the partials then add it exactly
-        if values.size:
-            self.add(math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist()))
+        # math.fsum rounds the exact sum of the chunk; the rounding error is the exact
+        # sum of the chunk and the rounded sum's negative, rounded again by the next
+        # pass, and so on until nothing is left (each pass shrinks the remainder by
+        # 2^-52 or more, typically two or three passes): the chunk is added exactly,
+        # so the total does not depend on how the values were split into chunks
+        if not values.size:
+            return
+        terms = np.asarray(values, dtype=np.float64).ravel().tolist()
+        while True:
+            s = math.fsum(terms)
+            if s == 0.0:
+                return
+            self.add(s)
+            if not math.isfinite(s):
+                return
+            terms.append(-s)
 
     def merge(self, other: ExactSum) -> None:
         for x in other.partials:

@@ -72,6 +72,10 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     return arr if axis == 1 else arr.T
 
 
+def _is_dask(x: Any) -> bool:
+    return type(x).__module__.startswith("dask") and hasattr(x, "blocks")
+
+
 def _columns(tree: Tree, rho: float) -> tuple[np.ndarray, np.ndarray]:
     """Layout positions that can contribute and their scales ``w^(1/rho)``.
 
@@ -289,6 +293,14 @@ def pairwise(
     if n_threads is None:
         n_threads = numba.get_num_threads()
     n_threads = _check_int(n_threads, "n_threads", 1, max_threads)
+    if _is_dask(X) or _is_dask(Y):
+        if condensed:
+            raise ValueError("condensed=True is not available for dask arrays: the lazy matrix is blocked "
+                             "by pairs of sample blocks; take the square matrix")
+        from ._pairwise_dask import pairwise_dask
+
+        return pairwise_dask(X, Y, tree, rho, normalize, None if block_size is None else
+                             _check_int(block_size, "block_size", 1), ax, check_inputs)
     xs = _check_samples(X, "X", ax)
     ys = None if Y is None else _check_samples(Y, "Y", ax)
     dtype = working_dtype(xs) if ys is None else working_dtype(xs, ys)

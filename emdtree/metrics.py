@@ -51,6 +51,7 @@ from ._metric_inputs import (
     check_target,
     chunks,
     host,
+    is_dask,
     labels_in_range,
     no_nan,
 )
@@ -393,6 +394,11 @@ class EMDMetric:
             what = "the tree has" if self.tree is not None else "earlier batches had"
             raise ValueError(f"pred has {n_bins} bins (columns) but {what} {self.n_bins} bins")
         self.n_bins = n_bins
+        if is_dask(pred) or is_dask(target):  # partial states computed where the blocks are
+            from ._metric_dask import update_dask
+
+            update_dask(self, pred, target, is_labels, progress)
+            return self
         for start, (p, t) in chunks([pred, target], self.chunk_size):
             if is_labels:
                 labels_in_range(t, start, n_bins, "target")
@@ -601,6 +607,11 @@ class HierarchicalMetrics:
         if max(self.ks) > n_bins:
             raise ValueError(f"k = {max(self.ks)} must be between 1 and the number of bins ({n_bins})")
         self.n_bins = n_bins
+        if is_dask(pred) or is_dask(labels):  # partial states computed where the blocks are
+            from ._metric_dask import update_dask
+
+            update_dask(self, pred, labels, True, progress)
+            return self
         tables = hierarchy(self.tree) if self.tree is not None else None
         for start, (scores, y) in chunks([pred, labels], self.chunk_size):
             no_nan(scores, start)
