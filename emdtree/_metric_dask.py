@@ -8,9 +8,12 @@ time, and only the final state comes back to the caller, who merges it into
 its accumulator. Row blocks are never gathered in one process.
 
 The sums are exact (:class:`emdtree._exactsum.ExactSum`), so the counts and
-the overall means equal the in-memory ones bit for bit whatever the chunks;
-the per-class float sums are float64 sums, whose last bits depend on the
-order of the merges.
+the overall means equal the in-memory ones bit for bit, and do not depend on
+the order of the merges. Per-sample values are the same as in memory over the
+same chunks (``chunk_size`` equal to the dask chunks); with other chunks the
+EMD to a distribution target may differ in its last bit, as the kernels take
+rows in vector tiles. The per-class float sums are float64 sums, whose last
+bits depend on the order of the merges.
 """
 
 from __future__ import annotations
@@ -113,12 +116,14 @@ def update_dask(acc: Any, pred: Any, target: Any, is_labels: bool,
     start = 0
     for i, (p, t) in enumerate(zip(blocks_p, blocks_t)):
         task = dask.delayed(_chunk_state, pure=True)
-        states.append(task(template, start, is_labels, p, t, dask_key_name=f"emdtree-metric-chunk-{token}-{i}"))
+        key = f"emdtree-metric-chunk-{token}-{i}"
+        states.append(task(template, start, is_labels, p, t, dask_key_name=key))
         start += lead.chunks[0][i]
     level = 0
     while len(states) > 1:
         merge = dask.delayed(_merge_states, pure=True)
-        states = [merge(*states[i:i + _SPLIT_EVERY], dask_key_name=f"emdtree-metric-merge-{token}-{level}-{i}")
+        key = f"emdtree-metric-merge-{token}-{level}"
+        states = [merge(*states[i:i + _SPLIT_EVERY], dask_key_name=f"{key}-{i}")
                   for i in range(0, len(states), _SPLIT_EVERY)]
         level += 1
     if not states:
