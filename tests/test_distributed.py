@@ -155,3 +155,23 @@ def test_errors_from_workers_name_the_row(client, data):
     with pytest.raises(ValueError, match=r"labels\[61\] = .* is out of range"):
         metrics.report(da.from_array(X / X.sum(1, keepdims=True), chunks=(20, -1)),
                        da.from_array(labels, chunks=20), tree)
+
+
+def test_cli_on_the_cluster(client, tmp_path, capsys):
+    # last in the module: the command line opens (and closes) a second client of the cluster
+    zarr = pytest.importorskip("zarr")
+    from emdtree.__main__ import main
+
+    rng = np.random.default_rng(13)
+    X = rng.integers(0, 4, (70, 3)).astype(float) + np.array([1.0, 0.0, 0.0])
+    (tmp_path / "t.nwk").write_text("((a:1,b:2):0.5,c:3);")
+    np.savez(tmp_path / "t.npz", counts=X, feature_names=np.array(["a", "b", "c"]))
+    tree = emdtree.io.read_tree(tmp_path / "t.nwk")
+    out = tmp_path / "d.zarr"
+    with distributed.get_task_stream(client) as stream:
+        code = main(["pairwise", str(tmp_path / "t.npz"), "--tree", str(tmp_path / "t.nwk"), "-o", str(out),
+                     "--scheduler", client.scheduler.address, "--block-size", "32", "-q"])
+    assert code == 0, capsys.readouterr().err
+    ran_on_workers(stream, "emdtree-pairwise", client)
+    got = zarr.open_group(str(out), mode="r")["distances"][...]
+    np.testing.assert_allclose(got, emdtree.pairwise(X, tree=tree, normalize="l1"), rtol=1e-12, atol=1e-14)

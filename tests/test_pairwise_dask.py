@@ -127,3 +127,101 @@ def test_errors_name_rows_of_the_whole_input(tree):
         emdtree.pairwise(da.ones(7), tree=tree)
     with pytest.raises(ValueError, match="block_size must be"):
         emdtree.pairwise(da.from_array(X), tree=tree, block_size=0)
+
+
+# ----------------------------------------------------------------------------- command line
+
+NEWICK = "((a:1,b:2):0.5,(c:3,d:1):1,e:2);"
+FEATURES = ["e", "a", "b", "c", "d"]  # table order, not the tree's
+
+
+@pytest.fixture
+def tables(tmp_path):
+    """The same table as TSV, Zarr, HDF5 and BIOM (the formats present); the reference matrix."""
+    rng = np.random.default_rng(9)
+    X = rng.integers(0, 6, (45, 5)).astype(float)
+    X[:, 0] += 1.0
+    ids = [f"s{i}" for i in range(45)]
+    (tmp_path / "t.nwk").write_text(NEWICK)
+    lines = ["id\t" + "\t".join(FEATURES)] + [f"{i}\t" + "\t".join(map(str, row)) for i, row in zip(ids, X)]
+    (tmp_path / "t.tsv").write_text("\n".join(lines) + "\n")
+    paths = [tmp_path / "t.tsv"]
+    try:
+        import zarr
+    except ImportError:
+        pass
+    else:
+        group = zarr.open_group(str(tmp_path / "t.zarr"), mode="w")
+        group.create_array("counts", data=X, chunks=(16, 5))
+        group.create_array("sample_ids", shape=(45,), dtype=str)[:] = np.array(ids)
+        group.create_array("feature_names", shape=(5,), dtype=str)[:] = np.array(FEATURES)
+        paths.append(tmp_path / "t.zarr")
+    try:
+        import h5py
+    except ImportError:
+        pass
+    else:
+        with h5py.File(tmp_path / "t.h5", "w") as fh:
+            fh.create_dataset("counts", data=X.T, chunks=(5, 10))  # one feature per row: --transpose
+            fh["sample_ids"] = np.array(ids, dtype="S")
+            fh["feature_names"] = np.array(FEATURES, dtype="S")
+        paths.append(tmp_path / "t.h5")
+    try:
+        import biom
+    except ImportError:
+        pass
+    else:
+        with biom.util.biom_open(str(tmp_path / "t.biom"), "w") as fh:
+            biom.Table(X.T, FEATURES, ids).to_hdf5(fh, "test")
+        paths.append(tmp_path / "t.biom")
+    tree = emdtree.io.read_tree(tmp_path / "t.nwk")
+    _, counts = emdtree.io.load_counts(tmp_path / "t.tsv", tree)
+    return paths, ids, emdtree.pairwise(counts, tree=tree, normalize="l1")
+
+
+def test_cli_zarr_output_from_every_table_format(tables, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from emdtree.__main__ import main
+
+    paths, ids, want = tables
+    for path in paths:
+        out = tmp_path / f"{path.suffix[1:]}.zarr"
+        options = ["--transpose"] if path.suffix == ".h5" else []
+        code = main(["pairwise", str(path), "--tree", str(tmp_path / "t.nwk"), "-o", str(out), "--block-size",
+                     "16", "-q", *options])
+        assert code == 0, path
+        group = zarr.open_group(str(out), mode="r")
+        assert group["distances"].chunks == (16, 16)
+        assert list(group["sample_ids"][...]) == ids and group.attrs["normalize"] == "l1"
+        np.testing.assert_allclose(group["distances"][...], want, rtol=1e-12, atol=1e-14)
+        assert not list(tmp_path.glob("*.partial-*"))  # written beside, then moved in place
+    # a TSV output through dask, and a second run replacing the store
+    nwk = str(tmp_path / "t.nwk")
+    assert main(["pairwise", str(paths[-1]), "--tree", nwk, "-o", str(tmp_path / "d.tsv"), "-q"]) == 0
+    got = emdtree.io.read_matrix(tmp_path / "d.tsv").values
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert main(["pairwise", str(paths[0]), "--tree", nwk, "-o", str(tmp_path / "tsv.zarr"), "--rho", "2",
+                 "-q"]) == 0
+    assert zarr.open_group(str(tmp_path / "tsv.zarr"), mode="r").attrs["rho"] == 2.0
+
+
+def test_cli_zarr_errors(tables, tmp_path, capsys):
+    pytest.importorskip("zarr")
+    from emdtree.__main__ import main
+
+    paths, _, _ = tables
+    (tmp_path / "keep.zarr").mkdir()
+    (tmp_path / "keep.zarr" / "notes.txt").write_text("mine")
+    argv = ["pairwise", str(paths[0]), "--tree", str(tmp_path / "t.nwk"), "-q"]
+    assert main(argv + ["-o", str(tmp_path / "keep.zarr")]) == 2
+    assert "exists and is not a Zarr store" in capsys.readouterr().err
+    assert (tmp_path / "keep.zarr" / "notes.txt").read_text() == "mine"
+    assert main(argv + ["-o", str(tmp_path / "x.zarr"), "--workers", "2", "--scheduler", "tcp://h:1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    bad = tmp_path / "bad.zarr"
+    import zarr
+
+    zarr.open_group(str(bad), mode="w").create_array("values", data=np.ones((2, 5)))
+    nwk = str(tmp_path / "t.nwk")
+    assert main(["pairwise", str(bad), "--tree", nwk, "-o", str(tmp_path / "y.zarr")]) == 2
+    assert "has no array 'counts'" in capsys.readouterr().err
