@@ -10,8 +10,8 @@ block below is the transpose of its mirror image, so the result is exactly
 symmetric with an exactly zero diagonal, as the in-memory matrix.
 
 Within a block pair, the columns that are constant over both blocks are left
-out (they contribute exactly zero); with sparse samples on a large tree most
-of the nodes carry no mass in either block. Tasks run the one-thread kernels
+out when they are many (they contribute exactly zero): with small blocks of
+sparse samples on a large tree many nodes carry no mass in either block. Tasks run the one-thread kernels
 of :mod:`emdtree._kernels.pairwise_blocks`: the scheduler's workers are the
 parallelism. Inputs are checked inside the tasks that read them, and errors
 name rows of the whole input.
@@ -32,6 +32,10 @@ from ._pairwise import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows
 from ._tree import Tree
 
 __all__ = ["pairwise_dask", "block_distances"]
+
+# Columns constant over a block pair are dropped (a copy of both blocks) when they are
+# at least a tenth of all; a constant column adds exactly zero to every distance.
+_COMPACT = 0.9
 
 
 @dataclass(frozen=True)
@@ -126,17 +130,18 @@ def block_distances(a: np.ndarray, b: np.ndarray | None, rho: float) -> np.ndarr
     out = np.zeros((n_a, n_b), dtype=dtype)
     if keep.size == 0 or out.size == 0:
         return out
-    if keep.size < a.shape[1]:
+    if keep.size < _COMPACT * a.shape[1]:  # worth a copy of the blocks
         a = np.ascontiguousarray(a[:, keep])
         b = None if square else np.ascontiguousarray(b[:, keep])
-    n_cols = keep.size
+        low = low[keep]
+    n_cols = a.shape[1]
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     if rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU:
         return _gram_block(a, b, tau, out)
     other = a if square else b
     mode = kernels.MODE_ONE if rho == 1.0 else kernels.MODE_TWO if rho == 2.0 else kernels.MODE_GENERAL
     sum_a = sum_b = np.zeros(0)
-    if mode == kernels.MODE_ONE and dtype == np.float64 and low[keep].min() >= 0:
+    if mode == kernels.MODE_ONE and dtype == np.float64 and low.min() >= 0:
         mode = kernels.MODE_ONE_MIN
         sum_a = a.sum(axis=1)
         sum_b = sum_a if square else other.sum(axis=1)
