@@ -211,7 +211,10 @@ def pairwise(
     ----------
     X : array_like, shape (n, n_bins)
         Non-negative masses, one sample per row (per column with ``axis=0``).
-        A ``numpy.memmap`` is read in blocks of rows, never whole.
+        A ``numpy.memmap`` is read in blocks of rows, never whole. A dask
+        array (for ``X`` or ``Y``) gives a lazy dask array of the same
+        distances, computed block by block on the active scheduler (see
+        :doc:`/scaling`).
     Y : array_like, shape (m, n_bins), optional
         Second set of samples. When None, the square matrix between the
         samples of ``X``: each pair is computed once and mirrored, so the
@@ -231,7 +234,9 @@ def pairwise(
     block_size : int, optional
         Samples turned into phi at a time: the memory used beyond the
         transformed samples and the output is about ``block_size x n_nodes``
-        values. Default: about 4 million node values.
+        values. Default: about 4 million node values. With dask arrays: the
+        samples per block of the lazy matrix (default: the row chunks of
+        ``X`` and ``Y``).
     axis : {-1, 1, 0}, default -1
         The bin axis of ``X`` and ``Y``; ``0`` for tables with one sample per
         column (``(n_bins, n)``).
@@ -242,14 +247,20 @@ def pairwise(
     n_threads : int, optional
         Numba threads for the pair sums; default ``numba.get_num_threads()``.
         For ``rho=2`` in float64 most of the work is a matrix product, which
-        runs on NumPy's BLAS and its own threads.
+        runs on NumPy's BLAS and its own threads. Not used with dask arrays,
+        whose tasks run on one thread each (the scheduler's workers are the
+        parallelism).
 
     Returns
     -------
-    ndarray
+    ndarray or dask.array.Array
         ``(n, m)``, or ``(n, n)`` when ``Y`` is None, or ``(n (n - 1) / 2,)``
         with ``condensed=True``; float32 when every input is float32, else
-        float64.
+        float64. A dask array when ``X`` or ``Y`` is one: blocked by the
+        row blocks of ``X`` and ``Y``, each row block transformed once and,
+        for ``Y=None``, each pair of blocks computed once (the blocks below
+        the diagonal are transposes); input errors are raised when it is
+        computed. ``condensed=True`` is not available then.
 
     Raises
     ------

@@ -21,8 +21,11 @@ come from lowest common ancestors, found by binary lifting on the tree's
 post-order layout.
 
 Inputs are NumPy arrays or anything :func:`numpy.asarray` takes (CPU torch
-tensors included); large and memory-mapped arrays are read in row chunks and
-dask arrays block by block, so memory stays bounded. Integer class labels
+tensors included); large and memory-mapped arrays are read in row chunks, so
+memory stays bounded. On dask arrays each chunk's partial state (counts and
+exact sums) is computed by a task where the chunk lives (on the workers of a
+``dask.distributed`` cluster) and the states are merged in a tree; only they
+travel to the caller. Integer class labels
 reach the EMD kernels as indices, without one-hot rows. Ranking ties are broken
 towards the lower bin index, as :func:`numpy.argmax` does.
 
@@ -96,7 +99,8 @@ def mean_emd(
         As in :func:`emdtree.emd`.
     chunk_size : int, optional
         Rows per chunk; default: about 4 million entries per chunk. Dask
-        arrays are processed block by block (``chunk_size`` rechunks them).
+        arrays are reduced on the active scheduler, one task per block
+        (``chunk_size`` rechunks them), equal to the in-memory result.
 
     Returns
     -------
