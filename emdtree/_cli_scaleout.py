@@ -3,8 +3,8 @@
 Taken when the output is a ``.zarr`` store, the table is a Zarr, HDF5 or
 BIOM file, or ``--scheduler`` / ``--workers`` is given. The matrix is built
 lazily (:func:`emdtree.pairwise` on a dask array) and written block by block,
-so neither the table nor the matrix has to fit in one process: a worker holds
-two blocks of transformed samples and one block of distances at a time.
+so neither the table nor the matrix has to fit in one process: a task holds
+two blocks of transformed samples and one block of distances.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ class ExactSum:
         self.partials: list[float] = []
 
     def add(self, x: float) -> None:
+        special = self.partials[-1] if self.partials and not math.isfinite(self.partials[-1]) else None
+        if special is not None or not math.isfinite(x):
+            # an infinity or a NaN absorbs the finite values (as in float addition);
+            # the partials below cannot hold it, since inf - inf is NaN
+            self.partials = [x if special is None else special + x if not math.isfinite(x) else special]
+            return
         kept = []
         for y in self.partials:
             if abs(x) < abs(y):
