@@ -6,7 +6,9 @@ every core busy; a parallel region per task would oversubscribe the cores,
 and concurrent launches from several threads are not safe under every Numba
 threading layer. These kernels run the same super tiles as
 :func:`emdtree._kernels.pairwise.pair_sums` (same tiles, same order of
-summation within a pair, hence the same values) on the calling thread only.
+summation within a pair, hence the same values) on the calling thread only,
+and release the GIL, so that the threads of one worker process compute
+blocks side by side while sharing one copy of the transformed samples.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from numba import njit
 from .pairwise import CHUNK, MODE_ONE_MIN, OUT_RECT, SUPER, _finish_min, _items, _single, _store, _super_tile
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pair_sums_serial(a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out):  # pragma: no cover
     """:func:`emdtree._kernels.pairwise.pair_sums` on the calling thread only."""
     square = out_kind != OUT_RECT
@@ -31,7 +33,7 @@ def pair_sums_serial(a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, 
         _store(acc, out, n_a, n_b, i0, j0, out_kind)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def listed_pairs_serial(a, b, n_cols, rows, cols, mode, rho, out):  # pragma: no cover
     """:func:`emdtree._kernels.pairwise.listed_pairs` on the calling thread only."""
     for t in range(rows.shape[0]):
