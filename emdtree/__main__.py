@@ -123,10 +123,14 @@ def _build_parser() -> _Parser:
                     "feature names and sample ids in the first column, .npy, .npz or .biom), written "
                     "as a square TSV with the sample ids on both axes. Features are matched to the "
                     "tree's tip names. With rho=1 and the default l1 normalisation this is weighted "
-                    "UniFrac (unnormalised).")
+                    "UniFrac (unnormalised). With a .zarr output, a Zarr/HDF5/BIOM table (read by blocks "
+                    "of samples), --scheduler or --workers, the matrix is computed with dask block by "
+                    "block.")
     pair.add_argument("table", metavar="TABLE")
     pair.add_argument("--tree", metavar="T", required=True, help=f"the tree: {tree_help}")
-    pair.add_argument("-o", "--output", metavar="D.tsv", required=True, help="where to write the matrix")
+    pair.add_argument("-o", "--output", metavar="D.tsv", required=True,
+                      help="where to write the matrix: a TSV file, or a Zarr store (D.zarr), written block "
+                           "by block")
     pair.add_argument("--rho", type=_rho, default=1.0, help="exponent, >= 1 (default 1)")
     pair.add_argument("--normalize", choices=("l1", "softmax", "none"), default="l1",
                       help="'l1' (default): compare relative abundances, as samples of counts differ in "
@@ -136,6 +140,13 @@ def _build_parser() -> _Parser:
                       help="leave out features that are not tips of the tree (default: an error)")
     pair.add_argument("--transpose", action="store_true",
                       help="the table has one feature per row (default: detected from a '#OTU ID' header)")
+    pair.add_argument("--scheduler", metavar="ADDRESS",
+                      help="run on the dask.distributed cluster at ADDRESS (e.g. tcp://host:8786)")
+    pair.add_argument("--workers", type=_positive_int, metavar="N",
+                      help="run on a local dask cluster of N worker processes")
+    pair.add_argument("--block-size", type=_positive_int, metavar="ROWS",
+                      help="samples per block of the matrix with dask (default: about 16 million phi "
+                           "values per block)")
 
     ev = sub.add_parser(
         "evaluate", parents=common, help="hierarchical metrics of a classifier's predictions",

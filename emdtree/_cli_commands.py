@@ -183,7 +183,11 @@ def distance(args, out: TextIO) -> None:
 
 def pairwise(args, out: TextIO) -> None:
     import emdtree
-    from emdtree import io
+    from emdtree import _cli_scaleout, io
+
+    if _cli_scaleout.wanted(args):  # Zarr output, a cluster, or a table read by blocks
+        _cli_scaleout.pairwise(args, out)
+        return
 
     tree = read_tree(args.tree)
     options = {"transpose": True} if args.transpose else {}

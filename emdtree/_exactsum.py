@@ -19,6 +19,12 @@ class ExactSum:
         self.partials: list[float] = []
 
     def add(self, x: float) -> None:
+        special = self.partials[-1] if self.partials and not math.isfinite(self.partials[-1]) else None
+        if special is not None or not math.isfinite(x):
+            # an infinity or a NaN absorbs the finite values (as in float addition);
+            # the partials below cannot hold it, since inf - inf is NaN
+            self.partials = [x if special is None else special + x if not math.isfinite(x) else special]
+            return
         kept = []
         for y in self.partials:
             if abs(x) < abs(y):
@@ -32,9 +38,22 @@ class ExactSum:
         self.partials = kept
 
     def add_values(self, values: np.ndarray) -> None:
-        # math.fsum rounds the chunk's sum once; the partials then add it exactly
-        if values.size:
-            self.add(math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist()))
+        # math.fsum rounds the exact sum of the chunk; the rounding error is the exact
+        # sum of the chunk and the rounded sum's negative, rounded again by the next
+        # pass, and so on until nothing is left (each pass shrinks the remainder by
+        # 2^-52 or more, typically two or three passes): the chunk is added exactly,
+        # so the total does not depend on how the values were split into chunks
+        if not values.size:
+            return
+        terms = np.asarray(values, dtype=np.float64).ravel().tolist()
+        while True:
+            s = math.fsum(terms)
+            if s == 0.0:
+                return
+            self.add(s)
+            if not math.isfinite(s):
+                return
+            terms.append(-s)
 
     def merge(self, other: ExactSum) -> None:
         for x in other.partials:

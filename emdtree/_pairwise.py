@@ -76,6 +76,10 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     return arr if axis == 1 else arr.T
 
 
+def _is_dask(x: Any) -> bool:
+    return type(x).__module__.startswith("dask") and hasattr(x, "blocks")
+
+
 def _columns(tree: Tree, rho: float) -> tuple[np.ndarray, np.ndarray]:
     """Layout positions that can contribute and their scales ``w^(1/rho)``.
 
@@ -237,7 +241,10 @@ def pairwise(
     ----------
     X : array_like, shape (n, n_bins)
         Non-negative masses, one sample per row (per column with ``axis=0``).
-        A ``numpy.memmap`` is read in blocks of rows, never whole.
+        A ``numpy.memmap`` is read in blocks of rows, never whole. A dask
+        array (for ``X`` or ``Y``) gives a lazy dask array of the same
+        distances, computed block by block on the active scheduler (see
+        :doc:`/scaling`).
     Y : array_like, shape (m, n_bins), optional
         Second set of samples. When None, the square matrix between the
         samples of ``X``: each pair is computed once and mirrored, so the
@@ -258,7 +265,9 @@ def pairwise(
     block_size : int, optional
         Samples turned into phi at a time: the memory used beyond the
         transformed samples and the output is about ``block_size x n_nodes``
-        values. Default: about 4 million node values.
+        values. Default: about 4 million node values. With dask arrays: the
+        samples per block of the lazy matrix (default: the row chunks of
+        ``X`` and ``Y``).
     axis : {-1, 1, 0}, default -1
         The bin axis of ``X`` and ``Y``; ``0`` for tables with one sample per
         column (``(n_bins, n)``).
@@ -273,14 +282,20 @@ def pairwise(
         costs milliseconds when another core is busy). In a process forked
         from one that ran OpenMP parallel regions, one thread (see
         :mod:`emdtree._threads`). For ``rho=2`` in float64 most of the work is
-        a matrix product, which runs on NumPy's BLAS and its own threads.
+        a matrix product, which runs on NumPy's BLAS and its own threads. Not
+        used with dask arrays, whose tasks run on one thread each (the
+        scheduler's workers are the parallelism).
 
     Returns
     -------
-    ndarray
+    ndarray or dask.array.Array
         ``(n, m)``, or ``(n, n)`` when ``Y`` is None, or ``(n (n - 1) / 2,)``
         with ``condensed=True``; float32 when every input is float32, else
-        float64.
+        float64. A dask array when ``X`` or ``Y`` is one: blocked by the
+        row blocks of ``X`` and ``Y``, each row block transformed once and,
+        for ``Y=None``, each pair of blocks computed once (the blocks below
+        the diagonal are transposes); input errors are raised when it is
+        computed. ``condensed=True`` is not available then.
 
     Raises
     ------
@@ -324,6 +339,14 @@ def pairwise(
     chosen = n_threads is not None
     if chosen:
         n_threads = _check_int(n_threads, "n_threads", 1, max_threads)
+    if _is_dask(X) or _is_dask(Y):
+        if condensed:
+            raise ValueError("condensed=True is not available for dask arrays: the lazy matrix is blocked "
+                             "by pairs of sample blocks; take the square matrix")
+        from ._pairwise_dask import pairwise_dask
+
+        return pairwise_dask(X, Y, tree, rho, normalize, None if block_size is None else
+                             _check_int(block_size, "block_size", 1), ax, check_inputs)
     xs = _check_samples(X, "X", ax)
     ys = None if Y is None else _check_samples(Y, "Y", ax)
     dtype = working_dtype(xs) if ys is None else working_dtype(xs, ys)

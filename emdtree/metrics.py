@@ -40,8 +40,11 @@ metric is twice either LCA height. None of them needs the
 ancestors, found by binary lifting on the tree's post-order layout.
 
 Inputs are NumPy arrays or anything :func:`numpy.asarray` takes (CPU torch
-tensors included); large and memory-mapped arrays are read in row chunks and
-dask arrays block by block, so memory stays bounded. Integer class labels
+tensors included); large and memory-mapped arrays are read in row chunks, so
+memory stays bounded. On dask arrays each chunk's partial state (counts and
+exact sums) is computed by a task where the chunk lives (on the workers of a
+``dask.distributed`` cluster) and the states are merged in a tree; only they
+travel to the caller. Integer class labels
 reach the EMD kernels as indices, without one-hot rows. Ranking ties are broken
 towards the lower bin index, as :func:`numpy.argmax` does.
 
@@ -70,6 +73,7 @@ from ._metric_inputs import (
     check_target,
     chunks,
     host,
+    is_dask,
     labels_in_range,
     no_nan,
 )
@@ -118,7 +122,8 @@ def mean_emd(
         distributions).
     chunk_size : int, optional
         Rows per chunk; default: about 4 million entries per chunk. Dask
-        arrays are processed block by block (``chunk_size`` rechunks them).
+        arrays are reduced on the active scheduler, one task per block
+        (``chunk_size`` rechunks them), equal to the in-memory result.
 
     Returns
     -------
@@ -427,6 +432,11 @@ class EMDMetric:
             what = "the tree has" if self.tree is not None else "earlier batches had"
             raise ValueError(f"pred has {n_bins} bins (columns) but {what} {self.n_bins} bins")
         self.n_bins = n_bins
+        if is_dask(pred) or is_dask(target):  # partial states computed where the blocks are
+            from ._metric_dask import update_dask
+
+            update_dask(self, pred, target, is_labels, progress)
+            return self
         for start, (p, t) in chunks([pred, target], self.chunk_size):
             if is_labels:
                 labels_in_range(t, start, n_bins, "target")
@@ -637,6 +647,11 @@ class HierarchicalMetrics:
         if max(self.ks) > n_bins:
             raise ValueError(f"k = {max(self.ks)} must be between 1 and the number of bins ({n_bins})")
         self.n_bins = n_bins
+        if is_dask(pred) or is_dask(labels):  # partial states computed where the blocks are
+            from ._metric_dask import update_dask
+
+            update_dask(self, pred, labels, True, progress)
+            return self
         tables = hierarchy(self.tree) if self.tree is not None else None
         for start, (scores, y) in chunks([pred, labels], self.chunk_size):
             no_nan(scores, start)

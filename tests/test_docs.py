@@ -31,6 +31,7 @@ GUIDE_PAGES = [
     "losses.rst",
     "metrics.rst",
     "unifrac.rst",
+    "scaling.rst",
     "gpu.rst",
     "gallery.rst",
 ]

@@ -320,7 +320,7 @@ _PAIR_SUMS_DOC = """``D[i, j] = sum_k |a[i, k] - b[j, k]|^rho`` for all pairs, i
     """
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pair_sums_serial(a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out):  # pragma: no cover
     items = _items(n_a, n_b, out_kind != OUT_RECT)
     acc = np.empty(SUPER * SUPER, dtype=np.float64)
@@ -340,7 +340,9 @@ def pair_sums(
                     out_kind, mode, rho, sum_a, sum_b, tau, out, acc)
 
 
-pair_sums_serial.__doc__ = _PAIR_SUMS_DOC + "\n    On the calling thread.\n"
+pair_sums_serial.__doc__ = _PAIR_SUMS_DOC + (
+    "\n    On the calling thread, without the GIL: the blocks of a blocked matrix\n"
+    "    (:mod:`emdtree._pairwise_dask`) run side by side in a worker's threads.\n")
 pair_sums.__doc__ = _PAIR_SUMS_DOC + (
     "\n    The super tiles are split into ``n_parts`` contiguous runs, run across\n"
     "    Numba's threads (one part runs on the calling thread).\n")
@@ -354,9 +356,10 @@ def _listed_one(a, b, n_cols, i, j, mode, rho):  # pragma: no cover
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def listed_pairs_serial(a, b, n_cols, rows, cols, mode, rho, out):  # pragma: no cover
-    """``out[t] = sum_k |a[rows[t], k] - b[cols[t], k]|^rho`` (float64) for listed pairs."""
+    """``out[t] = sum_k |a[rows[t], k] - b[cols[t], k]|^rho`` (float64) for listed pairs,
+    on the calling thread, without the GIL."""
     for t in range(rows.shape[0]):
         out[t] = _listed_one(a, b, n_cols, rows[t], cols[t], mode, rho)
 
