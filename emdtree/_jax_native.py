@@ -37,8 +37,10 @@ def _constant(a: np.ndarray, like: jax.Array) -> jax.Array:
 
 _OPS = nm.Ops(
     take=lambda x, idx: jnp.take(x, idx, axis=0),
-    segment_sum=lambda x, idx, n: jax.ops.segment_sum(x, idx, num_segments=n),
-    zero_row=lambda x: jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0),
+    # zeros_like keeps the sharding of x (here n == len(x)): with explicitly
+    # sharded batches, a fresh unsharded operand would not combine with x
+    segment_sum=lambda x, idx, n: jnp.zeros_like(x).at[idx].add(x),
+    zero_row=lambda x: jnp.concatenate([x, jnp.zeros_like(x[:1])], axis=0),
     sum0=lambda x: jnp.sum(x, axis=0),
     mean0=lambda x: jnp.mean(x, axis=0, keepdims=True),
     abs=jnp.abs,
