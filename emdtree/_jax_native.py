@@ -31,16 +31,22 @@ from ._tree import Tree
 __all__ = ["emd", "is_preferred"]
 
 
+def _zeros(x: jax.Array, n: int) -> jax.Array:
+    """Zeros of ``n`` rows like those of ``x``, with its sharding: with explicitly
+    sharded batches, a fresh unsharded array would not combine with ``x``."""
+    if x.shape[0] == 0:
+        return jnp.zeros((n,) + x.shape[1:], x.dtype)
+    return jnp.broadcast_to(jnp.zeros_like(x[:1]), (n,) + x.shape[1:])
+
+
 def _constant(a: np.ndarray, like: jax.Array) -> jax.Array:
     return jnp.asarray(a, dtype=like.dtype)
 
 
 _OPS = nm.Ops(
     take=lambda x, idx: jnp.take(x, idx, axis=0),
-    # zeros_like keeps the sharding of x (here n == len(x)): with explicitly
-    # sharded batches, a fresh unsharded operand would not combine with x
-    segment_sum=lambda x, idx, n: jnp.zeros_like(x).at[idx].add(x),
-    zero_row=lambda x: jnp.concatenate([x, jnp.zeros_like(x[:1])], axis=0),
+    segment_sum=lambda x, idx, n: _zeros(x, n).at[idx].add(x),
+    zero_row=lambda x: jnp.concatenate([x, _zeros(x, 1)], axis=0),
     sum0=lambda x: jnp.sum(x, axis=0),
     mean0=lambda x: jnp.mean(x, axis=0, keepdims=True),
     abs=jnp.abs,

@@ -25,7 +25,7 @@ def _constant(a: np.ndarray, like: tf.Tensor) -> tf.Tensor:
 _OPS = nm.Ops(
     take=lambda x, idx: tf.gather(x, idx, axis=0),
     segment_sum=lambda x, idx, n: tf.math.unsorted_segment_sum(x, idx, n),
-    zero_row=lambda x: tf.concat([x, tf.zeros_like(x[:1])], axis=0),
+    zero_row=lambda x: tf.concat([x, tf.zeros(tf.stack([1, tf.shape(x)[1]]), x.dtype)], axis=0),
     sum0=lambda x: tf.reduce_sum(x, axis=0),
     mean0=lambda x: tf.reduce_mean(x, axis=0, keepdims=True),
     abs=tf.abs,
