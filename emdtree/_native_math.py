@@ -65,22 +65,19 @@ class Plan(NamedTuple):
     """Index and weight arrays of a tree for node-major arrays (NumPy).
 
     The positions of the post-order layout split into the *leaves* that carry
-    a bin (``L``, whose phi is their bin's value: no sum needed) and the
-    other, *inner* positions (``I``, the root last), which keep the
-    post-order. Sums run over ``I`` only: 371 of the 1371 nodes of the
-    ImageNet tree.
+    a bin, whose phi is their bin's value (no sum needed), and the other,
+    *inner* positions, which keep the post-order (the root last). Sums run
+    over the inner positions only: 371 of the 1371 nodes of the ImageNet
+    tree. Leaves are addressed through their bins, so that the caller's bin
+    order needs no permutation.
     """
 
-    n_inner: int  # |I|, the root included (last)
-    leaf_bins: np.ndarray | None  # (|L|,) bin of each leaf; None when they are the bins 0 .. n_bins - 1
-    leaf_parent: np.ndarray  # (|L|,) inner index of each leaf's parent
-    inner_bins: np.ndarray | None  # (|I|,) bin of each inner position (n_bins: none); None if no inner bins
-    tables: tuple[np.ndarray, ...]  # doubling tables a_0 .. a_{T-1} of the inner tree, each (|I|,)
-    up: np.ndarray  # (n_bins,) inner index of each bin's node, or of its parent for a leaf
-    own: np.ndarray | None  # (n_bins,) leaf index of each bin (|L|: not a leaf); None with leaf_bins None
-    leaf_weight: np.ndarray  # (|L|, 1) float64 edge costs
-    inner_weight: np.ndarray  # (|I| - 1, 1) float64 edge costs of the non-root inner positions
-    leaf_curv_weight: np.ndarray  # the same, 0 on edges with all bins (or none) below
+    n_inner: int  # inner positions, the root included (last)
+    up: np.ndarray  # (n_bins,) inner index of each bin's parent (a leaf) or of its own node (inner)
+    tables: tuple[np.ndarray, ...]  # doubling tables a_0 .. a_{T-1} of the inner tree, each (n_inner,)
+    bin_weight: np.ndarray  # (n_bins, 1) float64 cost of each leaf bin's edge; 0 for inner bins
+    inner_weight: np.ndarray  # (n_inner - 1, 1) float64 edge costs of the non-root inner positions
+    bin_curv_weight: np.ndarray  # the same, 0 on edges with all bins (or none) below
     inner_curv_weight: np.ndarray
 
 
@@ -93,62 +90,49 @@ def plan(tree: Tree) -> Plan:
     n, n_bins = tree.n_nodes, tree.n_bins
     is_leaf = (lay.size == 1) & (lay.bin_at >= 0)
     is_leaf[-1] = False  # the root is inner, even alone
-    leaves, inner = np.flatnonzero(is_leaf), np.flatnonzero(~is_leaf)
+    inner = np.flatnonzero(~is_leaf)
     inner_index = np.full(n, -1, dtype=np.int64)
     inner_index[inner] = np.arange(inner.size)
     inner_parent = inner_index[lay.parent[inner]]  # -1 at the root (last)
     depth = int(lay.depth[inner].max(initial=0))
     tables = _xp._doubling(inner_parent, depth) or [np.full(inner.size, inner.size - 1)]
-    leaf_bins = lay.bin_at[leaves]
-    identity = leaf_bins.size == n_bins and bool(np.all(leaf_bins == np.arange(n_bins)))
     node = lay.bin_position  # position of each bin
-    up = np.where(is_leaf[node], inner_index[lay.parent[node]], inner_index[node])
-    own = np.full(n_bins, leaves.size, dtype=np.int64)
-    own[leaf_bins] = np.arange(leaves.size)
-    inner_bins = np.where(lay.bin_at[inner] >= 0, lay.bin_at[inner], n_bins)
+    leaf_bin = is_leaf[node]
+    up = np.where(leaf_bin, inner_index[lay.parent[node]], inner_index[node])
     weight = np.asarray(lay.weight, dtype=np.float64)
     below = lay.bins_below
     curv = np.where((below > 0) & (below < n_bins), weight, 0.0)
     idx = np.int32 if n + n_bins < 2**31 else np.int64
     out = Plan(
         n_inner=int(inner.size),
-        leaf_bins=None if identity else leaf_bins.astype(idx),
-        leaf_parent=inner_index[lay.parent[leaves]].astype(idx),
-        inner_bins=inner_bins.astype(idx) if np.any(inner_bins < n_bins) else None,
-        tables=tuple(t.astype(idx) for t in tables),
         up=up.astype(idx),
-        own=None if identity else own.astype(idx),
-        leaf_weight=weight[leaves][:, None],
+        tables=tuple(t.astype(idx) for t in tables),
+        bin_weight=np.where(leaf_bin, weight[node], 0.0)[:, None],
         inner_weight=weight[inner][:-1, None],
-        leaf_curv_weight=curv[leaves][:, None],
+        bin_curv_weight=np.where(leaf_bin, curv[node], 0.0)[:, None],
         inner_curv_weight=curv[inner][:-1, None],
     )
     tree.__dict__["_native_plan"] = out
     return out
 
 
-def _subtree(ops: Ops, d: Any, pl: Plan) -> tuple[Any, Any]:
-    """phi of the bin values ``d`` (n_bins, rows): at the leaves, (|L|, rows), and
-    at the non-root inner positions, (|I| - 1, rows)."""
-    leaf = d if pl.leaf_bins is None else ops.take(d, pl.leaf_bins)
-    x = ops.segment_sum(leaf, pl.leaf_parent, pl.n_inner)
-    if pl.inner_bins is not None:
-        x = x + ops.take(ops.zero_row(d), pl.inner_bins)
+def _subtree(ops: Ops, d: Any, pl: Plan) -> Any:
+    """phi of the bin values ``d`` (n_bins, rows) at the non-root inner positions,
+    (n_inner - 1, rows); at a leaf, phi is its bin's value."""
+    x = ops.segment_sum(d, pl.up, pl.n_inner)  # leaves into their parents, inner bins into their nodes
     for a in reversed(pl.tables):
         x = x + ops.segment_sum(x, a, pl.n_inner)
-    return leaf, x[:-1]
+    return x[:-1]
 
 
-def _ancestors(ops: Ops, leaf: Any, inner: Any, pl: Plan) -> Any:
+def _ancestors(ops: Ops, at_bins: Any, inner: Any, pl: Plan) -> Any:
     """Sums over the ancestors-or-self of every bin, (n_bins, rows), of values at the
-    leaves, (|L|, rows), and at the non-root inner positions, (|I| - 1, rows)."""
+    leaf bins, (n_bins, rows) (0 at inner bins), and at the non-root inner positions,
+    (n_inner - 1, rows)."""
     s = ops.zero_row(inner)  # the root, last, adds nothing and ends every path
     for a in pl.tables:
         s = s + ops.take(s, a)
-    up = ops.take(s, pl.up)
-    if pl.own is None:
-        return leaf + up
-    return ops.take(ops.zero_row(leaf), pl.own) + up
+    return at_bins + ops.take(s, pl.up)
 
 
 def _edges(ops: Ops, f: Any, w: Any, rho: float) -> tuple[Any, Any]:
@@ -168,13 +152,13 @@ def value_grad(ops: Ops, d: Any, pl: Plan, rho: float, want_grad: bool) -> tuple
     ancestors-or-self of ``rho w sign(phi) |phi|^(rho-1)`` (paper eq. 9-10,
     ``sign(0) = 0``) minus its mean over the bins, as the kernels compute it.
     """
-    leaf, inner = _subtree(ops, d, pl)
-    value_l, slope_l = _edges(ops, leaf, ops.constant(pl.leaf_weight, d), rho)
+    inner = _subtree(ops, d, pl)
+    value_b, slope_b = _edges(ops, d, ops.constant(pl.bin_weight, d), rho)
     value_i, slope_i = _edges(ops, inner, ops.constant(pl.inner_weight, d), rho)
-    value = value_l + value_i
+    value = value_b + value_i
     if not want_grad:
         return value, None
-    g = _ancestors(ops, slope_l, slope_i, pl)
+    g = _ancestors(ops, slope_b, slope_i, pl)
     return value, g - ops.mean0(g)
 
 
@@ -206,13 +190,13 @@ def hvp(ops: Ops, d: Any, v: Any, pl: Plan, rho: float) -> Any:
     """
     if rho == 1.0:
         return v * 0
-    psi_l, psi_i = _subtree(ops, v - ops.mean0(v), pl)
-    cw_l, cw_i = ops.constant(pl.leaf_curv_weight, v), ops.constant(pl.inner_curv_weight, v)
+    psi_b = v - ops.mean0(v)
+    psi_i = _subtree(ops, psi_b, pl)
+    cw_b, cw_i = ops.constant(pl.bin_curv_weight, v), ops.constant(pl.inner_curv_weight, v)
     if rho == 2.0:
-        t_l, t_i = (cw_l + cw_l) * psi_l, (cw_i + cw_i) * psi_i
+        t_b, t_i = (cw_b + cw_b) * psi_b, (cw_i + cw_i) * psi_i
     else:
-        phi_l, phi_i = _subtree(ops, d, pl)
-        t_l = _curvature_times(ops, psi_l, phi_l, cw_l, rho)
-        t_i = _curvature_times(ops, psi_i, phi_i, cw_i, rho)
-    out = _ancestors(ops, t_l, t_i, pl)
+        t_b = _curvature_times(ops, psi_b, d, cw_b, rho)
+        t_i = _curvature_times(ops, psi_i, _subtree(ops, d, pl), cw_i, rho)
+    out = _ancestors(ops, t_b, t_i, pl)
     return out - ops.mean0(out)
