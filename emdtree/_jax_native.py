@@ -19,67 +19,74 @@ reverse) gives :func:`emdtree.emd_hessian`, ``P H P``, symmetric.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import _native_math as nm
 from ._tree import Tree
 
+if TYPE_CHECKING:  # pragma: no cover
+    import jax
+
 __all__ = ["emd", "is_preferred"]
 
 
-def _zeros(x: jax.Array, n: int) -> jax.Array:
-    """Zeros of ``n`` rows like those of ``x``, with its sharding: with explicitly
-    sharded batches, a fresh unsharded array would not combine with ``x``."""
-    if x.shape[0] == 0:
-        return jnp.zeros((n,) + x.shape[1:], x.dtype)
-    return jnp.broadcast_to(jnp.zeros_like(x[:1]), (n,) + x.shape[1:])
+class _Native(NamedTuple):
+    ops: nm.Ops
+    value_grad: Callable  # (p, q, tree, rho) -> (value, grad), with the custom_jvp rule
 
 
-def _constant(a: np.ndarray, like: jax.Array) -> jax.Array:
-    return jnp.asarray(a, dtype=like.dtype)
+@functools.cache
+def _native() -> _Native:
+    """The operations and the differentiable function, built on first use, so that
+    this module imports without JAX (the adapter imports JAX itself)."""
+    import jax
+    import jax.numpy as jnp
 
+    def zeros(x, n):
+        # zeros of n rows like those of x, with its sharding: with explicitly
+        # sharded batches, a fresh unsharded array would not combine with x
+        if x.shape[0] == 0:
+            return jnp.zeros((n,) + x.shape[1:], x.dtype)
+        return jnp.broadcast_to(jnp.zeros_like(x[:1]), (n,) + x.shape[1:])
 
-_OPS = nm.Ops(
-    take=lambda x, idx: jnp.take(x, idx, axis=0),
-    segment_sum=lambda x, idx, n: _zeros(x, n).at[idx].add(x),
-    zero_row=lambda x: jnp.concatenate([x, _zeros(x, 1)], axis=0),
-    sum0=lambda x: jnp.sum(x, axis=0),
-    mean0=lambda x: jnp.mean(x, axis=0, keepdims=True),
-    abs=jnp.abs,
-    sign=jnp.sign,
-    where=jnp.where,
-    constant=_constant,
-)
+    ops = nm.Ops(
+        take=lambda x, idx: jnp.take(x, idx, axis=0),
+        segment_sum=lambda x, idx, n: zeros(x, n).at[idx].add(x),
+        zero_row=lambda x: jnp.concatenate([x, zeros(x, 1)], axis=0),
+        sum0=lambda x: jnp.sum(x, axis=0),
+        mean0=lambda x: jnp.mean(x, axis=0, keepdims=True),
+        abs=jnp.abs,
+        sign=jnp.sign,
+        where=jnp.where,
+        constant=lambda a, like: jnp.asarray(a, dtype=like.dtype),
+    )
 
+    def difference(p, q):
+        """``p - q`` node-major, (n_bins, rows); integer ``q`` holds class indices."""
+        if jnp.issubdtype(q.dtype, jnp.integer):
+            one_hot = jnp.arange(p.shape[-1])[:, None] == q[None, :]
+            return p.T - one_hot.astype(p.dtype)
+        return (p - q).T
 
-def _difference(p: jax.Array, q: jax.Array) -> jax.Array:
-    """``p - q`` node-major, (n_bins, rows); integer ``q`` holds class indices."""
-    if jnp.issubdtype(q.dtype, jnp.integer):
-        one_hot = jnp.arange(p.shape[-1])[:, None] == q[None, :]
-        return p.T - one_hot.astype(p.dtype)
-    return (p - q).T
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+    def value_grad(p, q, tree, rho):
+        """Value (rows,) and dirt-conserving gradient (rows, n_bins) of 2-D ``p`` against ``q``."""
+        value, grad = nm.value_grad(ops, difference(p, q), nm.plan(tree), rho, want_grad=True)
+        return value, grad.T
 
+    @value_grad.defjvp
+    def value_grad_jvp(tree, rho, primals, tangents):
+        p, q = primals
+        dp, dq = tangents
+        value, grad = value_grad(p, q, tree, rho)
+        direction = dp if not jnp.issubdtype(q.dtype, jnp.floating) else dp - dq
+        d_value = jnp.sum(grad * direction, axis=-1)
+        d_grad = nm.hvp(ops, difference(p, q), direction.T, nm.plan(tree), rho).T
+        return (value, grad), (d_value, d_grad)
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _value_grad(p: jax.Array, q: jax.Array, tree: Tree, rho: float) -> tuple[jax.Array, jax.Array]:
-    """Value (rows,) and dirt-conserving gradient (rows, n_bins) of 2-D ``p`` against ``q``."""
-    value, grad = nm.value_grad(_OPS, _difference(p, q), nm.plan(tree), rho, want_grad=True)
-    return value, grad.T
-
-
-@_value_grad.defjvp
-def _value_grad_jvp(tree, rho, primals, tangents):
-    p, q = primals
-    dp, dq = tangents
-    value, grad = _value_grad(p, q, tree, rho)
-    direction = dp if not jnp.issubdtype(q.dtype, jnp.floating) else dp - dq
-    d_value = jnp.sum(grad * direction, axis=-1)
-    d_grad = nm.hvp(_OPS, _difference(p, q), direction.T, nm.plan(tree), rho).T
-    return (value, grad), (d_value, d_grad)
+    return _Native(ops, value_grad)
 
 
 def emd(p: jax.Array, q: jax.Array, tree: Tree, rho: float) -> jax.Array:
@@ -88,11 +95,13 @@ def emd(p: jax.Array, q: jax.Array, tree: Tree, rho: float) -> jax.Array:
     Inputs are checked by the caller; ``p`` is float32 or float64 and ``q``
     in its dtype or integer.
     """
+    import jax.numpy as jnp
+
     n_bins = p.shape[-1]
     batch = p.shape[:-1]
     p_rows = p.reshape(-1, n_bins)
     q_rows = q.reshape(-1) if jnp.issubdtype(q.dtype, jnp.integer) else q.reshape(-1, n_bins)
-    value, _ = _value_grad(p_rows, q_rows, tree, rho)
+    value, _ = _native().value_grad(p_rows, q_rows, tree, rho)
     return value.reshape(batch)
 
 
@@ -104,6 +113,8 @@ def is_preferred(*arrays: Any) -> bool:
     trace the arrays' placement is unknown: the default backend and the
     number of devices decide.
     """
+    import jax
+
     for x in arrays:
         if isinstance(x, jax.core.Tracer):
             if jax.default_backend() != "cpu" or jax.device_count() > 1:

@@ -9,30 +9,35 @@ computed with the value (paper eq. 9-10), as the kernels' path does.
 
 from __future__ import annotations
 
-import numpy as np
-import tensorflow as tf
+import functools
+from typing import TYPE_CHECKING
 
 from . import _native_math as nm
 from ._tree import Tree
 
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
+
 __all__ = ["emd_rows", "is_preferred"]
 
 
-def _constant(a: np.ndarray, like: tf.Tensor) -> tf.Tensor:
-    return tf.constant(a, dtype=like.dtype)
+@functools.cache
+def _ops() -> nm.Ops:
+    """The TF operations, built on first use, so that this module imports without
+    TensorFlow (the adapter imports it itself)."""
+    import tensorflow as tf
 
-
-_OPS = nm.Ops(
-    take=lambda x, idx: tf.gather(x, idx, axis=0),
-    segment_sum=lambda x, idx, n: tf.math.unsorted_segment_sum(x, idx, n),
-    zero_row=lambda x: tf.concat([x, tf.zeros(tf.stack([1, tf.shape(x)[1]]), x.dtype)], axis=0),
-    sum0=lambda x: tf.reduce_sum(x, axis=0),
-    mean0=lambda x: tf.reduce_mean(x, axis=0, keepdims=True),
-    abs=tf.abs,
-    sign=tf.sign,
-    where=tf.where,
-    constant=_constant,
-)
+    return nm.Ops(
+        take=lambda x, idx: tf.gather(x, idx, axis=0),
+        segment_sum=lambda x, idx, n: tf.math.unsorted_segment_sum(x, idx, n),
+        zero_row=lambda x: tf.concat([x, tf.zeros(tf.stack([1, tf.shape(x)[1]]), x.dtype)], axis=0),
+        sum0=lambda x: tf.reduce_sum(x, axis=0),
+        mean0=lambda x: tf.reduce_mean(x, axis=0, keepdims=True),
+        abs=tf.abs,
+        sign=tf.sign,
+        where=tf.where,
+        constant=lambda a, like: tf.constant(a, dtype=like.dtype),
+    )
 
 
 def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -> tf.Tensor:
@@ -41,7 +46,9 @@ def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -
     Differentiable in ``p`` and a distribution ``q`` (the gradient with
     respect to ``q`` is the negative of that with respect to ``p``).
     """
-    pl = nm.plan(tree)
+    import tensorflow as tf
+
+    ops, pl = _ops(), nm.plan(tree)
     n_bins = tree.n_bins
 
     @tf.custom_gradient
@@ -50,7 +57,7 @@ def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -
             d = tf.transpose(p) - tf.one_hot(q, n_bins, axis=0, dtype=p.dtype)
         else:
             d = tf.transpose(p - q)
-        value, grad = nm.value_grad(_OPS, d, pl, rho, want_grad=True)
+        value, grad = nm.value_grad(ops, d, pl, rho, want_grad=True)
         grad = tf.transpose(grad)
 
         def backward(d_value):
@@ -65,9 +72,11 @@ def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -
 def is_preferred(p: tf.Tensor) -> bool:
     """Whether the TF path should serve ``p`` outside XLA: yes on a GPU.
 
-    An eager tensor says where it lives; in a graph, the op goes where
-    TensorFlow places it, on a GPU when one is visible.
+    A tensor placed on a device says where it lives; without a placement,
+    the op goes where TensorFlow puts it, on a GPU when one is visible.
     """
+    import tensorflow as tf
+
     device = getattr(p, "device", "") or ""
     if device:
         return "GPU" in device.upper()

@@ -317,7 +317,7 @@ def emd_loss(
         q = target.movedim(ax, -1).to(p.dtype).reshape(-1, n_bins)
 
     if _torch_func.transforms_active():
-        value = _torch_func.EMDFunction.apply(p, q, token, rho, check_inputs)[0]
+        value = _torch_func.emd_function().apply(p, q, token, rho, check_inputs)[0]
     elif torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
         value = _value_grad_op(p, q, token, rho, check_inputs)[0]
     else:
