@@ -192,7 +192,7 @@ def emd_loss(
         q_rows = tf.reshape(tf.cast(q, p.dtype), [-1, n_bins])
     if _in_xla_context() or _tf_native.is_preferred(p_rows):
         if check_inputs and tf.executing_eagerly():
-            _losses.value_grad(p_rows.numpy(), q_rows.numpy(), token, rho, want_grad=False, check=True,
+            _losses.value_grad(p_rows.numpy(), q_rows.numpy(), tree, rho, want_grad=False, check=True,
                                names=("y_pred", "y_true"))
         value = _tf_native.emd_rows(p_rows, q_rows, resolve_tree(tree, n_bins), rho, sparse)
     else:

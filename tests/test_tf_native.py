@@ -121,3 +121,18 @@ def test_choice_of_path():
 
     # in a graph without a device scope: the native path exactly when a GPU is visible
     assert bool(placed(x)) == bool(tf.config.list_logical_devices("GPU"))
+
+
+def test_native_path_checks_eager_inputs(monkeypatch):
+    # as on a GPU: eager tensors take the native path, which checks them first
+    monkeypatch.setattr(_tf_native, "is_preferred", lambda p: True)
+    tree = Tree.from_parents(*TREES["random"]())
+    p = np.full((2, tree.n_bins), 1.0 / tree.n_bins)
+    np.testing.assert_allclose(emd_loss(tf.constant([0, 1]), tf.constant(p), tree).numpy(),
+                               emdtree.emd(p, np.eye(tree.n_bins)[[0, 1]], tree, 2.0), rtol=1e-12)
+    bad = p.copy()
+    bad[1, 0] = -bad[1, 0]
+    with pytest.raises(ValueError, match="negative"):
+        emd_loss(tf.constant([0, 1]), tf.constant(bad), tree)
+    with pytest.raises(ValueError, match="class index"):
+        emd_loss(tf.constant([0, tree.n_bins]), tf.constant(p), tree)
