@@ -190,8 +190,9 @@ def main(argv=None) -> int:
             rows.append([f"{framework} {version}", name, fmt_ms(t["median_ms"]),
                          f"{fmt_ms(t['p10_ms'])}-{fmt_ms(t['p90_ms'])}", f"{ratio:.2f}", f"{ratio_p10:.2f}",
                          "-" if err is None else f"{err:.1e}"])
-            results.append(dict(framework=framework, version=version, method=name, ratio_to_cross_entropy=ratio,
-                                ratio_to_cross_entropy_p10=ratio_p10, grad_rel_diff=err, **t))
+            results.append(dict(framework=framework, version=version, method=name,
+                                ratio_to_cross_entropy=ratio, ratio_to_cross_entropy_p10=ratio_p10,
+                                grad_rel_diff=err, **t))
     print_table(["framework", "method", "median ms", "p10-p90 ms", "x CE", "x CE (p10)", "grad err"], rows,
                 right={2, 3, 4, 5, 6})
     print("x CE = time / time of the same framework's cross-entropy (same compile mode), medians and 10th "

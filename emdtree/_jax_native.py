@@ -21,8 +21,6 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-import numpy as np
-
 from . import _native_math as nm
 from ._tree import Tree
 

@@ -82,7 +82,8 @@ class Plan(NamedTuple):
 
 
 def plan(tree: Tree) -> Plan:
-    """The node-major plan of ``tree``, computed once and kept on the tree (as :mod:`emdtree._xp` keeps its own)."""
+    """The node-major plan of ``tree``, computed once and kept on the tree (as
+    :mod:`emdtree._xp` keeps its own)."""
     cached = tree.__dict__.get("_native_plan")
     if cached is not None:
         return cached

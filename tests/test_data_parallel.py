@@ -3,9 +3,10 @@ processes, each in a fresh interpreter (they configure devices at start-up):
 torch ``DistributedDataParallel`` (gloo, two processes) gives the gradients of
 one process on the whole batch; Keras ``fit`` under
 ``tf.distribute.MirroredStrategy`` (two logical CPUs) follows ``fit`` on one
-device, and the loss compiled by XLA in each replica equals the kernels; JAX ``jit`` over a batch sharded on two devices
-picks the native path, keeps the gradient sharded without gathering the
-batch, and equals the kernels on the whole batch."""
+device, and the loss compiled by XLA in each replica equals the kernels; JAX
+``jit`` over a batch sharded on two devices picks the native path, keeps the
+gradient sharded without gathering the batch, and equals the kernels on the
+whole batch."""
 
 import os
 import signal
@@ -183,8 +184,9 @@ def _run(script, tmp_path, *args, env=None):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
            **(env or {})}
     # a session of its own, so that a timeout ends the worker processes too
-    proc = subprocess.Popen([sys.executable, str(path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(path), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+                            cwd=tmp_path, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -30,7 +30,8 @@ TREES = {
     "binary": lambda: trees.binary(3),
     "single_edge": lambda: trees.single_edge(2.0),
     # bins on the root and an inner node, a leaf without a bin
-    "odd_bins": lambda: (np.array([-1, 0, 1, 1, 0]), np.array([0.0, 1.0, 2.0, 3.0, 0.5]), np.array([1, 2, 0])),
+    "odd_bins": lambda: (np.array([-1, 0, 1, 1, 0]), np.array([0.0, 1.0, 2.0, 3.0, 0.5]),
+                         np.array([1, 2, 0])),
     "caterpillar": lambda: trees.caterpillar(7),
 }
 
@@ -110,8 +111,8 @@ def test_rho2_hessian_is_the_constant_of_eq12(x64):
     hessian = jax.jit(jax.hessian(lambda p: _native(p, labels, tree, 2.0).sum()))
     hessians = [hessian(_dists(rng, (2, 4))) for _ in range(2)]
     np.testing.assert_allclose(hessians[0], hessians[1], atol=1e-14)
-    np.testing.assert_allclose(hessians[0][0, :, 0, :], emdtree.emd_hessian(np.full(4, 0.25), np.eye(4)[0], tree),
-                               atol=1e-14)
+    want = emdtree.emd_hessian(np.full(4, 0.25), np.eye(4)[0], tree)
+    np.testing.assert_allclose(hessians[0][0, :, 0, :], want, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["random", "chain"])

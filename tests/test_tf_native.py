@@ -31,7 +31,8 @@ TREES = {
     "deep_path": lambda: trees.deep_path(30),
     "single_edge": lambda: trees.single_edge(2.0),
     # bins on the root and an inner node, a leaf without a bin
-    "odd_bins": lambda: (np.array([-1, 0, 1, 1, 0]), np.array([0.0, 1.0, 2.0, 3.0, 0.5]), np.array([1, 2, 0])),
+    "odd_bins": lambda: (np.array([-1, 0, 1, 1, 0]), np.array([0.0, 1.0, 2.0, 3.0, 0.5]),
+                         np.array([1, 2, 0])),
 }
 
 
