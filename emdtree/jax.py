@@ -6,11 +6,19 @@ tangent of the loss is ``<g, dp - dq>`` with ``g`` the dirt-conserving
 gradient that the kernels compute with the value. That rule is linear in the
 tangents, so JAX transposes it for reverse mode: ``jax.grad``, ``jax.vjp``
 and ``jax.jvp`` all work, with respect to the prediction and a distribution
-target. Second derivatives do not (the callback has no derivative).
+target. Second derivatives need the native path below (the callback has no
+derivative).
 
 The callback is vmapped with ``vmap_method="expand_dims"``: an argument that
 is not batched reaches NumPy with a size-1 batch axis instead of a copy per
 batch element, and the kernels broadcast it.
+
+A second, native path computes the same numbers in JAX operations
+(:mod:`emdtree._jax_native`): it stays inside XLA, so it runs on GPUs and
+TPUs without a round trip to the host and shards with its inputs, and its
+gradient is itself differentiable (``jax.hessian``, ``jax.jvp`` of
+``jax.grad``). :func:`emd_loss` picks it for arrays on an accelerator or
+spread over several devices; on one CPU device the callback is faster.
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 import numpy as np
 
-from . import _losses
+from . import _jax_native, _losses
+from ._inputs import resolve_tree
 from ._tree import Tree
 
 __all__ = ["emd_loss"]
+
+_IMPLEMENTATIONS = ("auto", "native", "callback")
 
 
 def _kernels(p: np.ndarray, q: np.ndarray, token: Tree | int | None, rho: float, check: bool,
@@ -83,6 +94,7 @@ def emd_loss(
     normalize: str | None = None,
     axis: int = -1,
     check_inputs: bool = True,
+    implementation: str = "auto",
 ) -> jax.Array:
     """EMD^rho between predicted distributions and targets on a tree, per sample.
 
@@ -111,7 +123,17 @@ def emd_loss(
     check_inputs : bool, default True
         Check that masses are finite, non-negative and have equal totals,
         and that class indices are in range (errors surface from the
-        callback when the computation runs).
+        callback when the computation runs). The native path checks arrays
+        it receives outside a trace; inside ``jax.jit`` it cannot.
+    implementation : {"auto", "native", "callback"}, default "auto"
+        ``"callback"`` runs emdtree's CPU kernels through
+        ``jax.pure_callback``; ``"native"`` runs JAX operations that stay
+        inside XLA (accelerators, sharded arrays, second derivatives:
+        ``jax.hessian`` gives :func:`emdtree.emd_hessian`). ``"auto"``
+        picks the native path for arrays on an accelerator or over several
+        devices (inside a trace: when the default backend is not the CPU or
+        there are several devices), the callback otherwise, where it is
+        faster.
 
     Returns
     -------
@@ -125,7 +147,8 @@ def emd_loss(
         For an ``input`` that is not floating point, or a target that is
         neither floating point nor integer.
     ValueError
-        For mismatched shapes or a bin axis that does not match the tree.
+        For mismatched shapes, a bin axis that does not match the tree, or
+        an unknown ``implementation``.
 
     Examples
     --------
@@ -140,9 +163,15 @@ def emd_loss(
     >>> loss = jax.jit(lambda x, t: emd_loss(x, t, normalize="softmax"))
     >>> loss(jnp.zeros((2, 3), dtype=jnp.float32), jnp.array([0, 2])).round(4)
     Array([0.5556, 0.5556], dtype=float32)
+    >>> from emdtree import emd_hessian  # rho=2: the constant Hessian of paper eq. 12, projected
+    >>> h = jax.hessian(lambda p: emd_loss(p, q, implementation="native").sum())(p)
+    >>> bool(jnp.allclose(h[0, :, 0], emd_hessian(p[0], q[0]), atol=1e-6))
+    True
     """
     rho = _losses.check_rho_value(rho)
     normalize = _losses.check_normalize(normalize)
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be 'auto', 'native' or 'callback', got {implementation!r}")
     input, target = jnp.asarray(input), jnp.asarray(target)
     if not jnp.issubdtype(input.dtype, jnp.floating):
         raise TypeError(f"input must be floating point, got dtype {input.dtype}")
@@ -170,4 +199,20 @@ def emd_loss(
         # (a float32 target beside float64 input stays float32: its mass is checked to
         # float32's precision, as emdtree.emd does)
         q = q.astype(p.dtype)
+    if implementation == "native" or (implementation == "auto" and _jax_native.is_preferred(input, target)):
+        if check_inputs:
+            _check_concrete(p, q, tree, rho)
+        return _jax_native.emd(p, q.astype(p.dtype) if not labels else q, resolve_tree(tree, n_bins),
+                               rho).astype(out_dtype)
     return _emd(p, q, token, rho, bool(check_inputs)).astype(out_dtype)
+
+
+def _check_concrete(p: jax.Array, q: jax.Array, tree: Tree | None, rho: float) -> None:
+    """The kernels' input checks, for arrays that hold values (not inside a trace)."""
+    if isinstance(p, jax.core.Tracer) or isinstance(q, jax.core.Tracer):
+        return
+    n_bins = p.shape[-1]
+    labels = jnp.issubdtype(q.dtype, jnp.integer)
+    p_rows = np.asarray(p).reshape(-1, n_bins)
+    q_rows = np.asarray(q).reshape(-1) if labels else np.asarray(q).reshape(-1, n_bins)
+    _losses.value_grad(p_rows, q_rows, tree, rho, want_grad=False, check=True, batch_shape=p.shape[:-1])

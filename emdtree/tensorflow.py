@@ -5,13 +5,18 @@ per sample; :class:`EMDLoss` is the :class:`keras.losses.Loss` with Keras
 reductions and serialisation. Targets are distributions or integer class
 indices (sparse, like :class:`keras.losses.SparseCategoricalCrossentropy`).
 
-The kernels run through ``tf.numpy_function`` inside ``tf.custom_gradient``:
-eagerly, in ``tf.function`` and in ``Model.fit``, but not under XLA, which
-cannot compile a Python callback. Compile Keras models with
-``jit_compile=False``: Keras' default ``"auto"`` picks XLA on machines with a
-GPU, and the loss then raises a ``RuntimeError`` that says so. The gradient
-is the dirt-conserving one (it sums to zero over the bins), times the
-upstream gradient of each sample; second derivatives are not available.
+Two paths compute the same numbers, each inside ``tf.custom_gradient``:
+
+* on the CPU, outside XLA, emdtree's kernels run through
+  ``tf.numpy_function`` (eagerly, in ``tf.function`` and in ``Model.fit``);
+* when XLA compiles the loss (``jit_compile=True``, or Keras' default
+  ``"auto"`` on a GPU) and on GPU tensors, TensorFlow operations do
+  (:mod:`emdtree._tf_native`: gathers and segment sums over the tree's
+  post-order layout), which XLA compiles and which stay on the device.
+
+The gradient is the dirt-conserving one (it sums to zero over the bins),
+times the upstream gradient of each sample; second derivatives are not
+available.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ except ImportError as exc:  # pragma: no cover - keras ships with tensorflow >= 
         'emdtree.tensorflow needs Keras 3: pip install "emdtree[tensorflow]"'
     ) from exc
 
-from . import _losses
+from . import _losses, _tf_native
+from ._inputs import resolve_tree
 from ._tree import Tree
 
 __all__ = ["EMDLoss", "emd_loss"]
@@ -138,8 +144,6 @@ def emd_loss(
         (naming the entry) negative or non-finite masses, unequal totals or
         class indices out of range; inside a ``tf.function`` the value
         errors surface as ``tf.errors.InvalidArgumentError``.
-    RuntimeError
-        When traced for XLA (``jit_compile=True``).
 
     Examples
     --------
@@ -149,12 +153,6 @@ def emd_loss(
     >>> emd_loss(tf.constant([1, 1]), y_pred).numpy()  # rho=2: half the mass moves one bin
     array([0.25, 0.  ], dtype=float32)
     """
-    if _in_xla_context():
-        raise RuntimeError(
-            "emdtree.tensorflow.emd_loss calls emdtree's kernels through tf.numpy_function, which XLA "
-            "cannot compile: compile the Keras model with jit_compile=False (or the tf.function "
-            "without jit_compile=True)"
-        )
     rho = _losses.check_rho_value(rho)
     normalize = _losses.check_normalize(normalize)
     y_pred = tf.convert_to_tensor(y_pred)
@@ -197,7 +195,15 @@ def emd_loss(
     else:
         q = y_true if ax == rank - 1 else tf.transpose(y_true, perm)
         q_rows = tf.reshape(tf.cast(q, p.dtype), [-1, n_bins])
-    value = _emd_rows(p_rows, q_rows, token, rho, check_inputs, sparse)
+    if _in_xla_context() or _tf_native.is_preferred(p_rows):
+        if check_inputs and tf.executing_eagerly():
+            _losses.value_grad(p_rows.numpy(), q_rows.numpy(), tree, rho, want_grad=False, check=True,
+                               names=("y_pred", "y_true"))
+        if sparse and q_rows.dtype.is_floating:  # checked above when eager; traced, indices as Keras casts them
+            q_rows = tf.cast(q_rows, tf.int64)
+        value = _tf_native.emd_rows(p_rows, q_rows, resolve_tree(tree, n_bins), rho, sparse)
+    else:
+        value = _emd_rows(p_rows, q_rows, token, rho, check_inputs, sparse)
     value = tf.reshape(value, batch_shape)
     value.set_shape(p.shape[:-1])
     return tf.cast(value, out_dtype)
@@ -211,7 +217,7 @@ class EMDLoss(keras.losses.Loss):
     ``"mean_with_sample_weight"``, ``None``), and so do sample weights. The
     configuration stores the tree as :meth:`Tree.to_dict`, so a saved model
     loads again with ``keras.models.load_model`` once this module is
-    imported. Compile models with ``jit_compile=False``.
+    imported. Models compile with or without XLA (``jit_compile``).
 
     Parameters
     ----------

@@ -13,9 +13,12 @@ it is the negative), scaled by the upstream gradient of each sample. The
 gradient is itself differentiable, through the Hessian-vector product
 ``H P v`` (op ``emdtree::emd_hvp``), so double backward and
 ``torch.autograd.gradgradcheck`` work; third derivatives do not. The softmax
-and ``"l1"`` normalisation run as ordinary torch operations. ``torch.vmap``
-works on the loss's value; ``torch.func.grad`` does not support operators
-with an autograd formula in this PyTorch version.
+and ``"l1"`` normalisation run as ordinary torch operations. Under
+``torch.func`` transforms (``grad``, ``vmap(grad(...))`` for per-sample
+gradients, ``jacrev``, ``jacfwd``, ``hessian``), which do not run operators
+with a registered autograd formula, the same operators are called through a
+``torch.autograd.Function`` with ``vmap`` and ``jvp`` rules
+(:mod:`emdtree._torch_func`).
 
 CPU tensors are handed to the kernels without a copy. CUDA tensors go to
 :func:`emdtree.emd_value_and_grad` (and the Hessian-vector product of
@@ -34,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'emdtree.torch needs PyTorch: pip install "emdtree[torch]"'
     ) from exc
 
-from . import _losses
+from . import _losses, _torch_func
 from ._tree import Tree
 
 __all__ = ["EMDLoss", "emd_loss"]
@@ -334,7 +337,9 @@ def emd_loss(
             q = q.to(p.dtype)
         q = q.reshape(-1, n_bins)
 
-    if torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
+    if _torch_func.transforms_active():
+        value = _torch_func.emd_function().apply(p, q, token, rho, check_inputs)[0]
+    elif torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
         value = _value_grad_op(p, q, token, rho, check_inputs)[0]
     else:
         value = _value_op(p, q, token, rho, check_inputs)
