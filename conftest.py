@@ -1,5 +1,8 @@
 """pytest configuration for the checkout: the doctests of an optional adapter are
-skipped, with the reason, when its framework is not installed.
+skipped, with the reason, when its framework is not installed, and every call runs
+the compiled kernels (``EMDTREE_JIT=eager``): which path a call takes must not
+depend on how long earlier tests took. tests/test_tiers.py tests the NumPy path
+that first calls take in a new process, and the choice between the two.
 
 ``--doctest-modules`` imports every module under ``emdtree/``; the adapters import
 their framework when they load, so without this hook a checkout installed with
@@ -8,10 +11,13 @@ only the ``test`` extra would fail to collect them.
 
 from __future__ import annotations
 
+import os
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("EMDTREE_JIT", "eager")
 
 _FRAMEWORK_OF = {
     Path("emdtree", "torch.py"): ("torch", "torch"),

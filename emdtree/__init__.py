@@ -9,6 +9,7 @@ time linear in the size of the tree.
 
 from . import datasets
 from ._api import emd, emd_grad, emd_hessian, emd_hvp, emd_value_and_grad, phi
+from ._kernels.jit import NoKernelCacheWarning
 from ._tree import Tree
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY_MODULES) | set(_LAZY_FUNCTIONS))
 
 __all__ = [
+    "NoKernelCacheWarning",
     "SinkhornResult",
     "Tree",
     "datasets",

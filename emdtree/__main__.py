@@ -260,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
+    isatty = getattr(sys.stderr, "isatty", None)
+    if not args.quiet and isatty and isatty():  # a note, as the progress bars: only on a terminal
+        from ._compile_notice import announce
+
+        announce()
     try:
         _run(args, sys.stdout)
         sys.stdout.flush()  # a broken pipe shows here rather than at exit

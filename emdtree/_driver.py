@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from . import _normalize
+from . import _cold, _normalize, _tiers
 from ._inputs import Rows, check_label_stats, check_result, check_stats
 from ._kernels import chain, cpu, dense
 from ._kernels import rows as rows_kernel
@@ -120,7 +120,13 @@ def value_grad(
     consts = consts_of(rho, rows.dtype)
     pf, qf = p.reshape(-1), q.reshape(-1)
     labels = _NO_LABELS if labels is None else labels
-    if rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL and not labels.shape[0]:
+    chain_kernel = rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL and not labels.shape[0]
+    kernel = (chain.chain_value_grad_serial if chain_kernel else cpu.value_grad_serial
+              if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX or n_rows >= cpu.BLOCK else rows_kernel.value_grad_rows)
+    if n_rows and _tiers.use_numpy(kernel, n_rows * rows.tree.n_nodes) and _cold.suits(rows.tree):
+        with _tiers.timed(kernel):
+            value, grad, totals, low = _cold.value_grad(rows, rho, want_grad, labels)
+    elif chain_kernel:
         low = np.empty(n_rows, dtype=np.float64)
         launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
                pf, qf, ps, qs, n_rows, kernel_arrays(rows.tree, rows.dtype)[1], mode, want_grad, value, grad,

@@ -126,6 +126,55 @@ def _fill_layout(parents, order, n_bins_at):  # pragma: no cover - compiled
     return position, parent, size, below, depth
 
 
+# Trees up to this many nodes are laid out in Python (about 2 us per node), which
+# spares a new process the compilation of the two kernels above (about 0.8 s).
+PYTHON_MAX_NODES = 20_000
+
+
+def _postorder_py(parents: np.ndarray, root: int) -> tuple[np.ndarray, int]:
+    """:func:`_postorder` in Python, for small trees: the same order."""
+    n = parents.shape[0]
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i, par in enumerate(parents.tolist()):
+        if par >= 0:
+            children[par].append(i)
+    order: list[int] = []
+    stack = [(root, iter(children[root]))]
+    while stack:
+        node, rest = stack[-1]
+        child = next(rest, None)
+        if child is None:
+            order.append(node)
+            stack.pop()
+        elif len(stack) >= n:  # only reachable through a cycle through the root
+            return np.empty(n, dtype=np.int64), -1
+        else:
+            stack.append((child, iter(children[child])))
+    out = np.empty(n, dtype=np.int64)
+    out[: len(order)] = order
+    return out, len(order)
+
+
+def _fill_layout_py(parents: np.ndarray, order: np.ndarray, n_bins_at: np.ndarray):
+    """:func:`_fill_layout` in NumPy and Python, for small trees: the same arrays."""
+    n = order.shape[0]
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n, dtype=np.int64)
+    par = parents[order]
+    parent = np.where(par >= 0, position[np.maximum(par, 0)], -1).astype(np.int64)
+    size = [1] * n
+    below = n_bins_at[order].tolist()
+    up = parent.tolist()
+    for j in range(n - 1):
+        size[up[j]] += size[j]
+        below[up[j]] += below[j]
+    depth = [0] * n
+    for j in range(n - 2, -1, -1):
+        depth[j] = depth[up[j]] + 1
+    return (position, parent, np.array(size, dtype=np.int64), np.array(below, dtype=np.float64),
+            np.array(depth, dtype=np.int64))
+
+
 def find_cycle(parents: np.ndarray, unreached: np.ndarray) -> list[int]:
     """Return the nodes of one parent cycle, starting from an unreached node."""
     node = int(unreached[0])
@@ -157,7 +206,8 @@ def build_layout(parents: np.ndarray, weights: np.ndarray, bins: np.ndarray) -> 
     """
     n = parents.shape[0]
     roots = np.flatnonzero(parents < 0)
-    order, reached = _postorder(parents, roots[0])
+    small = n <= PYTHON_MAX_NODES
+    order, reached = (_postorder_py if small else _postorder)(parents, int(roots[0]))
     if reached != n:
         seen = np.zeros(n, dtype=bool)
         if reached > 0:
@@ -169,7 +219,8 @@ def build_layout(parents: np.ndarray, weights: np.ndarray, bins: np.ndarray) -> 
             + "; every node must lead to the root by following parents"
         )
     n_bins_at = np.bincount(bins, minlength=n).astype(np.float64)
-    position, parent, size, below, depth = _fill_layout(parents, order, n_bins_at)
+    position, parent, size, below, depth = (_fill_layout_py if small else _fill_layout)(parents, order,
+                                                                                        n_bins_at)
     weight = weights[order].astype(np.float64)
     weight[-1] = 0.0
     bin_at = np.full(n, -1, dtype=np.int64)

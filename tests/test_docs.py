@@ -32,6 +32,7 @@ GUIDE_PAGES = [
     "metrics.rst",
     "unifrac.rst",
     "scaling.rst",
+    "deployment.rst",
     "gpu.rst",
     "gallery.rst",
 ]

@@ -17,7 +17,30 @@ import numba
 
 
 class NoKernelCacheWarning(RuntimeWarning):
-    """No writable Numba cache location: the kernels are compiled in each process."""
+    """No writable Numba cache location: the kernels are compiled in each process.
+
+    Issued at most once per process, when emdtree is imported from a folder
+    that cannot be written and no other cache folder can be (see
+    :doc:`/deployment`). The kernels still work; each process compiles those
+    it calls. Point ``NUMBA_CACHE_DIR`` at a writable folder to cache them.
+
+    Parameters
+    ----------
+    message : str
+        What could not be cached, and how to fix it.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import emdtree
+    >>> with warnings.catch_warnings():  # a read-only image that accepts compiling in memory
+    ...     warnings.simplefilter("ignore", emdtree.NoKernelCacheWarning)
+    ...     issubclass(emdtree.NoKernelCacheWarning, RuntimeWarning)
+    True
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 _warned = False
