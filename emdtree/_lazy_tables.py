@@ -73,9 +73,9 @@ def _load_biom(path: str) -> tuple[list[str], list[str], Any]:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # biom-format and h5py report damage in many types
-        text = str(exc).strip().splitlines()
-        reason = text[0] if text else type(exc).__name__
-        raise ValueError(f"cannot read {path!r} as a BIOM table: {reason}") from None
+        from .io import _damaged_biom
+
+        raise _damaged_biom(path, exc) from None
     return [str(s) for s in table.ids(axis="sample")], [str(f) for f in table.ids(axis="observation")], matrix
 
 

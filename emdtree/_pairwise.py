@@ -174,6 +174,23 @@ class _Rows:
         self.x = flat[:n * m].reshape(n, m)
 
 
+def _sample_tree(tree: Tree | None, n_bins: int, y_bins: int | None, along: str) -> Tree:
+    """The tree of samples with ``n_bins`` bins (``y_bins`` for Y): the chain for None."""
+    if y_bins is not None and y_bins != n_bins:
+        raise ValueError(f"X has {n_bins} bins{along} but Y has {y_bins}")
+    if n_bins == 0:
+        raise ValueError("the bin axis is empty")
+    if tree is None:
+        from ._inputs import resolve_tree
+
+        return resolve_tree(None, n_bins)
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
+    if tree.n_bins != n_bins:
+        raise ValueError(f"X has {n_bins} bins{along} but the tree has {tree.n_bins} bins")
+    return tree
+
+
 def _check_logits(rows: np.ndarray, name: str, r0: int, axis: int) -> None:
     """Rows of logits: no NaN or +inf, and a finite logit in every row."""
     bad = np.isnan(rows) | (rows == np.inf)
@@ -351,18 +368,7 @@ def pairwise(
     ys = None if Y is None else _check_samples(Y, "Y", ax)
     dtype = working_dtype(xs) if ys is None else working_dtype(xs, ys)
     n_bins = xs.shape[1]
-    if ys is not None and ys.shape[1] != n_bins:
-        raise ValueError(f"X has {n_bins} bins along axis {axis} but Y has {ys.shape[1]}")
-    if n_bins == 0:
-        raise ValueError("the bin axis is empty")
-    if tree is None:
-        from ._inputs import resolve_tree
-
-        tree = resolve_tree(None, n_bins)
-    elif not isinstance(tree, Tree):
-        raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
-    elif tree.n_bins != n_bins:
-        raise ValueError(f"X has {n_bins} bins along axis {axis} but the tree has {tree.n_bins} bins")
+    tree = _sample_tree(tree, n_bins, None if ys is None else ys.shape[1], f" along axis {axis}")
     if block_size is None:
         block = max(cpu.BLOCK, _BLOCK_VALUES // tree.n_nodes // cpu.BLOCK * cpu.BLOCK)
     else:

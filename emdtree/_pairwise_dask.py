@@ -28,7 +28,7 @@ from ._inputs import working_dtype
 from ._kernels import pairwise as kernels
 from ._kernels.checks import row_totals
 from ._kernels.pairwise import listed_pairs_serial, pair_sums_serial
-from ._pairwise import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows
+from ._pairwise import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ._tree import Tree
 
 __all__ = ["pairwise_dask", "block_distances"]
@@ -214,18 +214,7 @@ def pairwise_dask(X: Any, Y: Any, tree: Tree | None, rho: float, normalize: str 
     ys = None if Y is None else _as_samples(Y, "Y", axis, block_size or xs.chunks[0][0] or None)
     dtype = working_dtype(xs) if ys is None else working_dtype(xs, ys)
     n_bins = xs.shape[1]
-    if ys is not None and ys.shape[1] != n_bins:
-        raise ValueError(f"X has {n_bins} bins but Y has {ys.shape[1]}")
-    if n_bins == 0:
-        raise ValueError("the bin axis is empty")
-    if tree is None:
-        from ._inputs import resolve_tree
-
-        tree = resolve_tree(None, n_bins)
-    elif not isinstance(tree, Tree):
-        raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
-    elif tree.n_bins != n_bins:
-        raise ValueError(f"X has {n_bins} bins but the tree has {tree.n_bins} bins")
+    tree = _sample_tree(tree, n_bins, None if ys is None else ys.shape[1], "")
     n = xs.shape[0]
     m = n if ys is None else ys.shape[0]
     if n == 0 or m == 0:

@@ -363,6 +363,13 @@ def _read_numpy(path: pathlib.Path, suffix: str, transpose: bool, mmap: bool) ->
     return Table(sample_ids, feature_names, counts)
 
 
+def _damaged_biom(path: str | pathlib.Path, exc: Exception) -> ValueError:
+    """The error for a BIOM file that biom-format or h5py cannot read, naming the file."""
+    text = str(exc).strip().splitlines()
+    reason = text[0] if text else type(exc).__name__
+    return ValueError(f"cannot read {str(path)!r} as a BIOM table: {reason}")
+
+
 def _read_biom(path: pathlib.Path) -> Table:
     try:
         import biom
@@ -376,9 +383,7 @@ def _read_biom(path: pathlib.Path) -> Table:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # biom-format and h5py report damage in many types
-        text = str(exc).strip().splitlines()
-        reason = text[0] if text else type(exc).__name__
-        raise ValueError(f"cannot read {str(path)!r} as a BIOM table: {reason}") from None
+        raise _damaged_biom(path, exc) from None
     return Table([str(s) for s in table.ids(axis="sample")], [str(f) for f in table.ids(axis="observation")],
                  counts)
 
