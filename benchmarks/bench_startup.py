@@ -5,7 +5,9 @@ shows a user):
 
 * the README's "Ten lines" block (read from README.rst), statement by
   statement, so that import, tree loading and the first calls are timed apart;
-* ``python -m emdtree demo``.
+* ``python -m emdtree demo``;
+* a weighted UniFrac matrix of 100 samples on the ImageNet tree
+  (:func:`emdtree.pairwise`).
 
 Each in three states of Numba's cache (``NUMBA_CACHE_DIR``):
 
@@ -80,6 +82,15 @@ print(json.dumps({"phases": phases, "compiles": [c[:2] for c in compiles if c[2]
 """
 
 
+PAIRWISE = """\
+import numpy as np
+import emdtree
+tree = emdtree.datasets.imagenet_wordnet()
+counts = np.random.default_rng(0).poisson(0.5, size=(100, tree.n_bins))
+D = emdtree.pairwise(counts, tree=tree, normalize="l1")
+"""
+
+
 def readme_block(title: str) -> str:
     """The first Python code block after the section titled ``title`` in README.rst."""
     text = (ROOT / "README.rst").read_text(encoding="utf-8")
@@ -107,7 +118,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="runs per case and state (median reported)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    cases = [("Ten lines", "script", readme_block("Ten lines")), ("emdtree demo", "cli", "demo")]
+    cases = [("Ten lines", "script", readme_block("Ten lines")), ("emdtree demo", "cli", "demo"),
+             ("pairwise 100", "script", PAIRWISE)]
     rows, record = [], []
     for name, mode, payload in cases:
         warm_dir = tempfile.mkdtemp(prefix="emdtree-warm-")

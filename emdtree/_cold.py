@@ -120,3 +120,48 @@ def value_grad(
             g = (_incidence(tree).T @ c).T
         g = g - g.mean(axis=1, keepdims=True)
     return value, np.ascontiguousarray(g, dtype=dtype).reshape(-1), totals, low
+
+
+# ----------------------------------------------------------------------------- all pairs
+
+
+def row_totals(x: np.ndarray, totals: np.ndarray) -> int:
+    """:func:`emdtree._kernels.checks.row_totals` in NumPy: the same return value and totals."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~((x >= 0) & (x < np.inf))
+        if bad.any():
+            return int(np.flatnonzero(bad.reshape(-1))[0])
+        totals[:] = x.sum(axis=1, dtype=np.float64)
+    return -1 if np.isfinite(totals).all() else -2
+
+
+def phi_columns(tree: Tree, x: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
+    """phi of the rows of ``x`` (rows, n_bins) at the layout ``positions``, into ``out`` (rows, positions)."""
+    if tree._is_canonical_chain:
+        out[:] = np.cumsum(x, axis=1, dtype=np.float64)[:, positions]
+    else:
+        out[:] = (_incidence(tree)[positions] @ x.T.astype(np.float64)).T
+
+
+def pair_sums(a: np.ndarray, b: np.ndarray | None, rho: float, condensed: bool, out: np.ndarray) -> None:
+    """``sum_k |a_ik - b_jk|^rho`` for all pairs with SciPy, summed in float64, into ``out``.
+
+    ``b`` None: the pairs of ``a`` with itself, as a condensed vector or a flat
+    square matrix (exactly symmetric, zero diagonal), as ``out`` is sized.
+    """
+    from scipy.spatial import distance
+
+    metric, kwargs = ("cityblock", {}) if rho == 1.0 else ("sqeuclidean", {}) if rho == 2.0 else \
+        ("minkowski", {"p": rho})
+    a = a.astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
+        if b is None:
+            d = distance.pdist(a, metric, **kwargs)
+            if metric == "minkowski":
+                d **= rho
+            out[:] = d if condensed else distance.squareform(d, checks=False).reshape(-1)
+        else:
+            d = distance.cdist(a, b.astype(np.float64, copy=False), metric, **kwargs)
+            if metric == "minkowski":
+                d **= rho
+            out[:] = d.reshape(-1)

@@ -25,13 +25,14 @@ and mirrored: exactly symmetric, with an exactly zero diagonal.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from typing import Any
 
 import numba
 import numpy as np
 
-from . import _driver
+from . import _cold, _driver, _tiers
 from ._inputs import check_rho, reject_masked, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
@@ -60,6 +61,11 @@ _MIN_TAU = 1e-3
 # within _GRAM_REL of the direct formula. With very many columns (the threshold above
 # _GRAM_MAX_TAU) the direct kernel is used throughout.
 _GRAM_REL = 1e-10
+
+# Pair-column terms up to which a process whose pair kernels are not compiled yet
+# computes the matrix with SciPy's cdist (a few ns per term) instead of compiling
+# them (several seconds): about 500 samples on the ImageNet tree.
+_COLD_MAX_WORK = 200_000_000
 _GRAM_MAX_TAU = 0.5
 
 
@@ -112,7 +118,7 @@ class _Rows:
 
     def __init__(self, samples: np.ndarray, name: str, axis: int, dtype: np.dtype, tree: Tree,
                  positions: np.ndarray, scale: np.ndarray, normalize: str | None, check: bool,
-                 block: int) -> None:
+                 block: int, cold: bool = False) -> None:
         n, n_cols = samples.shape[0], positions.shape[0]
         lay = tree.layout
         non_bin = np.flatnonzero(lay.bin_at < 0).astype(np.int64)
@@ -133,7 +139,7 @@ class _Rows:
                     _check_logits(rows, name, r0, axis)
                 rows = softmax(np, rows)
                 rows.flags.writeable = False
-            bad = row_totals(rows, totals)
+            bad = (_cold.row_totals if cold else row_totals)(rows, totals)
             if check and bad >= 0:
                 r, k = divmod(bad, rows.shape[1])
                 value = rows[r, k]
@@ -154,9 +160,12 @@ class _Rows:
                 rows = rows / totals.astype(dtype)[:, None]  # never in place: rows may be the caller's
                 rows.flags.writeable = False
             x = self.x[r0:r1]
-            if n_cols:
+            if n_cols and cold:
+                _cold.phi_columns(tree, rows, positions, x)
+            elif n_cols:
                 cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
                                positions, x.reshape(-1))
+            if n_cols:
                 with np.errstate(over="ignore"):  # an overflow shows in the result check
                     x *= scale
                 np.minimum(self.low, x.min(axis=0), out=self.low)
@@ -375,9 +384,24 @@ def pairwise(
         block = _check_int(block_size, "block_size", 1)
 
     positions, scale = _columns(tree, rho)
-    parts = [("X", _Rows(xs, "X", ax, dtype, tree, positions, scale, normalize, check_inputs, block))]
+    n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
+    # before the kernels are compiled or cached, small matrices are computed with NumPy and SciPy
+    cold = _tiers.use_numpy(kernels.pair_sums_serial, n_a * n_b * positions.shape[0] // (2 if ys is None else 1),
+                            _COLD_MAX_WORK) and _cold.suits(tree)
+    with _tiers.timed(kernels.pair_sums_serial) if cold else contextlib.nullcontext():
+        return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
+                      n_threads, chosen, cold)
+
+
+def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree: Tree, rho: float,
+           positions: np.ndarray, scale: np.ndarray, normalize: str | None, check_inputs: bool, block: int,
+           condensed: bool, n_threads: int | None, chosen: bool, cold: bool) -> np.ndarray:
+    """:func:`pairwise` on checked in-memory samples, with the kernels or, ``cold``, NumPy and SciPy."""
+    n_bins = tree.n_bins
+    parts = [("X", _Rows(xs, "X", ax, dtype, tree, positions, scale, normalize, check_inputs, block, cold))]
     if ys is not None:
-        parts.append(("Y", _Rows(ys, "Y", ax, dtype, tree, positions, scale, normalize, check_inputs, block)))
+        parts.append(("Y", _Rows(ys, "Y", ax, dtype, tree, positions, scale, normalize, check_inputs, block,
+                                 cold)))
     if check_inputs and normalize is None:
         inputs = [xs] if ys is None else [xs, ys]
         mass_eps = max(float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps) for a in inputs)
@@ -403,7 +427,9 @@ def pairwise(
     n_threads = usable_threads(n_threads)
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
-    if out.size and n_cols and use_gram:
+    if out.size and n_cols and cold:
+        _cold.pair_sums(a, None if ys is None else b, rho, condensed, out)
+    elif out.size and n_cols and use_gram:
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
             _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
     elif out.size and n_cols:

@@ -1,12 +1,12 @@
 """When a call runs the compiled kernel, and when NumPy code instead.
 
 A new process whose Numba cache does not hold the value-and-gradient kernel
-would pay its compilation (about 3 s on a 2-core machine) on the first call,
-for work that takes milliseconds. Such calls run the NumPy pass of
-:mod:`emdtree._cold` instead, while the time they take adds up; once it
-reaches a budget (``EMDTREE_JIT_BUDGET`` seconds, default 1), or when a call
-is large, the next call compiles the kernel, which Numba then caches on disk
-for later processes. A kernel already compiled in this process, or found in
+(or the all-pairs kernels) would pay its compilation (about 3 s, or 6 s, on a
+2-core machine) on the first call, for work that takes milliseconds. Such
+calls run the NumPy and SciPy code of :mod:`emdtree._cold` instead, while
+the time they take adds up; once it reaches a budget (``EMDTREE_JIT_BUDGET``
+seconds, default 1), or when a call is large, the next call compiles the
+kernel, which Numba then caches on disk for later processes. A kernel already compiled in this process, or found in
 Numba's cache, is always used.
 
 ``EMDTREE_JIT=eager`` turns this off: every call runs the kernels, compiling
@@ -55,9 +55,10 @@ def in_cache(kernel) -> bool:
     return known
 
 
-def use_numpy(kernel, work: int) -> bool:
-    """Whether a call that would run ``kernel`` on ``work`` rows x nodes runs NumPy code instead."""
-    if kernel.overloads or work > MAX_WORK or _eager():
+def use_numpy(kernel, work: int, max_work: int = MAX_WORK) -> bool:
+    """Whether a call that would run ``kernel`` on ``work`` (rows x nodes, or what ``max_work``
+    counts) runs NumPy code instead."""
+    if kernel.overloads or work > max_work or _eager():
         return False
     if _spent.get(kernel, 0.0) >= _budget():
         return False

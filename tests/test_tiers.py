@@ -49,7 +49,7 @@ def path(monkeypatch):
     """``path("numpy")`` or ``path("kernel")``: which path every value-and-gradient call takes."""
 
     def choose(which: str) -> None:
-        monkeypatch.setattr(_tiers, "use_numpy", lambda kernel, work: which == "numpy")
+        monkeypatch.setattr(_tiers, "use_numpy", lambda kernel, work, max_work=0: which == "numpy")
 
     return choose
 
@@ -136,6 +136,51 @@ def test_numpy_pass_refuses_unequal_totals_as_the_kernels_do(path):
                                [float(x) for x in re.findall(number, errors[1])], rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(TREES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rho", [1.0, 2.0, 1.5])
+@pytest.mark.parametrize("normalize", [None, "l1", "softmax"])
+@pytest.mark.parametrize("shape", ["square", "condensed", "X and Y"])
+def test_numpy_pairwise_agrees_with_the_kernels(path, name, dtype, rho, normalize, shape):
+    tree = TREES[name]
+    rng = np.random.default_rng(int(rho * 10) + len(name))
+    x = rows_of(rng, 9, tree.n_bins, dtype)
+    y = rows_of(rng, 4, tree.n_bins, dtype)
+    if normalize is not None:  # any scale: the counts of a table, or logits
+        x, y = x * 37, y * 11
+    kw = {"condensed": True} if shape == "condensed" else {"Y": y} if shape == "X and Y" else {}
+    results = []
+    for which in ("numpy", "kernel"):
+        path(which)
+        results.append(emdtree.pairwise(x, tree=tree, rho=rho, normalize=normalize, **kw))
+    got, want = results
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    tol = 1e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * max(1.0, float(np.abs(want).max())))
+    if shape == "square":
+        assert np.array_equal(got, got.T) and not np.diag(got).any()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.nan, r"X\[1, 4\] = nan is not finite"),
+    (-1.0, r"X\[1, 4\] = -1.0 is negative"),
+    (1e300, r"the total mass of X\[1\] overflows float32"),
+])
+def test_numpy_pairwise_names_bad_input_as_the_kernels_do(path, bad, message):
+    tree = TREES["leaves"]
+    x = rows_of(np.random.default_rng(5), 3, tree.n_bins, np.float32)
+    x[1, 4] = np.float32(bad) if bad != 1e300 else np.float32(3e38)
+    if bad == 1e300:
+        x[1, 5] = np.float32(3e38)
+    errors = []
+    for which in ("numpy", "kernel"):
+        path(which)
+        with pytest.raises(ValueError, match=message) as info:
+            emdtree.pairwise(x, tree=tree, normalize="l1")
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+
+
 # ----------------------------------------------------------------------------- the choice
 
 
@@ -210,14 +255,15 @@ q = np.eye(tree.n_bins, dtype=np.float32)[rng.integers(0, 1000, 512)]
 dist = emdtree.emd(p, q, tree)
 loss, grad = emdtree.emd_value_and_grad(p, q, tree, rho=2)
 chain = emdtree.emd(p[:3, :10] / p[:3, :10].sum(1, keepdims=True), np.full((3, 10), 0.1, np.float32))
-np.savez(sys.argv[1], dist=dist, loss=loss, grad=grad, chain=chain)
+pairs = emdtree.pairwise(p[:60].astype(np.float64), tree=tree, condensed=True, normalize="l1")
+np.savez(sys.argv[1], dist=dist, loss=loss, grad=grad, chain=chain, pairs=pairs)
 print(json.dumps(compiled))
 """
 
 
 def test_a_new_process_answers_its_first_calls_without_compiling(tmp_path):
-    """The README's first calls, with an empty Numba cache: no kernel is compiled,
-    and the results are those of the kernels."""
+    """The README's first calls and a distance matrix, with an empty Numba cache: no
+    kernel is compiled, and the results are those of the kernels."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("EMDTREE_JIT", None)
     out = subprocess.run([sys.executable, "-c", FIRST_CALLS, str(tmp_path / "r.npz")], env=env,
@@ -236,6 +282,8 @@ def test_a_new_process_answers_its_first_calls_without_compiling(tmp_path):
     np.testing.assert_allclose(got["grad"], grad, rtol=0, atol=2e-5 * np.abs(grad).max())
     c = p[:3, :10] / p[:3, :10].sum(1, keepdims=True)
     np.testing.assert_allclose(got["chain"], emdtree.emd(c, np.full((3, 10), 0.1, np.float32)), rtol=1e-5)
+    pairs = emdtree.pairwise(p[:60].astype(np.float64), tree=tree, condensed=True, normalize="l1")
+    np.testing.assert_allclose(got["pairs"], pairs, rtol=1e-11)
 
 
 # ----------------------------------------------------------------------------- the layout
