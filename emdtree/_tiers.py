@@ -32,14 +32,21 @@ _cached: dict[object, bool] = {}
 
 
 def _eager() -> bool:
-    return os.environ.get("EMDTREE_JIT", "lazy").strip().lower() == "eager"
+    value = os.environ.get("EMDTREE_JIT", "lazy").strip().lower()
+    if value not in ("lazy", "eager", ""):
+        raise ValueError(f"EMDTREE_JIT={os.environ['EMDTREE_JIT']!r}: expected 'lazy' (the default) or 'eager'")
+    return value == "eager"
 
 
 def _budget() -> float:
+    text = os.environ.get("EMDTREE_JIT_BUDGET", "1")
     try:
-        return float(os.environ.get("EMDTREE_JIT_BUDGET", "1.0"))
+        value = float(text)
     except ValueError:
-        return 1.0
+        value = float("nan")
+    if not value >= 0:
+        raise ValueError(f"EMDTREE_JIT_BUDGET={text!r}: expected a number of seconds >= 0")
+    return value
 
 
 def in_cache(kernel) -> bool:

@@ -239,6 +239,14 @@ def test_a_real_kernel_in_the_cache_is_seen(lazy):
     assert not _tiers.use_numpy(cpu.value_grad_serial, 100)
 
 
+@pytest.mark.parametrize("name, value", [("EMDTREE_JIT", "eagre"), ("EMDTREE_JIT_BUDGET", "soon"),
+                                         ("EMDTREE_JIT_BUDGET", "-1")])
+def test_a_bad_setting_is_named(lazy, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name}='{value}': expected"):
+        _tiers.use_numpy(fake_kernel(), 10)
+
+
 FIRST_CALLS = """
 import json, sys, numpy as np
 from numba.core import event
