@@ -83,6 +83,26 @@ def cache_dir() -> str:
     return f"{env} (NUMBA_CACHE_DIR)" if env else "__pycache__ next to each module (Numba's default)"
 
 
+def kernels_status() -> str:
+    """Whether the main kernels are in Numba's cache, and what first calls run meanwhile."""
+    try:
+        from emdtree import _tiers
+        from emdtree._kernels import cpu
+        from emdtree._kernels import pairwise as pair_kernels
+
+        cached = [name for name, kernel in (("value and gradient", cpu.value_grad_serial),
+                                            ("all pairs", pair_kernels.pair_sums_serial))
+                  if _tiers.in_cache(kernel)]
+        eager = _tiers._eager()
+    except Exception as exc:  # a description only: never fail the command for it
+        return f"unknown ({exc})"
+    if len(cached) == 2:
+        return "value and gradient, all pairs: cached"
+    what = "compiled on first use (EMDTREE_JIT=eager)" if eager else \
+        "compiled after about a second of first calls, which run NumPy code (see docs/deployment.rst)"
+    return (f"{cached[0]}: cached; the other " if cached else "not cached yet: ") + what
+
+
 def run(args, out: TextIO) -> None:
     import numba
 
@@ -105,6 +125,7 @@ def run(args, out: TextIO) -> None:
         ("numba-cuda", package),
         ("CUDA GPU", gpu),
         ("Numba cache", cache_dir()),
+        ("Kernels", kernels_status()),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -361,3 +361,15 @@ def test_a_short_compilation_says_nothing(monkeypatch):
     finally:
         _compile_notice._listener.said = True
     assert stream.getvalue() == ""
+
+
+def test_info_says_whether_the_kernels_are_cached(monkeypatch, capsys):
+    from emdtree.__main__ import main
+
+    monkeypatch.setenv("EMDTREE_JIT", "lazy")
+    for cached, expected in ((True, "value and gradient, all pairs: cached"),
+                             (False, "not cached yet: compiled after about a second of first calls")):
+        monkeypatch.setattr(_tiers, "in_cache", lambda kernel, cached=cached: cached)
+        assert main(["info"]) == 0
+        row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Kernels ")]
+        assert len(row) == 1 and expected in row[0], row
