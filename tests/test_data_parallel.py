@@ -22,7 +22,8 @@ TIMEOUT = 120  # seconds; each script takes 10-30 s on an idle machine
 TREE = "emdtree.Tree.from_nested({'a': ['x', 'y', {'z': ['u', 'v']}], 'b': ['w'], 'c': None})"
 
 TORCH_DDP = f"""
-import sys
+import faulthandler, sys
+faulthandler.dump_traceback_later({TIMEOUT} - 30, exit=True)  # where a hang waits, in each process
 import numpy as np, torch, torch.distributed as dist, torch.multiprocessing as mp
 import emdtree
 from emdtree.torch import EMDLoss
@@ -49,6 +50,10 @@ def worker(rank, store, out):
     EMDLoss(TREE, normalize="softmax")(net(x[half]), y[half]).backward()
     if rank == 0:
         torch.save({{k: p.grad for k, p in net.module.named_parameters()}}, out)
+    # both ranks done before the process group goes: DDP's reducer is freed while the
+    # group still works (tearing down gloo under a live DDP module was seen to hang)
+    dist.barrier()
+    del net
     dist.destroy_process_group()
 
 
@@ -191,8 +196,8 @@ def _run(script, tmp_path, *args, env=None):
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the script did not finish in {TIMEOUT} s")
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the script did not finish in {TIMEOUT} s:\n{stderr[-6000:]}")
     assert proc.returncode == 0 and stdout.strip().endswith("OK"), stderr[-4000:]
 
 
