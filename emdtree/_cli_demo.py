@@ -174,10 +174,11 @@ def run(args, out: TextIO) -> None:
     ms = np.median(times) * 1e3
     print(f"EMD^2 value and gradient for the batch of {m} (float32): {ms:.2f} ms", file=out)
     if cpu.value_grad_serial.overloads:
-        print(f"(median of {len(times)} calls, compiled kernel, up to {numba.get_num_threads()} Numba threads).",
-              file=out)
+        threads = numba.get_num_threads()
+        print(f"(median of {len(times)} calls, compiled kernel, up to {threads} Numba threads).", file=out)
     else:
-        print(f"(median of {len(times)} calls of the NumPy code that answers while the compiled kernel is not",
+        print(f"(median of {len(times)} calls of the NumPy code that answers while the compiled kernel is",
               file=out)
-        print("in Numba's cache; it is compiled after about a second of such calls, and cached: see", file=out)
-        print("'First calls' in the README.)", file=out)
+        print("not in Numba's cache; it is compiled after about a second of such calls, and cached:",
+              file=out)
+        print("see 'First calls' in the README.)", file=out)

@@ -386,11 +386,11 @@ def pairwise(
     positions, scale = _columns(tree, rho)
     n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
     # before the kernels are compiled or cached, small matrices are computed with NumPy and SciPy
-    cold = _tiers.use_numpy(kernels.pair_sums_serial, n_a * n_b * positions.shape[0] // (2 if ys is None else 1),
-                            _COLD_MAX_WORK) and _cold.suits(tree)
+    work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
+    cold = _tiers.use_numpy(kernels.pair_sums_serial, work, _COLD_MAX_WORK) and _cold.suits(tree)
     with _tiers.timed(kernels.pair_sums_serial) if cold else contextlib.nullcontext():
-        return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
-                      n_threads, chosen, cold)
+        return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block,
+                      condensed, n_threads, chosen, cold)
 
 
 def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree: Tree, rho: float,

@@ -6,8 +6,8 @@ A new process whose Numba cache does not hold the value-and-gradient kernel
 calls run the NumPy and SciPy code of :mod:`emdtree._cold` instead, while
 the time they take adds up; once it reaches a budget (``EMDTREE_JIT_BUDGET``
 seconds, default 1), or when a call is large, the next call compiles the
-kernel, which Numba then caches on disk for later processes. A kernel already compiled in this process, or found in
-Numba's cache, is always used.
+kernel, which Numba then caches on disk for later processes. A kernel
+already compiled in this process, or found in Numba's cache, is always used.
 
 ``EMDTREE_JIT=eager`` turns this off: every call runs the kernels, compiling
 them on first use, as benchmarks and the test suite want. Both paths compute
@@ -34,7 +34,8 @@ _cached: dict[object, bool] = {}
 def _eager() -> bool:
     value = os.environ.get("EMDTREE_JIT", "lazy").strip().lower()
     if value not in ("lazy", "eager", ""):
-        raise ValueError(f"EMDTREE_JIT={os.environ['EMDTREE_JIT']!r}: expected 'lazy' (the default) or 'eager'")
+        raise ValueError(f"EMDTREE_JIT={os.environ['EMDTREE_JIT']!r}: expected 'lazy' (the default) or "
+                         "'eager'")
     return value == "eager"
 
 

@@ -199,7 +199,7 @@ def emd_loss(
         if check_inputs and tf.executing_eagerly():
             _losses.value_grad(p_rows.numpy(), q_rows.numpy(), tree, rho, want_grad=False, check=True,
                                names=("y_pred", "y_true"))
-        if sparse and q_rows.dtype.is_floating:  # checked above when eager; traced, indices as Keras casts them
+        if sparse and q_rows.dtype.is_floating:  # checked above when eager; traced: cast as Keras does
             q_rows = tf.cast(q_rows, tf.int64)
         value = _tf_native.emd_rows(p_rows, q_rows, resolve_tree(tree, n_bins), rho, sparse)
     else:

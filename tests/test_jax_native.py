@@ -77,8 +77,8 @@ def test_class_indices_equal_one_hot_and_chain_default(name, x64):
     labels = rng.integers(0, tree.n_bins, (3, 4))
     one_hot = np.eye(tree.n_bins)[labels]
     for rho in (1.0, 2.0):
-        got = jax.jit(jax.grad(lambda p: _native(p, labels, tree, rho).sum()))(p)
-        want = jax.jit(jax.grad(lambda p: _native(p, one_hot, tree, rho).sum()))(p)
+        got = jax.jit(jax.grad(lambda p, rho=rho: _native(p, labels, tree, rho).sum()))(p)
+        want = jax.jit(jax.grad(lambda p, rho=rho: _native(p, one_hot, tree, rho).sum()))(p)
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)
         np.testing.assert_allclose(_native(p, labels, tree, rho), emdtree.emd(p, one_hot, tree, rho),
                                    rtol=1e-12, atol=1e-14)

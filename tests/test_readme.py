@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.rst"
 
 # The frameworks a block may need, recognised by its imports.
-FRAMEWORK_IMPORT = re.compile(r"^\s*(?:import|from)\s+(torch|jax|tensorflow|keras|emdtree\.(?:torch|jax|tensorflow))\b",
-                              re.MULTILINE)
+FRAMEWORK_IMPORT = re.compile(
+    r"^\s*(?:import|from)\s+(torch|jax|tensorflow|keras|emdtree\.(?:torch|jax|tensorflow))\b", re.MULTILINE)
 
 _RUNNER = r"""
 import json, sys, traceback

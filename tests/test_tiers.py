@@ -311,7 +311,8 @@ def test_python_layout_is_the_kernels_layout(n):
         assert reached == reached_py == n
         np.testing.assert_array_equal(order, order_py)
         at = rng.integers(0, 3, n).astype(np.float64)
-        for a, b in zip(_layout._fill_layout(parents, order, at), _layout._fill_layout_py(parents, order, at)):
+        numba_arrays = _layout._fill_layout(parents, order, at)
+        for a, b in zip(numba_arrays, _layout._fill_layout_py(parents, order, at)):
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
 

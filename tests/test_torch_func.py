@@ -79,7 +79,7 @@ def test_jacrev_jacfwd_and_hessian(tree):
         torch.testing.assert_close(jac[r, (r + 1) % 3], torch.zeros(tree.n_bins, dtype=torch.float64))
     torch.testing.assert_close(func.jacfwd(per_row)(p), jac, rtol=1e-12, atol=1e-14)
     for rho in (1.5, 2.0):
-        hess = func.hessian(lambda x: emd_loss(x, q[0], tree, rho, reduction="sum"))(p[0])
+        hess = func.hessian(lambda x, rho=rho: emd_loss(x, q[0], tree, rho, reduction="sum"))(p[0])
         want = emdtree.emd_hessian(p[0].numpy(), q[0].numpy(), tree, rho)
         torch.testing.assert_close(hess, torch.from_numpy(want), rtol=1e-10, atol=1e-12)
 
