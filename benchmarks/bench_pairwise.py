@@ -38,29 +38,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from _common import fmt_ms, machine_info, print_machine, print_table, write_json  # noqa: E402
+from _common import fmt_ms, machine_info, print_machine, print_table, random_binary_tree, write_json  # noqa: E402
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
 
 
 # ----------------------------------------------------------------------------- inputs
-
-def random_binary_tree(rng: np.random.Generator, n_tips: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parents and branch lengths of a random rooted binary tree: tips ``0..n_tips-1``,
-    internal nodes made by joining two random subtrees until one is left (the root)."""
-    n = 2 * n_tips - 1
-    parents = np.full(n, -1, dtype=np.int64)
-    active = list(range(n_tips))
-    for node in range(n_tips, n):
-        for _ in range(2):
-            i = int(rng.integers(len(active)))
-            active[i], active[-1] = active[-1], active[i]
-            parents[active.pop()] = node
-        active.append(node)
-    lengths = rng.uniform(0.0, 1.0, n)
-    lengths[-1] = 0.0
-    return parents, lengths
-
 
 def make_inputs(folder: str, n_tips: int, n_samples: int, rate: float, seed: int) -> dict:
     """Write tree.nwk and counts.npy (n_samples x n_tips int64) into ``folder``."""

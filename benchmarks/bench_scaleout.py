@@ -43,28 +43,12 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from _common import machine_info, print_machine, print_table, write_json  # noqa: E402
+from _common import machine_info, print_machine, print_table, random_binary_tree, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ----------------------------------------------------------------------------- inputs
-
-def random_binary_tree(rng: np.random.Generator, n_tips: int) -> tuple[np.ndarray, np.ndarray]:
-    """Parents and branch lengths of a random rooted binary tree (tips ``0..n_tips-1``)."""
-    n = 2 * n_tips - 1
-    parents = np.full(n, -1, dtype=np.int64)
-    active = list(range(n_tips))
-    for node in range(n_tips, n):
-        for _ in range(2):
-            i = int(rng.integers(len(active)))
-            active[i], active[-1] = active[-1], active[i]
-            parents[active.pop()] = node
-        active.append(node)
-    lengths = rng.uniform(0.0, 1.0, n)
-    lengths[-1] = 0.0
-    return parents, lengths
-
 
 def make_inputs(folder: str, n_tips: int, n_samples: int, features: int, block: int, seed: int) -> dict:
     """tree.json and table.zarr (counts int32 (n_samples, n_tips), chunked by ``block`` samples)."""
