@@ -15,23 +15,9 @@ import emdtree
 from emdtree import Tree, _cli_commands, _cli_info, io, metrics
 from emdtree.__main__ import main
 
+from cli_helpers import assert_input_error, run
+
 NEWICK = "((a:1,b:2):0.5,c:3);"
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_input_error(argv, capsys, *fragments):
-    code, out, err = run(argv, capsys)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("emdtree: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 @pytest.fixture

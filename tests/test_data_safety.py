@@ -19,27 +19,13 @@ import pytest
 
 import emdtree
 from emdtree import Tree, _files, _losses, io, metrics
-from emdtree.__main__ import main
 from emdtree._kernels.checks import row_totals
+
+from cli_helpers import assert_input_error as one_error_line
+from cli_helpers import run as cli
 
 NEWICK = "((a:1,b:2):0.5,c:3);"
 OVERFLOW = np.array([[1e308, 1e308, 0], [0.2, 0.3, 0.5], [0.5, 0.25, 0.25]])
-
-
-def cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_error_line(argv, capsys, *fragments):
-    code, _, err = cli(argv, capsys)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("emdtree: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def small_tree():
