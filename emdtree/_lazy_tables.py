@@ -185,12 +185,7 @@ def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int, dr
         counts = da.from_array(table.counts, chunks=(block_rows, -1))
         ids, features = table.sample_ids, table.feature_names
     n, m = counts.shape
-    ids = [str(i) for i in range(n)] if ids is None else ids
-    features = [str(j) for j in range(m)] if features is None else features
-    if len(ids) != n:
-        raise ValueError(f"{text!r} has {len(ids)} sample ids for {n} samples")
-    if len(features) != m:
-        raise ValueError(f"{text!r} has {len(features)} feature names for {m} features")
+    ids, features = io._table_names(ids, features, n, m, text)
     found = io.match_features(features, tree, drop_missing=drop_missing)
     columns, bins = found if drop_missing else (np.arange(m), found)
     counts = counts.rechunk({0: block_rows, 1: -1})

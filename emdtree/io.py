@@ -352,15 +352,23 @@ def _read_numpy(path: pathlib.Path, suffix: str, transpose: bool, mmap: bool) ->
     # names are stored in the file's orientation: rows, then columns
     if transpose:
         sample_ids, feature_names = feature_names, sample_ids
+    sample_ids, feature_names = _table_names(sample_ids, feature_names, n, m, path)
+    _check_unique(sample_ids, "sample id", path, None)
+    _check_unique(feature_names, "feature name", path, None)
+    return Table(sample_ids, feature_names, counts)
+
+
+def _table_names(
+    sample_ids: list[str] | None, feature_names: list[str] | None, n: int, m: int, path: Any
+) -> tuple[list[str], list[str]]:
+    """The sample ids and feature names of an (n, m) table, numbered where the file has none."""
     sample_ids = [str(i) for i in range(n)] if sample_ids is None else sample_ids
     feature_names = [str(j) for j in range(m)] if feature_names is None else feature_names
     if len(sample_ids) != n:
         raise ValueError(f"{str(path)!r} has {len(sample_ids)} sample ids for {n} samples")
     if len(feature_names) != m:
         raise ValueError(f"{str(path)!r} has {len(feature_names)} feature names for {m} features")
-    _check_unique(sample_ids, "sample id", path, None)
-    _check_unique(feature_names, "feature name", path, None)
-    return Table(sample_ids, feature_names, counts)
+    return sample_ids, feature_names
 
 
 def _damaged_biom(path: str | pathlib.Path, exc: Exception) -> ValueError:
