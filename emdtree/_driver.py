@@ -110,7 +110,8 @@ def value_grad(
     """
     (p, q), (ps, qs) = rows.arrays, rows.steps
     # the sweep order, not the post-order layout: samples then move between the rows and
-    # the scratch buffer in bin order (benchmarks/bench_scaling.py)
+    # the scratch buffer in bin order (benchmarks/bench_scaling.py); also checks the
+    # edge costs against the dtype's range, for the NumPy pass too
     parent, weight, bin_pos, non_bin = sweep_arrays(rows.tree, rows.dtype)
     n_rows, n_bins = rows.n_rows, rows.tree.n_bins
     value = np.empty(n_rows, dtype=rows.dtype)
@@ -121,8 +122,11 @@ def value_grad(
     pf, qf = p.reshape(-1), q.reshape(-1)
     labels = _NO_LABELS if labels is None else labels
     chain_kernel = rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL and not labels.shape[0]
-    kernel = (chain.chain_value_grad_serial if chain_kernel else cpu.value_grad_serial
-              if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX or n_rows >= cpu.BLOCK else rows_kernel.value_grad_rows)
+    # full blocks of BLOCK samples through the blocked kernel, a few left-over
+    # samples one at a time (benchmarks/bench_rows.py)
+    n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
+    kernel = (chain.chain_value_grad_serial if chain_kernel else cpu.value_grad_serial if n_blocked
+              else rows_kernel.value_grad_rows)
     if n_rows and _tiers.use_numpy(kernel, n_rows * rows.tree.n_nodes) and _cold.suits(rows.tree):
         with _tiers.timed(kernel):
             value, grad, totals, low = _cold.value_grad(rows, rho, want_grad, labels)
@@ -132,9 +136,6 @@ def value_grad(
                pf, qf, ps, qs, n_rows, kernel_arrays(rows.tree, rows.dtype)[1], mode, want_grad, value, grad,
                totals, low)
     else:
-        # full blocks of BLOCK samples through the blocked kernel, a few left-over
-        # samples one at a time (benchmarks/bench_rows.py)
-        n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
         lows = [np.zeros(0, dtype=rows.dtype)]
         if n_blocked:
             lows.append(np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype))

@@ -118,6 +118,14 @@ def test_numpy_pass_names_bad_input_as_the_kernels_do(path, bad, message):
     assert errors[0] == errors[1]
 
 
+@pytest.mark.parametrize("which", ["numpy", "kernel"])
+def test_both_paths_refuse_an_edge_cost_beyond_float32(path, which):
+    tree = emdtree.Tree.from_parents([-1, 0, 0], [0, 1e39, 1])
+    path(which)
+    with pytest.raises(ValueError, match="edge cost of 1e\\+39, beyond the float32 range"):
+        emdtree.emd(np.array([1, 0], np.float32), np.array([0, 1], np.float32), tree)
+
+
 def test_numpy_pass_refuses_unequal_totals_as_the_kernels_do(path):
     tree = TREES["chain"]
     p = rows_of(np.random.default_rng(1), 3, tree.n_bins, np.float32)
