@@ -362,8 +362,7 @@ def pairwise(
         raise ValueError("condensed=True needs Y=None: a condensed vector holds the pairs of one set of "
                          "samples")
     max_threads = numba.config.NUMBA_NUM_THREADS
-    chosen = n_threads is not None
-    if chosen:
+    if n_threads is not None:
         n_threads = _check_int(n_threads, "n_threads", 1, max_threads)
     if _is_dask(X) or _is_dask(Y):
         if condensed:
@@ -390,13 +389,14 @@ def pairwise(
     cold = _tiers.use_numpy(kernels.pair_sums_serial, work, _COLD_MAX_WORK) and _cold.suits(tree)
     with _tiers.timed(kernels.pair_sums_serial) if cold else contextlib.nullcontext():
         return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block,
-                      condensed, n_threads, chosen, cold)
+                      condensed, n_threads, cold)
 
 
 def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree: Tree, rho: float,
            positions: np.ndarray, scale: np.ndarray, normalize: str | None, check_inputs: bool, block: int,
-           condensed: bool, n_threads: int | None, chosen: bool, cold: bool) -> np.ndarray:
-    """:func:`pairwise` on checked in-memory samples, with the kernels or, ``cold``, NumPy and SciPy."""
+           condensed: bool, n_threads: int | None, cold: bool) -> np.ndarray:
+    """:func:`pairwise` on checked in-memory samples, with the kernels or, ``cold``, NumPy and SciPy;
+    ``n_threads`` None picks the threads from the size of the work."""
     n_bins = tree.n_bins
     parts = [("X", _Rows(xs, "X", ax, dtype, tree, positions, scale, normalize, check_inputs, block, cold))]
     if ys is not None:
@@ -422,7 +422,7 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
     else:
         out, kind = np.zeros(n_a * n_a, dtype=dtype), kernels.OUT_SQUARE
     n_cols = a.shape[1]
-    if not chosen:
+    if n_threads is None:
         n_threads = numba.get_num_threads() if out.size * n_cols >= _driver.PARALLEL_MIN_WORK else 1
     n_threads = usable_threads(n_threads)
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
