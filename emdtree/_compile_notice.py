@@ -14,13 +14,21 @@ import sys
 import threading
 from typing import TextIO
 
+from numba.core import event
+
 AFTER_S = 1.0
 
 _MESSAGE = ("emdtree: compiling kernels for their first use on this machine (a few seconds; "
             "they are cached for later runs)")
 
 
-class _Listener:
+def _ours(ev: event.Event) -> bool:
+    """Whether the compilation is of one of emdtree's kernels."""
+    func = getattr(ev.data.get("dispatcher"), "py_func", None)
+    return getattr(func, "__module__", "").startswith("emdtree")
+
+
+class _Listener(event.Listener):
     """A ``numba:compile`` listener: a timer per top-level compilation of an emdtree kernel."""
 
     def __init__(self, stream: TextIO, after_s: float) -> None:
@@ -40,9 +48,8 @@ class _Listener:
         except (OSError, ValueError):  # a closed stderr says nothing
             pass
 
-    def on_start(self, event) -> None:
-        func = getattr(event.data.get("dispatcher"), "py_func", None)
-        if not getattr(func, "__module__", "").startswith("emdtree"):
+    def on_start(self, ev: event.Event) -> None:
+        if not _ours(ev):
             return
         self.depth += 1
         if self.depth == 1 and not self.said:
@@ -50,9 +57,8 @@ class _Listener:
             self.timer.daemon = True
             self.timer.start()
 
-    def on_end(self, event) -> None:
-        func = getattr(event.data.get("dispatcher"), "py_func", None)
-        if not getattr(func, "__module__", "").startswith("emdtree"):
+    def on_end(self, ev: event.Event) -> None:
+        if not _ours(ev):
             return
         self.depth -= 1
         if self.depth == 0 and self.timer is not None:
@@ -73,16 +79,5 @@ def announce(stream: TextIO | None = None, after_s: float = AFTER_S) -> None:
     if _listener is not None:
         _listener.stream, _listener.after_s = stream, after_s
         return
-    from numba.core import event
-
-    listener = _Listener(stream, after_s)
-
-    class Adapter(event.Listener):
-        def on_start(self, ev) -> None:
-            listener.on_start(ev)
-
-        def on_end(self, ev) -> None:
-            listener.on_end(ev)
-
-    event.register("numba:compile", Adapter())
-    _listener = listener
+    _listener = _Listener(stream, after_s)
+    event.register("numba:compile", _listener)
