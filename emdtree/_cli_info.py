@@ -84,7 +84,7 @@ def cache_dir() -> str:
 
 
 def kernels_status() -> str:
-    """Whether the main kernels are in Numba's cache, and what first calls run meanwhile."""
+    """Whether the main kernels are in Numba's cache, and which calls run them."""
     try:
         from emdtree import _tiers
         from emdtree._kernels import cpu
@@ -96,11 +96,11 @@ def kernels_status() -> str:
         eager = _tiers._eager()
     except Exception as exc:  # a description only: never fail the command for it
         return f"unknown ({exc})"
-    if len(cached) == 2:
-        return "value and gradient, all pairs: cached"
-    what = "compiled on first use (EMDTREE_JIT=eager)" if eager else \
-        "compiled after about a second of first calls, which run NumPy code (see docs/deployment.rst)"
-    return (f"{cached[0]}: cached; the other " if cached else "not cached yet: ") + what
+    state = ("value and gradient, all pairs: cached" if len(cached) == 2 else
+             f"{cached[0]}: cached, the other not yet" if cached else "not cached yet")
+    what = "every call runs them (EMDTREE_JIT=eager)" if eager else \
+        "small calls run NumPy code whatever the cache holds (see docs/deployment.rst)"
+    return f"{state}; {what}"
 
 
 def run(args, out: TextIO) -> None:

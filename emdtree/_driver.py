@@ -125,11 +125,8 @@ def value_grad(
     # full blocks of BLOCK samples through the blocked kernel, a few left-over
     # samples one at a time (benchmarks/bench_rows.py)
     n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
-    kernel = (chain.chain_value_grad_serial if chain_kernel else cpu.value_grad_serial if n_blocked
-              else rows_kernel.value_grad_rows)
-    if n_rows and _tiers.use_numpy(kernel, n_rows * rows.tree.n_nodes) and _cold.suits(rows.tree):
-        with _tiers.timed(kernel):
-            value, grad, totals, low = _cold.value_grad(rows, rho, want_grad, labels)
+    if n_rows and _tiers.use_numpy(n_rows * rows.tree.n_nodes) and _cold.suits(rows.tree):
+        value, grad, totals, low = _cold.value_grad(rows, rho, want_grad, labels)
     elif chain_kernel:
         low = np.empty(n_rows, dtype=np.float64)
         launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,

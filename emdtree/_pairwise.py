@@ -25,7 +25,6 @@ and mirrored: exactly symmetric, with an exactly zero diagonal.
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from typing import Any
 
@@ -62,9 +61,9 @@ _MIN_TAU = 1e-3
 # _GRAM_MAX_TAU) the direct kernel is used throughout.
 _GRAM_REL = 1e-10
 
-# Pair-column terms up to which a process whose pair kernels are not compiled yet
-# computes the matrix with SciPy's cdist (a few ns per term) instead of compiling
-# them (several seconds): about 500 samples on the ImageNet tree.
+# Pair-column terms up to which a matrix is computed with SciPy's cdist (a few ns per
+# term) rather than the pair kernels, whose compilation takes several seconds: about
+# 500 samples on the ImageNet tree. Unless EMDTREE_JIT=eager, whatever is compiled.
 _COLD_MAX_WORK = 200_000_000
 _GRAM_MAX_TAU = 0.5
 
@@ -384,12 +383,11 @@ def pairwise(
 
     positions, scale = _columns(tree, rho)
     n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
-    # before the kernels are compiled or cached, small matrices are computed with NumPy and SciPy
+    # small matrices are computed with NumPy and SciPy, whatever is compiled (emdtree._tiers)
     work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
-    cold = _tiers.use_numpy(kernels.pair_sums_serial, work, _COLD_MAX_WORK) and _cold.suits(tree)
-    with _tiers.timed(kernels.pair_sums_serial) if cold else contextlib.nullcontext():
-        return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block,
-                      condensed, n_threads, cold)
+    cold = _tiers.use_numpy(work, _COLD_MAX_WORK) and _cold.suits(tree)
+    return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
+                  n_threads, cold)
 
 
 def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree: Tree, rho: float,

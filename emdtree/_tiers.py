@@ -2,33 +2,39 @@
 
 A new process whose Numba cache does not hold the value-and-gradient kernel
 (or the all-pairs kernels) would pay its compilation (about 3 s, or 6 s, on a
-2-core machine) on the first call, for work that takes milliseconds. Such
-calls run the NumPy and SciPy code of :mod:`emdtree._cold` instead, while
-the time they take adds up; once it reaches a budget (``EMDTREE_JIT_BUDGET``
-seconds, default 1), or when a call is large, the next call compiles the
-kernel, which Numba then caches on disk for later processes. A kernel
-already compiled in this process, or found in Numba's cache, is always used.
+2-core machine) on the first call, for work that takes milliseconds. So small
+calls run the NumPy and SciPy code of :mod:`emdtree._cold`, and larger calls
+run the compiled kernel, compiling it on first use (Numba then caches it on
+disk for later processes).
 
-``EMDTREE_JIT=eager`` turns this off: every call runs the kernels, compiling
-them on first use, as benchmarks and the test suite want. Both paths compute
-the same quantities from the same checks; they differ by rounding (the NumPy
-pass sums in float64).
+The choice depends only on the call: its work (rows x nodes for the value and
+gradient, pair-column terms for all pairs), its tree and ``EMDTREE_JIT``;
+never on the clock, on what is compiled in the process or on what Numba's
+cache holds. The same program with the same inputs therefore runs the same
+code, and gives the same bits, in every run, on a fresh install as with the
+kernels cached.
+
+``EMDTREE_JIT=eager`` runs the kernels for every call, as benchmarks, the
+test suite and long training runs on small batches want. The two paths
+compute the same quantities from the same checks; they differ by rounding
+(the NumPy pass sums in float64).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
-from typing import Iterator
+import warnings
 
-# Work (rows x nodes) above which a call compiles the kernel at once: the NumPy
-# pass costs about 5-10 ns per row and node, so at this size one call would
-# spend a good part of the budget.
-MAX_WORK = 8_000_000
+# Work (rows x nodes) up to which a value-and-gradient call runs the NumPy pass.
+# Measured on a 2-core machine (ImageNet tree, float32, rho = 2): the NumPy pass
+# takes about 30 ns per row and node (24 ms for a batch of 512, 702k work), the
+# kernel about 1 ns (0.8 ms), and compiling the kernel about 3 s. Up to this
+# size a script of a few dozen calls (the README's first lines: a batch of 512
+# on the ImageNet tree) finishes before a compilation would; a loop of hundreds
+# of such calls is faster with EMDTREE_JIT=eager.
+MAX_WORK = 1_000_000
 
-_spent: dict[object, float] = {}
-_cached: dict[object, bool] = {}
+_warned_budget = False
 
 
 def _eager() -> bool:
@@ -39,45 +45,32 @@ def _eager() -> bool:
     return value == "eager"
 
 
-def _budget() -> float:
-    text = os.environ.get("EMDTREE_JIT_BUDGET", "1")
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:
-        raise ValueError(f"EMDTREE_JIT_BUDGET={text!r}: expected a number of seconds >= 0")
-    return value
+def _no_budget() -> None:
+    """``EMDTREE_JIT_BUDGET`` (a time budget before compiling) is gone: say so once."""
+    global _warned_budget
+    if _warned_budget or "EMDTREE_JIT_BUDGET" not in os.environ:
+        return
+    _warned_budget = True
+    warnings.warn(
+        "EMDTREE_JIT_BUDGET has no effect: whether a call runs the compiled kernel now depends only on "
+        "the size of the call (so that results do not depend on timing), or on EMDTREE_JIT=eager, which "
+        "runs the kernels for every call (see docs/deployment.rst)",
+        FutureWarning,
+        stacklevel=4,
+    )
 
 
 def in_cache(kernel) -> bool:
-    """Whether Numba's on-disk cache holds machine code of ``kernel`` for this
-    source (any signature); checked once per process."""
-    known = _cached.get(kernel)
-    if known is None:
-        try:
-            known = bool(kernel._cache._cache_file._load_index())
-        except Exception:  # no cache (compiled in memory), or another Numba: compile as usual
-            known = not hasattr(kernel, "_cache")
-        _cached[kernel] = known
-    return known
-
-
-def use_numpy(kernel, work: int, max_work: int = MAX_WORK) -> bool:
-    """Whether a call that would run ``kernel`` on ``work`` (rows x nodes, or what ``max_work``
-    counts) runs NumPy code instead."""
-    if kernel.overloads or work > max_work or _eager():
-        return False
-    if _spent.get(kernel, 0.0) >= _budget():
-        return False
-    return not in_cache(kernel)
-
-
-@contextlib.contextmanager
-def timed(kernel) -> Iterator[None]:
-    """Count the time of a NumPy pass standing in for ``kernel`` against the budget."""
-    t0 = time.perf_counter()
+    """Whether Numba's on-disk cache holds machine code of ``kernel`` for this source
+    (any signature). Reported by ``emdtree info``; never used to choose a path."""
     try:
-        yield
-    finally:
-        _spent[kernel] = _spent.get(kernel, 0.0) + time.perf_counter() - t0
+        return bool(kernel._cache._cache_file._load_index())
+    except Exception:  # no cache (compiled in memory, or NUMBA_DISABLE_JIT), or another Numba
+        return not hasattr(kernel, "_cache")
+
+
+def use_numpy(work: int, max_work: int = MAX_WORK) -> bool:
+    """Whether a call of ``work`` (rows x nodes, or what ``max_work`` counts) runs NumPy code
+    instead of the kernel: only from the work and ``EMDTREE_JIT``."""
+    _no_budget()
+    return not _eager() and work <= max_work

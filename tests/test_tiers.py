@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
-import types
+import warnings
 
 import numba
 import numpy as np
@@ -49,7 +49,7 @@ def path(monkeypatch):
     """``path("numpy")`` or ``path("kernel")``: which path every value-and-gradient call takes."""
 
     def choose(which: str) -> None:
-        monkeypatch.setattr(_tiers, "use_numpy", lambda kernel, work, max_work=0: which == "numpy")
+        monkeypatch.setattr(_tiers, "use_numpy", lambda work, max_work=0: which == "numpy")
 
     return choose
 
@@ -192,67 +192,47 @@ def test_numpy_pairwise_names_bad_input_as_the_kernels_do(path, bad, message):
 # ----------------------------------------------------------------------------- the choice
 
 
-class FakeKernel:
-    """What the choice reads of a Numba dispatcher: its overloads and its disk cache's index."""
-
-    def __init__(self, compiled: bool, cached: bool) -> None:
-        index = {("sig",): "file"} if cached else {}
-        self.overloads = {"sig": object()} if compiled else {}
-        self._cache = types.SimpleNamespace(_cache_file=types.SimpleNamespace(_load_index=lambda: index))
-
-
-def fake_kernel(compiled: bool = False, cached: bool = False) -> FakeKernel:
-    return FakeKernel(compiled, cached)
-
-
 @pytest.fixture
 def lazy(monkeypatch):
     monkeypatch.setenv("EMDTREE_JIT", "lazy")
     monkeypatch.delenv("EMDTREE_JIT_BUDGET", raising=False)
-    monkeypatch.setattr(_tiers, "_spent", {})
-    monkeypatch.setattr(_tiers, "_cached", {})
 
 
-def test_a_kernel_neither_compiled_nor_cached_waits_for_its_budget(lazy, monkeypatch):
-    kernel = fake_kernel()
-    assert _tiers.use_numpy(kernel, 1000)
-    assert not _tiers.use_numpy(kernel, _tiers.MAX_WORK + 1)  # large work compiles at once
-    _tiers._spent[kernel] = 0.99
-    assert _tiers.use_numpy(kernel, 1000)
-    with _tiers.timed(kernel):
-        t0 = _tiers.time.perf_counter()
-        while _tiers.time.perf_counter() - t0 < 0.011:
-            pass
-    assert _tiers._spent[kernel] >= 1.0
-    assert not _tiers.use_numpy(kernel, 1000)  # the budget is spent: the next call compiles
-    monkeypatch.setenv("EMDTREE_JIT_BUDGET", "5")
-    assert _tiers.use_numpy(kernel, 1000)
-
-
-def test_a_compiled_or_cached_kernel_is_always_used(lazy, monkeypatch):
-    assert not _tiers.use_numpy(fake_kernel(compiled=True), 10)
-    assert not _tiers.use_numpy(fake_kernel(cached=True), 10)
-    monkeypatch.setenv("EMDTREE_JIT", "eager")
-    assert not _tiers.use_numpy(fake_kernel(), 10)
-
-
-def test_a_real_kernel_in_the_cache_is_seen(lazy):
-    """The package's own kernel, compiled and cached by the calls of this test session."""
+def test_the_choice_depends_on_the_size_of_the_call_only(lazy, monkeypatch):
+    """Small calls run NumPy code, larger calls the kernel, whatever is compiled or cached."""
+    assert _tiers.use_numpy(1000)
+    assert _tiers.use_numpy(_tiers.MAX_WORK)
+    assert not _tiers.use_numpy(_tiers.MAX_WORK + 1)
+    assert _tiers.use_numpy(50, max_work=50) and not _tiers.use_numpy(51, max_work=50)
     tree = TREES["leaves"]
     p = rows_of(np.random.default_rng(3), 40, tree.n_bins, np.float64)
-    os.environ["EMDTREE_JIT"] = "eager"
-    emdtree.emd(p, p[::-1], tree)
-    os.environ["EMDTREE_JIT"] = "lazy"
+    monkeypatch.setenv("EMDTREE_JIT", "eager")
+    emdtree.emd(p, p[::-1], tree)  # compiles (or loads) the kernel in this process
+    assert not _tiers.use_numpy(10)
+    monkeypatch.setenv("EMDTREE_JIT", "lazy")
     assert cpu.value_grad_serial.overloads
-    assert not _tiers.use_numpy(cpu.value_grad_serial, 100)
+    assert _tiers.use_numpy(100)  # a compiled kernel does not change the choice
 
 
-@pytest.mark.parametrize("name, value", [("EMDTREE_JIT", "eagre"), ("EMDTREE_JIT_BUDGET", "soon"),
-                                         ("EMDTREE_JIT_BUDGET", "-1")])
-def test_a_bad_setting_is_named(lazy, monkeypatch, name, value):
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match=f"{name}='{value}': expected"):
-        _tiers.use_numpy(fake_kernel(), 10)
+def test_the_readme_first_calls_run_numpy_code(lazy):
+    tree = TREES["imagenet"]
+    assert _tiers.use_numpy(512 * tree.n_nodes)
+
+
+def test_the_old_time_budget_is_named_as_gone(lazy, monkeypatch):
+    monkeypatch.setattr(_tiers, "_warned_budget", False)
+    monkeypatch.setenv("EMDTREE_JIT_BUDGET", "5")
+    with pytest.warns(FutureWarning, match="EMDTREE_JIT_BUDGET has no effect"):
+        assert _tiers.use_numpy(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _tiers.use_numpy(10)  # once per process
+
+
+def test_a_bad_setting_is_named(lazy, monkeypatch):
+    monkeypatch.setenv("EMDTREE_JIT", "eagre")
+    with pytest.raises(ValueError, match="EMDTREE_JIT='eagre': expected"):
+        _tiers.use_numpy(10)
 
 
 FIRST_CALLS = """
@@ -279,7 +259,7 @@ print(json.dumps(compiled))
 
 def test_a_new_process_answers_its_first_calls_without_compiling(tmp_path):
     """The README's first calls and a distance matrix, with an empty Numba cache: no
-    kernel is compiled, and the results are those of the kernels."""
+    kernel is compiled, and the results agree with those of the kernels."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("EMDTREE_JIT", None)
     out = subprocess.run([sys.executable, "-c", FIRST_CALLS, str(tmp_path / "r.npz")], env=env,
@@ -376,8 +356,8 @@ def test_info_says_whether_the_kernels_are_cached(monkeypatch, capsys):
     from emdtree.__main__ import main
 
     monkeypatch.setenv("EMDTREE_JIT", "lazy")
-    for cached, expected in ((True, "value and gradient, all pairs: cached"),
-                             (False, "not cached yet: compiled after about a second of first calls")):
+    for cached, expected in ((True, "value and gradient, all pairs: cached; small calls run NumPy code"),
+                             (False, "not cached yet; small calls run NumPy code")):
         monkeypatch.setattr(_tiers, "in_cache", lambda kernel, cached=cached: cached)
         assert main(["info"]) == 0
         row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Kernels ")]
