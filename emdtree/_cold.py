@@ -128,10 +128,10 @@ def value_grad(
 def row_totals(x: np.ndarray, totals: np.ndarray) -> int:
     """:func:`emdtree._kernels.checks.row_totals` in NumPy: the same return value and totals."""
     with np.errstate(over="ignore", invalid="ignore"):
+        totals[:] = x.sum(axis=1, dtype=np.float64)  # every total, invalid entries or not
         bad = ~((x >= 0) & (x < np.inf))
         if bad.any():
             return int(np.flatnonzero(bad.reshape(-1))[0])
-        totals[:] = x.sum(axis=1, dtype=np.float64)
     return -1 if np.isfinite(totals).all() else -2
 
 

@@ -152,10 +152,13 @@ class _Rows:
                                  + ("; pass float64 masses" if dtype != np.float64 else "")
                                  + ": scale the masses down")
             if normalize == "l1":
-                zero = np.flatnonzero(~(totals > 0))
+                # unchecked rows holding NaN have a NaN total: NaN in their own distances only
+                zero = np.flatnonzero(~(totals > 0) & ~np.isnan(totals))
                 if zero.size:
-                    where = f"{name}[{r0 + int(zero[0])}]" if axis == 1 else f"{name}[:, {r0 + int(zero[0])}]"
-                    raise ValueError(f"{where} has zero total mass: cannot normalize")
+                    r = r0 + int(zero[0])
+                    where = f"{name}[{r}]" if axis == 1 else f"{name}[:, {r}]"
+                    what = "zero total mass" if totals[r - r0] == 0 else f"total mass {totals[r - r0]!r}"
+                    raise ValueError(f"{where} has {what}: cannot normalize")
                 rows = rows / totals.astype(dtype)[:, None]  # never in place: rows may be the caller's
                 rows.flags.writeable = False
             x = self.x[r0:r1]
@@ -472,7 +475,12 @@ def _gram_pairs(a: np.ndarray, b: np.ndarray, square: bool, kind: int, out: np.n
 
     ``a`` and ``b`` are the driver's own float64 rows: they are centred in place.
     """
-    center = a.mean(axis=0) if square else (a.sum(axis=0) + b.sum(axis=0)) / (a.shape[0] + b.shape[0])
+    # the centre of the finite rows: an unchecked row holding NaN or inf stays in its own pairs
+    fin_a = np.isfinite(a).all(axis=1)
+    fin_b = fin_a if square else np.isfinite(b).all(axis=1)
+    count = fin_a.sum() + (0 if square else fin_b.sum())
+    center = a[fin_a].sum(axis=0) + (0.0 if square else b[fin_b].sum(axis=0))
+    center = center / max(int(count), 1)
     a -= center
     if not square:
         b -= center
