@@ -22,6 +22,7 @@ modes of :mod:`emdtree._kernels.cpu` apply: this path serves ``rho = 1`` and
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -101,8 +102,8 @@ def _make_up(power):
                     phi = builder.fadd(_scan(builder, builder.fsub(a, b), m, False), builder.load(carry))
                     last = builder.extract_element(phi, ir.Constant(i32, m - 1))
                 else:  # c = w sign(phi): phi summed bin after bin, as in the tree kernels
-                    phi, last = _running_sum(builder, builder.fsub(a, b), m,
-                                             builder.extract_element(builder.load(carry), ir.Constant(i32, 0)))
+                    first = builder.extract_element(builder.load(carry), ir.Constant(i32, 0))
+                    phi, last = _running_sum(builder, builder.fsub(a, b), m, first)
                 builder.store(_splat_n(builder, last, vty, m), carry)
                 if power == 2:
                     f = builder.fmul(phi, phi)
@@ -196,6 +197,12 @@ def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, tail_sum, n_
 
 chain_up_sq = _make_up(2)
 chain_up_abs = _make_up(1)
+
+
+if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the kernels run as Python, intrinsics cannot
+    from .pure import (  # noqa: E402,F811
+        chain_up_sq, chain_up_abs, chain_down,
+    )
 
 
 @njit(cache=True)

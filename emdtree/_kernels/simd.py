@@ -13,6 +13,7 @@ per-sample sum (the value, or the mean of the gradient).
 
 from __future__ import annotations
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -348,6 +349,13 @@ def tile_stats(typingctx, xf, off, n_tiles, out):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the kernels run as Python, intrinsics cannot
+    from .pure import (  # noqa: E402,F811
+        row_accumulate, row_add, row_axpy, row_down_linear, row_down_sign, row_up_abs, row_up_sq, tile_in,
+        tile_out, tile_stats,
+    )
 
 
 __all__ = [
