@@ -1,21 +1,23 @@
-"""The value-and-gradient pass in NumPy and SciPy, for kernels not compiled yet.
+"""The value-and-gradient pass in NumPy and SciPy, for small calls.
 
 Numba compiles the fused value-and-gradient kernel on its first call in a
 process whose cache does not hold it (about 3 s on a 2-core machine), while
-a script's first few calls need milliseconds of work. Until the kernel is
-worth compiling (:mod:`emdtree._tiers` decides), those calls run here:
+a script's first few calls need milliseconds of work. Calls small enough
+(:mod:`emdtree._tiers` decides, from their size only) run here:
 
-* phi = A (p - q), with ``A`` the sparse incidence of nodes over the bins
-  below them (``A[i, k] = 1`` if bin ``k`` is in the subtree of node ``i``);
+* phi, the subtree sums of ``p - q``, in the working dtype and in the order of
+  the kernels' sweep (:func:`subtree_sums`), so with the kernels' bits;
 * EMD^rho = sum_i w_i |phi_i|^rho, summed in float64;
-* the gradient ``A^T c`` with ``c_i = rho w_i sign(phi_i) |phi_i|^(rho - 1)``
+* the gradient ``A^T c`` (``A`` the sparse incidence of nodes over the bins
+  below them, ``A[i, k] = 1`` if bin ``k`` is in the subtree of node ``i``)
+  with ``c_i = rho w_i sign(phi_i) |phi_i|^(rho - 1)``
   (``sign(0) = 0``, and 0 at ``phi = 0`` for any rho), minus its mean over the
   bins.
 
 On a chain (bin ``k`` at position ``k``) ``A`` is triangular and the products
-are cumulative sums. Everything is computed in float64 and rounded once to the
-working dtype, so the results agree with the kernels to the working dtype's
-rounding. The pass also returns the statistics the kernels gather for the
+are cumulative sums. Everything after phi is computed in float64 and rounded
+once to the working dtype, so the results agree with the kernels to the
+working dtype's rounding. The pass also returns the statistics the kernels gather for the
 input checks: float64 row totals and the least entry.
 """
 
@@ -66,18 +68,80 @@ def _incidence(tree: Tree):
 
 
 def _differences(rows: Rows, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``p - q`` per row in float64, the row totals (rows, 2) and the least entry."""
+    """``p - q`` per row in the working dtype, as the kernels form it, the row totals
+    (rows, 2, float64) and the least entry."""
     (p, q), n_rows = rows.arrays, rows.n_rows
-    p64 = np.broadcast_to(p.astype(np.float64), (n_rows, p.shape[1]))
-    q64 = np.broadcast_to(q.astype(np.float64), (n_rows, q.shape[1]))
     totals = np.empty((n_rows, 2), dtype=np.float64)
-    totals[:, 0] = p64.sum(axis=1)
-    totals[:, 1] = q64.sum(axis=1)
+    totals[:, 0] = np.broadcast_to(p.sum(axis=1, dtype=np.float64), (n_rows,))
+    totals[:, 1] = np.broadcast_to(q.sum(axis=1, dtype=np.float64), (n_rows,))
     low = np.array([min(p.min(initial=np.inf), q.min(initial=np.inf))], dtype=np.float64)
-    d = p64 - q64
+    d = np.broadcast_to(p - q, (n_rows, p.shape[1])).copy()
     if labels.shape[0]:
-        d[np.arange(n_rows), labels] -= 1.0
+        d[np.arange(n_rows), labels] -= d.dtype.type(1.0)
     return d, totals, low
+
+
+# Siblings summed one after the other in one step, rather than one step per sibling rank.
+_WIDE = 16
+
+
+def _sum_plan(tree: Tree) -> tuple[np.ndarray, list]:
+    """The steps of :func:`subtree_sums`, cached on the tree: the rows of the layout
+    positions in the kernels' sweep order, and per depth (deepest first) the
+    children to add into their parents, rank by rank among siblings."""
+    cached = tree.__dict__.get("_cold_sum_plan")
+    if cached is not None:
+        return cached
+    from ._layout import sweep_order
+
+    lay = tree.layout
+    order = sweep_order(lay)
+    n = lay.parent.shape[0]
+    depth = np.empty(n, dtype=np.int64)
+    depth[order.row] = lay.depth
+    rows = np.arange(n, dtype=np.int64)
+    steps = []
+    for level in range(int(depth.max(initial=0)), 0, -1):
+        child = rows[(depth == level) & (order.parent >= 0)]  # ascending: the sweep's order
+        par = order.parent[child]
+        by = np.argsort(par, kind="stable")
+        child, par = child[by], par[by]
+        starts = np.flatnonzero(np.r_[True, par[1:] != par[:-1]])
+        counts = np.diff(np.r_[starts, child.size])
+        rank = np.arange(child.size) - np.repeat(starts, counts)
+        wide = np.repeat(counts > _WIDE, counts)
+        for r in range(int(min(_WIDE, counts.max(initial=0)))):
+            pick = (rank == r) & ~wide
+            if pick.any():
+                steps.append((child[pick], par[pick]))
+        for s, c in zip(starts[counts > _WIDE], counts[counts > _WIDE]):
+            steps.append((child[s:s + c], int(par[s])))
+    plan = (order.row, steps)
+    tree.__dict__["_cold_sum_plan"] = plan
+    return plan
+
+
+def subtree_sums(tree: Tree, d: np.ndarray) -> np.ndarray:
+    """phi in layout positions, (n_nodes, rows), from the differences ``d`` (rows, n_bins).
+
+    Summed in ``d``'s dtype and in the order of the kernels' ascending sweep:
+    a node's own difference, then its children's phi one after the other in
+    the sweep's order, so that phi has the kernels' bits and an exact
+    cancellation leaves the same exact 0 (where ``sign(0) = 0`` decides the
+    gradient for ``rho = 1``).
+    """
+    if tree._is_canonical_chain:  # phi_k = phi_(k-1) + d_k, as the chain kernel
+        return np.cumsum(d, axis=1).T
+    row, steps = _sum_plan(tree)
+    lay = tree.layout
+    phi = np.zeros((tree.n_nodes, d.shape[0]), dtype=d.dtype)
+    phi[row[lay.bin_position]] = d.T
+    for child, par in steps:
+        if isinstance(par, int):  # many siblings: one running sum, in order
+            phi[par] = np.cumsum(np.concatenate([phi[par][None], phi[child]]), axis=0)[-1]
+        else:
+            phi[par] += phi[child]
+    return phi[row]
 
 
 def value_grad(
@@ -91,8 +155,9 @@ def value_grad(
     d, totals, low = _differences(rows, labels)
     lay = tree.layout
     chain = tree._is_canonical_chain
-    # phi in layout positions, one column per row
-    phi = np.cumsum(d, axis=1).T if chain else _incidence(tree) @ d.T
+    # phi in layout positions, one column per row: in the working dtype, with the kernels' bits;
+    # what follows from it in float64
+    phi = subtree_sums(tree, d).astype(np.float64)
     w = lay.weight[:, None]
     a = np.abs(phi)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check

@@ -151,6 +151,38 @@ def test_rho_one_on_a_chain_gives_the_same_subgradient_on_every_path(dtype, monk
                                    err_msg=str(key))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rho_one_on_a_tree_gives_the_same_subgradient_on_every_path(dtype, monkeypatch):
+    """Bins swapped with siblings, many per row: phi cancels exactly at their parents
+    only if every path sums the children in the same order."""
+    rng = np.random.default_rng(11)
+    tree = emdtree.Tree.from_parents([-1] + [int(rng.integers(0, i)) for i in range(1, 300)],
+                                     rng.uniform(0.5, 2, 300))
+    parents, bins = np.asarray(tree.parents), np.asarray(tree.bins)
+    bin_of = {int(node): k for k, node in enumerate(bins)}
+    p = rng.random((400, tree.n_bins)) ** 2
+    p = (p / p.sum(axis=1, keepdims=True)).astype(dtype)
+    q = p.copy()
+    for r in range(q.shape[0]):
+        perm = np.arange(tree.n_bins)
+        for k in rng.permutation(tree.n_bins)[:60]:
+            nodes = np.flatnonzero(parents == parents[bins[k]])
+            siblings = [bin_of[int(c)] for c in nodes if int(c) in bin_of]
+            j = int(rng.choice(siblings))
+            perm[[k, j]] = perm[[j, k]]
+        q[r] = p[r, perm]
+    results = {}
+    for path in ("numpy", "kernel"):
+        monkeypatch.setattr(_tiers, "use_numpy", lambda *args, path=path: path == "numpy")
+        results["blocked", path] = emdtree.emd_grad(p, q, tree, rho=1)
+        results["rows", path] = np.concatenate([emdtree.emd_grad(p[i:i + 4], q[i:i + 4], tree, rho=1)
+                                                for i in range(0, 40, 4)])
+    want = results["blocked", "kernel"]
+    tol = 64 * np.finfo(dtype).eps * np.abs(want).max()
+    for key, got in results.items():
+        np.testing.assert_allclose(got, want[:got.shape[0]], rtol=0, atol=tol, err_msg=str(key))
+
+
 # ----------------------------------------------------------------------------- unchecked totals
 
 
