@@ -23,6 +23,7 @@ compute the same quantities from the same checks; they differ by rounding
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 # Work (rows x nodes) up to which a value-and-gradient call runs the NumPy pass.
@@ -56,8 +57,17 @@ def _no_budget() -> None:
         "the size of the call (so that results do not depend on timing), or on EMDTREE_JIT=eager, which "
         "runs the kernels for every call (see docs/deployment.rst)",
         FutureWarning,
-        stacklevel=4,
+        stacklevel=_caller_level(),
     )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside emdtree (the caller's line)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def in_cache(kernel) -> bool:
