@@ -86,6 +86,10 @@ def cache_dir() -> str:
 def kernels_status() -> str:
     """Whether the main kernels are in Numba's cache, and which calls run them."""
     try:
+        import numba
+
+        if numba.config.DISABLE_JIT:
+            return "not compiled: NUMBA_DISABLE_JIT is set, the kernels run as Python (slow)"
         from emdtree import _tiers
         from emdtree._kernels import cpu
         from emdtree._kernels import pairwise as pair_kernels
