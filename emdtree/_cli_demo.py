@@ -173,7 +173,7 @@ def run(args, out: TextIO) -> None:
         times.append(time.perf_counter() - t0)
     ms = np.median(times) * 1e3
     print(f"EMD^2 value and gradient for the batch of {m} (float32): {ms:.2f} ms", file=out)
-    if not (_tiers.use_numpy(m * tree.n_nodes) and _cold.suits(tree)):
+    if not (_tiers.would_use_numpy(m * tree.n_nodes) and _cold.suits(tree)):
         threads = numba.get_num_threads()
         print(f"(median of {len(times)} calls, compiled kernel, up to {threads} Numba threads).", file=out)
     else:

@@ -388,7 +388,7 @@ def pairwise(
     n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
     # small matrices are computed with NumPy and SciPy, whatever is compiled (emdtree._tiers)
     work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
-    cold = _tiers.use_numpy(work, _COLD_MAX_WORK) and _cold.suits(tree)
+    cold = _tiers.use_numpy(work, _COLD_MAX_WORK, counted=False) and _cold.suits(tree)
     return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
                   n_threads, cold)
 

@@ -2,38 +2,48 @@
 
 A new process whose Numba cache does not hold the value-and-gradient kernel
 (or the all-pairs kernels) would pay its compilation (about 3 s, or 6 s, on a
-2-core machine) on the first call, for work that takes milliseconds. So small
-calls run the NumPy and SciPy code of :mod:`emdtree._cold`, and larger calls
-run the compiled kernel, compiling it on first use (Numba then caches it on
-disk for later processes).
+2-core machine) on the first call, for work that takes milliseconds. So the
+first calls of a process run the NumPy and SciPy code of :mod:`emdtree._cold`,
+until they have done ``WORK_BUDGET`` units of work (rows x nodes, about 1 s of
+NumPy code); from then on, and for any call larger than ``MAX_WORK``, the
+compiled kernel runs, compiling on first use (Numba then caches it on disk for
+later processes).
 
-The choice depends only on the call: its work (rows x nodes for the value and
-gradient, pair-column terms for all pairs), its tree and ``EMDTREE_JIT``;
-never on the clock, on what is compiled in the process or on what Numba's
-cache holds. The same program with the same inputs therefore runs the same
-code, and gives the same bits, in every run, on a fresh install as with the
-kernels cached.
+The choice depends only on the calls the program makes: their work, their
+tree and ``EMDTREE_JIT``; never on the clock, on what is compiled in the
+process or on what Numba's cache holds. The same program with the same inputs
+therefore runs the same code for each call, and gives the same bits, in every
+run, on a fresh install as with the kernels cached. A long training loop
+reaches the kernels after a few dozen batches; a short script never waits on a
+compilation.
 
-``EMDTREE_JIT=eager`` runs the kernels for every call, as benchmarks, the
-test suite and long training runs on small batches want. The two paths
-compute the same quantities from the same checks; they differ by rounding
-(the NumPy pass sums in float64).
+``EMDTREE_JIT=eager`` runs the kernels for every call, as benchmarks and the
+test suite want. The two paths compute the same quantities from the same
+checks; they differ by rounding.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 
-# Work (rows x nodes) up to which a value-and-gradient call runs the NumPy pass.
+# Work (rows x nodes) above which a value-and-gradient call runs the kernel at once.
 # Measured on a 2-core machine (ImageNet tree, float32, rho = 2): the NumPy pass
 # takes about 30 ns per row and node (24 ms for a batch of 512, 702k work), the
-# kernel about 1 ns (0.8 ms), and compiling the kernel about 3 s. Up to this
-# size a script of a few dozen calls (the README's first lines: a batch of 512
-# on the ImageNet tree) finishes before a compilation would; a loop of hundreds
-# of such calls is faster with EMDTREE_JIT=eager.
-MAX_WORK = 1_000_000
+# kernel about 1 ns (0.8 ms), and compiling the kernel about 3 s.
+MAX_WORK = 8_000_000
+
+# Work that the NumPy pass may do in a process (summed over its calls) before the
+# kernels take over: about 1 s at 30 ns per row and node, 42 batches of 512 on the
+# ImageNet tree. A script of a few dozen such calls finishes before a compilation
+# would; a training loop pays the compilation once, after its first batches.
+WORK_BUDGET = 30_000_000
+
+_spent = 0
+_spent_lock = threading.Lock()
+
 
 _warned_budget = False
 
@@ -54,7 +64,7 @@ def _no_budget() -> None:
     _warned_budget = True
     warnings.warn(
         "EMDTREE_JIT_BUDGET has no effect: whether a call runs the compiled kernel now depends only on "
-        "the size of the call (so that results do not depend on timing), or on EMDTREE_JIT=eager, which "
+        "the work of the calls (so that results do not depend on timing), or on EMDTREE_JIT=eager, which "
         "runs the kernels for every call (see docs/deployment.rst)",
         FutureWarning,
         stacklevel=_caller_level(),
@@ -79,8 +89,31 @@ def in_cache(kernel) -> bool:
         return not hasattr(kernel, "_cache")
 
 
-def use_numpy(work: int, max_work: int = MAX_WORK) -> bool:
+def use_numpy(work: int, max_work: int = MAX_WORK, counted: bool = True) -> bool:
     """Whether a call of ``work`` (rows x nodes, or what ``max_work`` counts) runs NumPy code
-    instead of the kernel: only from the work and ``EMDTREE_JIT``."""
+    instead of the kernel: from the work, the work of the earlier calls (``counted``) and
+    ``EMDTREE_JIT`` only."""
+    global _spent
     _no_budget()
-    return not _eager() and work <= max_work
+    if _eager() or work > max_work:
+        return False
+    if not counted:
+        return True
+    with _spent_lock:
+        if _spent + work > WORK_BUDGET:
+            _spent = WORK_BUDGET + 1  # spent: every later call runs the kernel
+            return False
+        _spent += work
+        return True
+
+
+def would_use_numpy(work: int) -> bool:
+    """Whether the next value-and-gradient call of ``work`` would run NumPy code (not counted)."""
+    return not _eager() and work <= MAX_WORK and _spent + work <= WORK_BUDGET
+
+
+def reset() -> None:
+    """Forget the work done so far (tests)."""
+    global _spent
+    with _spent_lock:
+        _spent = 0

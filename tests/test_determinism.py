@@ -32,11 +32,12 @@ def child_env(**extra: str) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- same bits every run
 
-# A seeded loop of value-and-gradient calls of mixed sizes (a few below the NumPy
-# pass's limit, a few above it on the chain and on a small tree), as a short
-# training run makes: the hash of every output.
+# A seeded loop of value-and-gradient calls of mixed sizes on a chain and a small
+# tree, as a short training run makes, whose first calls run the NumPy pass and
+# the later ones the kernels: the hash of every output.
 LOOP = r"""
 import hashlib, sys, numpy as np, emdtree
+emdtree._tiers.WORK_BUDGET = 3_000_000  # the switch to the kernels falls inside the loop
 rng = np.random.default_rng(1234)
 tree = emdtree.Tree.from_parents([-1] + [int(i // 3) for i in range(1, 40)], rng.uniform(0.5, 2.0, 40))
 chain = emdtree.Tree.chain(64)
@@ -51,8 +52,9 @@ for step in range(24):
     for dtype in (np.float32, np.float64) if n < 30000 else (np.float64,):
         p = rng.random((n, t.n_bins)).astype(dtype); p /= p.sum(axis=1, keepdims=True)
         q = rng.random((n, t.n_bins)).astype(dtype); q /= q.sum(axis=1, keepdims=True)
-        n_kernel += n * t.n_nodes > 1_000_000  # emdtree._tiers.MAX_WORK
+        numpy_pass = emdtree._tiers.would_use_numpy(n * t.n_nodes)
         v, g = emdtree.emd_value_and_grad(p, q, t, rho=rho)
+        n_kernel += not numpy_pass
         h.update(v.tobytes()); h.update(g.tobytes())
 print(h.hexdigest(), n_kernel)
 """
@@ -70,12 +72,7 @@ def test_a_seeded_loop_gives_the_same_bits_cold_twice_and_warm(tmp_path):
     second = run_loop(tmp_path / "cold2")
     warm = run_loop(tmp_path / "cold1")  # the cache the first run filled
     assert first == second == warm
-    assert int(first[1]) > 0  # the loop runs the kernels too, not only the NumPy pass
-
-
-def test_the_numpy_pass_and_the_kernels_are_both_in_the_loop():
-    """The sizes of the loop above straddle the limit (else it tests one path only)."""
-    assert _tiers.MAX_WORK == 1_000_000 and 3000 * 64 <= _tiers.MAX_WORK < 30000 * 40
+    assert 0 < int(first[1]) < 36  # the loop runs the NumPy pass, then the kernels
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -135,7 +132,7 @@ def test_rho_one_on_a_chain_gives_the_same_subgradient_on_every_path(dtype, monk
     p, q = swapped(np.random.default_rng(0), 2000, n, dtype)
     results = {}
     for path in ("numpy", "kernel"):
-        monkeypatch.setattr(_tiers, "use_numpy", lambda *args, path=path: path == "numpy")
+        monkeypatch.setattr(_tiers, "use_numpy", lambda *args, path=path, **kw: path == "numpy")
         for name, t in (("chain", chain), ("tree", tree)):
             results[name, path] = emdtree.emd_grad(p, q, t, rho=1)
         # fewer than 8 rows: the one-row kernel
@@ -173,7 +170,7 @@ def test_rho_one_on_a_tree_gives_the_same_subgradient_on_every_path(dtype, monke
         q[r] = p[r, perm]
     results = {}
     for path in ("numpy", "kernel"):
-        monkeypatch.setattr(_tiers, "use_numpy", lambda *args, path=path: path == "numpy")
+        monkeypatch.setattr(_tiers, "use_numpy", lambda *args, path=path, **kw: path == "numpy")
         results["blocked", path] = emdtree.emd_grad(p, q, tree, rho=1)
         results["rows", path] = np.concatenate([emdtree.emd_grad(p[i:i + 4], q[i:i + 4], tree, rho=1)
                                                 for i in range(0, 40, 4)])
@@ -190,7 +187,7 @@ def test_rho_one_on_a_tree_gives_the_same_subgradient_on_every_path(dtype, monke
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rho", [1.0, 2.0, 1.5])
 def test_an_unchecked_nan_row_stays_in_its_own_pairs(path, dtype, rho, monkeypatch):
-    monkeypatch.setattr(_tiers, "use_numpy", lambda *args: path == "numpy")
+    monkeypatch.setattr(_tiers, "use_numpy", lambda *args, **kw: path == "numpy")
     tree = emdtree.datasets.imagenet_wordnet()
     rng = np.random.default_rng(1)
     x = (rng.random((12, tree.n_bins)) + 0.01).astype(dtype)

@@ -49,7 +49,7 @@ def path(monkeypatch):
     """``path("numpy")`` or ``path("kernel")``: which path every value-and-gradient call takes."""
 
     def choose(which: str) -> None:
-        monkeypatch.setattr(_tiers, "use_numpy", lambda work, max_work=0: which == "numpy")
+        monkeypatch.setattr(_tiers, "use_numpy", lambda work, max_work=0, counted=True: which == "numpy")
 
     return choose
 
@@ -196,6 +196,9 @@ def test_numpy_pairwise_names_bad_input_as_the_kernels_do(path, bad, message):
 def lazy(monkeypatch):
     monkeypatch.setenv("EMDTREE_JIT", "lazy")
     monkeypatch.delenv("EMDTREE_JIT_BUDGET", raising=False)
+    _tiers.reset()
+    yield
+    _tiers.reset()
 
 
 def test_the_choice_depends_on_the_size_of_the_call_only(lazy, monkeypatch):
@@ -204,6 +207,7 @@ def test_the_choice_depends_on_the_size_of_the_call_only(lazy, monkeypatch):
     assert _tiers.use_numpy(_tiers.MAX_WORK)
     assert not _tiers.use_numpy(_tiers.MAX_WORK + 1)
     assert _tiers.use_numpy(50, max_work=50) and not _tiers.use_numpy(51, max_work=50)
+    assert _tiers.use_numpy(10 ** 9, max_work=10 ** 9, counted=False)  # pairwise: its size only
     tree = TREES["leaves"]
     p = rows_of(np.random.default_rng(3), 40, tree.n_bins, np.float64)
     monkeypatch.setenv("EMDTREE_JIT", "eager")
@@ -212,6 +216,16 @@ def test_the_choice_depends_on_the_size_of_the_call_only(lazy, monkeypatch):
     monkeypatch.setenv("EMDTREE_JIT", "lazy")
     assert cpu.value_grad_serial.overloads
     assert _tiers.use_numpy(100)  # a compiled kernel does not change the choice
+
+
+def test_the_numpy_pass_ends_when_its_work_budget_is_spent(lazy, monkeypatch):
+    """The switch to the kernels comes after a fixed amount of work: the same calls switch at the
+    same call in every run."""
+    monkeypatch.setattr(_tiers, "WORK_BUDGET", 1000)
+    assert [_tiers.use_numpy(300) for _ in range(5)] == [True, True, True, False, False]
+    assert not _tiers.use_numpy(1)  # spent: small calls too run the kernel from then on
+    _tiers.reset()
+    assert [_tiers.use_numpy(300) for _ in range(5)] == [True, True, True, False, False]
 
 
 def test_the_readme_first_calls_run_numpy_code(lazy):
