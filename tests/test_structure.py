@@ -44,7 +44,6 @@ LAYER_OF = {
     "emdtree._api": "api",
     # the kernels
     "emdtree._kernels": "kernels",
-    "emdtree.engine.kernels": "kernels",
     # the trees
     "emdtree.trees": "trees",
     "emdtree._tree": "trees",
