@@ -193,13 +193,15 @@ def _set_threads(n: int) -> None:
 
 
 def _run(args, out) -> None:
-    from . import _cli_commands, _cli_demo, _cli_info
+    from . import _cli_commands, _cli_demo, _cli_info, _cli_scaleout
 
+    # Zarr output, a cluster, or a table read by blocks go to the scale-out path
+    scaleout = args.command == "pairwise" and _cli_scaleout.wanted(args)
     run = {
         "demo": _cli_demo.run,
         "info": _cli_info.run,
         "distance": _cli_commands.distance,
-        "pairwise": _cli_commands.pairwise,
+        "pairwise": _cli_scaleout.pairwise if scaleout else _cli_commands.pairwise,
         "evaluate": _cli_commands.evaluate,
     }[args.command]
     run(args, out)

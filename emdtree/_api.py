@@ -94,7 +94,11 @@ def emd(
     1.666666666667
     """
     if not _dispatch.is_host(p, q):
-        return _dispatch.value_grad(emd, p, q, tree, rho, axis, normalize, check_inputs, want_grad=False)
+        host = _dispatch.torch_cpu({"p": p, "q": q})
+        if host is not None:
+            return _dispatch.torch_back(emd(*host, tree, rho, axis, normalize=normalize,
+                                            check_inputs=check_inputs))
+        return _dispatch.value_grad(p, q, tree, rho, axis, normalize, check_inputs, want_grad=False)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize, defer=True)
     value, _ = _driver.value_grad(rows, rho, want_grad=False, check=check_inputs and normalize is None)
@@ -148,8 +152,11 @@ def emd_value_and_grad(
     array([ 0.333333,  0.      , -0.333333])
     """
     if not _dispatch.is_host(p, q):
-        return _dispatch.value_grad(emd_value_and_grad, p, q, tree, rho, axis, normalize, check_inputs,
-                                    want_grad=True)
+        host = _dispatch.torch_cpu({"p": p, "q": q})
+        if host is not None:
+            return _dispatch.torch_back(emd_value_and_grad(*host, tree, rho, axis, normalize=normalize,
+                                                           check_inputs=check_inputs))
+        return _dispatch.value_grad(p, q, tree, rho, axis, normalize, check_inputs, want_grad=True)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize, defer=True)
     value, grad = _driver.value_grad(rows, rho, want_grad=True, check=check_inputs and normalize is None)
@@ -226,7 +233,11 @@ def phi(
     array([-0.25, -0.25,  0.  ])
     """
     if not _dispatch.is_host(p, q):
-        return _dispatch.phi(phi, p, q, tree, axis, normalize, check_inputs)
+        host = _dispatch.torch_cpu({"p": p, "q": q})
+        if host is not None:
+            return _dispatch.torch_back(phi(*host, tree, axis, normalize=normalize,
+                                            check_inputs=check_inputs))
+        return _dispatch.phi(p, q, tree, axis, normalize, check_inputs)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
     return restore_bins(_driver.phi(rows, node_order=True), rows)
 
@@ -289,7 +300,11 @@ def emd_hvp(
     array([ 2.,  0., -2.])
     """
     if not _dispatch.is_host(p, q, v):
-        return _dispatch.hvp(emd_hvp, p, q, v, tree, rho, axis, check_inputs, normalize=normalize)
+        host = _dispatch.torch_cpu({"p": p, "q": q, "v": v})
+        if host is not None:
+            return _dispatch.torch_back(emd_hvp(*host, tree, rho, axis, normalize=normalize,
+                                                check_inputs=check_inputs))
+        return _dispatch.hvp(p, q, v, tree, rho, axis, check_inputs, normalize=normalize)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q, "v": v}, tree, axis, check_inputs, normalize)
     if normalize is None:
@@ -380,7 +395,11 @@ def emd_hessian(
            [-0.125,  0.125]])
     """
     if not _dispatch.is_host(p, q):
-        return _dispatch.hessian(emd_hessian, p, q, tree, rho, axis, check_inputs, normalize=normalize)
+        host = _dispatch.torch_cpu({"p": p, "q": q})
+        if host is not None:
+            return _dispatch.torch_back(emd_hessian(*host, tree, rho, axis, normalize=normalize,
+                                                    check_inputs=check_inputs))
+        return _dispatch.hessian(p, q, tree, rho, axis, check_inputs, normalize=normalize)
     rho = check_rho(rho)
     rows = prepare({"p": p, "q": q}, tree, axis, check_inputs, normalize)
     out = _driver.hessian(rows, rho)

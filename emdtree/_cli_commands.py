@@ -182,12 +182,9 @@ def distance(args, out: TextIO) -> None:
 
 
 def pairwise(args, out: TextIO) -> None:
+    """``emdtree pairwise`` in memory (see :mod:`emdtree._cli_scaleout` for Zarr, clusters and blocks)."""
     import emdtree
-    from emdtree import _cli_scaleout, io
-
-    if _cli_scaleout.wanted(args):  # Zarr output, a cluster, or a table read by blocks
-        _cli_scaleout.pairwise(args, out)
-        return
+    from emdtree import io
 
     tree = read_tree(args.tree)
     options = {"transpose": True} if args.transpose else {}

@@ -26,7 +26,7 @@ import math
 import numbers
 import sys
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -301,12 +301,25 @@ def _torch_host(x: Any, like: Any = None) -> Any:
     return x.detach().resolve_conj().resolve_neg().numpy()
 
 
-def _torch_back(result: Any) -> Any:
+def torch_back(result: Any) -> Any:
+    """Tensors sharing the memory of the NumPy ``result`` (a tuple stays a tuple)."""
     import torch
 
     if isinstance(result, tuple):
-        return tuple(_torch_back(r) for r in result)
+        return tuple(torch_back(r) for r in result)
     return torch.from_numpy(np.asarray(result))
+
+
+def torch_cpu(arrays: dict[str, Any]) -> list[np.ndarray] | None:
+    """NumPy views (zero copy, detached) of ``arrays`` when they are CPU torch tensors, else None.
+
+    The public functions run such arguments through their NumPy path and give
+    the result back with :func:`torch_back`.
+    """
+    if _route(arrays) != "torch-cpu":
+        return None
+    like = _float_dtype_of(arrays)
+    return [_torch_host(x, like) for x in arrays.values()]
 
 
 def _route(arrays: dict[str, Any]) -> str:
@@ -322,16 +335,12 @@ def _route(arrays: dict[str, Any]) -> str:
 
 
 def value_grad(
-    numpy_fn: Callable, p: Any, q: Any, tree: Tree | None, rho: float, axis: int,
-    normalize: str | None, check: bool, want_grad: bool,
+    p: Any, q: Any, tree: Tree | None, rho: float, axis: int, normalize: str | None, check: bool,
+    want_grad: bool,
 ) -> Any:
     """emd (``want_grad=False``) or emd_value_and_grad for non-NumPy arrays."""
     arrays = {"p": p, "q": q}
     route = _route(arrays)
-    if route == "torch-cpu":
-        like = _float_dtype_of(arrays)
-        return _torch_back(numpy_fn(_torch_host(p, like), _torch_host(q, like), tree, rho, axis,
-                                    normalize=normalize, check_inputs=check))
     rho = check_rho(rho)
     cuda = _cuda_module() if route == "cuda" else None
     f = prepare_foreign(arrays, tree, axis, check, normalize, cuda=cuda is not None)
@@ -349,14 +358,9 @@ def value_grad(
     return value, _restore_bins(f, grad)
 
 
-def phi(numpy_fn: Callable, p: Any, q: Any, tree: Tree | None, axis: int, normalize: str | None,
-        check: bool) -> Any:
+def phi(p: Any, q: Any, tree: Tree | None, axis: int, normalize: str | None, check: bool) -> Any:
     arrays = {"p": p, "q": q}
     route = _route(arrays)
-    if route == "torch-cpu":
-        like = _float_dtype_of(arrays)
-        return _torch_back(numpy_fn(_torch_host(p, like), _torch_host(q, like), tree, axis,
-                                    normalize=normalize, check_inputs=check))
     cuda = _cuda_module() if route == "cuda" else None
     f = prepare_foreign(arrays, tree, axis, check, normalize, cuda=cuda is not None)
     if cuda is not None:
@@ -368,14 +372,10 @@ def phi(numpy_fn: Callable, p: Any, q: Any, tree: Tree | None, axis: int, normal
     return _restore_bins(f, out)
 
 
-def hvp(numpy_fn: Callable, p: Any, q: Any, v: Any, tree: Tree | None, rho: float, axis: int,
-        check: bool, project_out: bool = True, normalize: str | None = None) -> Any:
+def hvp(p: Any, q: Any, v: Any, tree: Tree | None, rho: float, axis: int, check: bool,
+        project_out: bool = True, normalize: str | None = None) -> Any:
     arrays = {"p": p, "q": q, "v": v}
     route = _route(arrays)
-    if route == "torch-cpu" and project_out:
-        like = _float_dtype_of(arrays)
-        host = [_torch_host(x, like) for x in (p, q, v)]
-        return _torch_back(numpy_fn(*host, tree, rho, axis, normalize=normalize, check_inputs=check))
     rho = check_rho(rho)
     cuda = _cuda_module() if route == "cuda" else None
     f = prepare_foreign(arrays, tree, axis, check, normalize, cuda=cuda is not None)
@@ -406,13 +406,9 @@ def _normalized_hvp(f: Foreign, cuda: Any, rho: float) -> Any:
     return _normalize.hvp(xp, f.normalize, hw, v, g, a, f.totals[0])
 
 
-def hessian(numpy_fn: Callable, p: Any, q: Any, tree: Tree | None, rho: float, axis: int,
-            check: bool, normalize: str | None = None) -> Any:
+def hessian(p: Any, q: Any, tree: Tree | None, rho: float, axis: int, check: bool,
+            normalize: str | None = None) -> Any:
     arrays = {"p": p, "q": q}
-    if _route(arrays) == "torch-cpu":
-        like = _float_dtype_of(arrays)
-        return _torch_back(numpy_fn(_torch_host(p, like), _torch_host(q, like), tree, rho, axis,
-                                    normalize=normalize, check_inputs=check))
     rho = check_rho(rho)
     f = prepare_foreign(arrays, tree, axis, check, normalize)
     from . import _xp

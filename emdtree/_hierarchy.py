@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 
-from ._tree import Tree
 
 DISTANCES = ("path", "lca_height", "lca_subtree_height")
 
@@ -44,7 +44,7 @@ class Hierarchy:
     ``ceil(log2(depth + 1))`` vectorised steps.
     """
 
-    def __init__(self, tree: Tree) -> None:
+    def __init__(self, tree: Any) -> None:  # an emdtree.Tree (whose module imports this one)
         lay = tree.layout
         n = tree.n_nodes
         parent = lay.parent.copy()
@@ -98,6 +98,6 @@ class Hierarchy:
 
 
 @functools.lru_cache(maxsize=8)
-def hierarchy(tree: Tree) -> Hierarchy:
-    """The LCA tables of ``tree``, built once for the last few trees."""
+def hierarchy(tree: Any) -> Hierarchy:
+    """The LCA tables of ``tree`` (an :class:`emdtree.Tree`), built once for the last few trees."""
     return Hierarchy(tree)

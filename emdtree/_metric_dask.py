@@ -24,8 +24,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ._metric_chunks import chunk_emd
-from ._metric_inputs import check_chunk_size, labels_in_range, no_nan
+from ._metric_inputs import check_chunk_size
 
 __all__ = ["update_dask"]
 
@@ -34,43 +33,16 @@ _SPLIT_EVERY = 8  # partial states merged per task of the reduction tree
 
 def _fresh(acc: Any) -> Any:
     """An empty accumulator with ``acc``'s settings (sharing its immutable tree)."""
-    from .metrics import EMDMetric, HierarchicalMetrics
-
-    if isinstance(acc, EMDMetric):
-        out = EMDMetric(acc.tree, acc.rho, normalize=acc.normalize, chunk_size=acc.chunk_size)
-    elif isinstance(acc, HierarchicalMetrics):
-        out = HierarchicalMetrics(acc.tree, ks=acc.ks, rho=acc._emd.rho, per_class=acc.per_class,
-                                  normalize=acc._emd.normalize, distance=acc.distance, emd=acc.want_emd,
-                                  chunk_size=acc.chunk_size)
-    else:  # pragma: no cover - only the two accumulators come here
-        raise TypeError(type(acc).__name__)
-    out.n_bins = acc.n_bins
-    if isinstance(acc, HierarchicalMetrics):
-        out._emd.n_bins = acc._emd.n_bins
-    return out
+    return acc._empty()
 
 
 def _chunk_state(template: Any, start: int, is_labels: bool, scores: np.ndarray, target: np.ndarray) -> Any:
     """The partial state of one chunk, computed on one thread of the worker that holds it."""
-    from .metrics import EMDMetric
-
     acc = _fresh(template)
-    scores = np.asarray(scores)
-    target = np.asarray(target)
     previous = numba.get_num_threads()
     numba.set_num_threads(1)  # the scheduler runs chunks side by side: no nested thread pools
     try:
-        if isinstance(acc, EMDMetric):
-            if is_labels:
-                labels_in_range(target, start, acc.n_bins, "target")
-            acc._sum.add_values(chunk_emd(scores, target, is_labels, start, acc.tree, acc.rho, acc.normalize))
-            acc.n_samples += scores.shape[0]
-        else:
-            from ._hierarchy import hierarchy
-
-            no_nan(scores, start)
-            labels_in_range(target, start, acc.n_bins)
-            acc._update_chunk(scores, target, start, hierarchy(acc.tree) if acc.tree is not None else None)
+        acc._add_chunk(np.asarray(scores), np.asarray(target), start, is_labels)
     finally:
         numba.set_num_threads(previous)
     return acc
@@ -136,9 +108,4 @@ def update_dask(acc: Any, pred: Any, target: Any, is_labels: bool,
 
 
 def _settings(acc: Any) -> tuple:
-    from .metrics import EMDMetric
-
-    if isinstance(acc, EMDMetric):
-        return (acc.rho, acc.normalize, acc.n_bins, id(acc.tree))
-    return (acc.ks, acc.per_class, acc.distance, acc.want_emd, acc._emd.rho, acc._emd.normalize, acc.n_bins,
-            id(acc.tree))
+    return acc._settings()

@@ -17,9 +17,9 @@ samples (a column that is constant contributes nothing).
 Accuracy. Each sample's phi is rounded on its own, so a distance errs by a
 few ``eps (S_i + S_j)`` with ``S_i = sum_k w_k |phi_k|`` (the direct formula
 on the same rows does too). For ``rho = 1`` in float64 the kernel sums
-``min(x_k, y_k)`` (see ``_MIN_TAU``), for ``rho = 2`` in float64 it uses a
-matrix product (see ``_GRAM_REL``); both fall back to the direct sum for the
-pairs where they would lose accuracy. Square results are computed for ``i < j``
+``min(x_k, y_k)`` (see ``_MIN_TAU`` in :mod:`emdtree._pairwise_rows`), for
+``rho = 2`` in float64 it uses a matrix product (see ``_GRAM_REL``); both
+fall back to the direct sum for the pairs where they would lose accuracy. Square results are computed for ``i < j``
 and mirrored: exactly symmetric, with an exactly zero diagonal.
 """
 
@@ -35,9 +35,9 @@ from . import _cold, _driver, _tiers
 from ._inputs import check_rho, reject_masked, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
-from ._kernels.checks import row_totals
-from ._normalize import check_normalize, softmax
+from ._normalize import check_normalize
 from ._threads import parallel_launch, usable_threads
+from ._pairwise_rows import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ._tree import Tree
 
 __all__ = ["pairwise"]
@@ -45,27 +45,10 @@ __all__ = ["pairwise"]
 # Rows turned into phi at a time when block_size is None: about 4M node values.
 _BLOCK_VALUES = 1 << 22
 
-# For rho = 1 in float64 the kernel forms S_i + S_j - 2 sum_k min(x_ik, x_jk), whose
-# rounding error is below ~200 eps (S_i + S_j) (chunked sums of CHUNK / 4 terms per
-# lane). Pairs whose distance is below _MIN_TAU (S_i + S_j) are summed directly, so
-# the relative error stays below ~200 eps / _MIN_TAU = 2e-11.
-_MIN_TAU = 1e-3
-
-# For rho = 2 in float64 the pair sums are |a|^2 + |b|^2 - 2 a.b with a matrix product,
-# after subtracting the mean row from every row (distances do not change, and the
-# norms become of the size of the distances instead of the size of phi). Any order
-# of summation of a.b errs by at most m u |a| |b| (m columns, u = eps / 2), so the
-# result errs by at most about m eps (|a|^2 + |b|^2); pairs whose distance is below
-# m eps / _GRAM_REL (|a|^2 + |b|^2) are summed directly, which keeps every pair
-# within _GRAM_REL of the direct formula. With very many columns (the threshold above
-# _GRAM_MAX_TAU) the direct kernel is used throughout.
-_GRAM_REL = 1e-10
-
 # Pair-column terms up to which a matrix is computed with SciPy's cdist (a few ns per
 # term) rather than the pair kernels, whose compilation takes several seconds: about
 # 500 samples on the ImageNet tree. Unless EMDTREE_JIT=eager, whatever is compiled.
 _COLD_MAX_WORK = 200_000_000
-_GRAM_MAX_TAU = 0.5
 
 
 def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
@@ -83,137 +66,6 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
 
 def _is_dask(x: Any) -> bool:
     return type(x).__module__.startswith("dask") and hasattr(x, "blocks")
-
-
-def _columns(tree: Tree, rho: float) -> tuple[np.ndarray, np.ndarray]:
-    """Layout positions that can contribute and their scales ``w^(1/rho)``.
-
-    A node whose parent has the same bins below it has the same phi as that
-    parent for every sample; its cost is added to the top node of the run.
-    """
-    lay = tree.layout
-    n_nodes, n_bins = tree.n_nodes, tree.n_bins
-    below = lay.bins_below
-    parent = lay.parent
-    top = np.arange(n_nodes)
-    # descending positions visit a parent before its children
-    same = np.zeros(n_nodes, dtype=bool)
-    same[:-1] = below[parent[:-1]] == below[:-1]
-    for j in np.flatnonzero(same)[::-1]:
-        top[j] = top[parent[j]]
-    useful = (below > 0) & (below < n_bins)
-    useful[-1] = False
-    cost = np.bincount(top[useful], weights=lay.weight[useful], minlength=n_nodes)
-    positions = np.flatnonzero(cost > 0)
-    return positions, cost[positions] ** (1.0 / rho)
-
-
-def _position(name: str, row: int, col: int, axis: int) -> str:
-    return f"{name}[{row}, {col}]" if axis == 1 else f"{name}[{col}, {row}]"
-
-
-class _Rows:
-    """Transformed rows ``x`` of one input, filled block by block."""
-
-    def __init__(self, samples: np.ndarray, name: str, axis: int, dtype: np.dtype, tree: Tree,
-                 positions: np.ndarray, scale: np.ndarray, normalize: str | None, check: bool,
-                 block: int, cold: bool = False) -> None:
-        n, n_cols = samples.shape[0], positions.shape[0]
-        lay = tree.layout
-        non_bin = np.flatnonzero(lay.bin_at < 0).astype(np.int64)
-        zeros = np.zeros(tree.n_bins, dtype=dtype)
-        zeros.flags.writeable = False
-        scale = scale.astype(dtype)
-        self.x = np.empty((n, n_cols), dtype=dtype)
-        self.totals = np.empty(n, dtype=np.float64)
-        self.low = np.full(n_cols, np.inf, dtype=dtype)
-        self.high = np.full(n_cols, -np.inf, dtype=dtype)
-        for r0 in range(0, n, block):
-            r1 = min(r0 + block, n)
-            rows = np.ascontiguousarray(samples[r0:r1], dtype=dtype).view()
-            rows.flags.writeable = False  # one kernel specialisation whatever the caller's flags
-            totals = self.totals[r0:r1]
-            if normalize == "softmax":
-                if check:
-                    _check_logits(rows, name, r0, axis)
-                rows = softmax(np, rows)
-                rows.flags.writeable = False
-            bad = (_cold.row_totals if cold else row_totals)(rows, totals)
-            if check and bad >= 0:
-                r, k = divmod(bad, rows.shape[1])
-                value = rows[r, k]
-                what = "not finite" if not np.isfinite(value) else "negative"
-                raise ValueError(f"{_position(name, r0 + r, k, axis)} = {value} is {what}: "
-                                 f"entries of {name} must be finite and >= 0")
-            if check and (bad == -2 or (totals.size and totals.max() > np.finfo(dtype).max)):
-                r = int(np.flatnonzero(~(totals <= np.finfo(dtype).max))[0])
-                where = f"{name}[{r0 + r}]" if axis == 1 else f"{name}[:, {r0 + r}]"
-                raise ValueError(f"the total mass of {where} overflows {np.dtype(dtype).name}"
-                                 + ("; pass float64 masses" if dtype != np.float64 else "")
-                                 + ": scale the masses down")
-            if normalize == "l1":
-                # unchecked rows holding NaN have a NaN total: NaN in their own distances only
-                zero = np.flatnonzero(~(totals > 0) & ~np.isnan(totals))
-                if zero.size:
-                    r = r0 + int(zero[0])
-                    where = f"{name}[{r}]" if axis == 1 else f"{name}[:, {r}]"
-                    what = "zero total mass" if totals[r - r0] == 0 else f"total mass {totals[r - r0]!r}"
-                    raise ValueError(f"{where} has {what}: cannot normalize")
-                rows = rows / totals.astype(dtype)[:, None]  # never in place: rows may be the caller's
-                rows.flags.writeable = False
-            x = self.x[r0:r1]
-            if n_cols and cold:
-                _cold.phi_columns(tree, rows, positions, x)
-            elif n_cols:
-                cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
-                               positions, x.reshape(-1))
-            if n_cols:
-                with np.errstate(over="ignore"):  # an overflow shows in the result check
-                    x *= scale
-                np.minimum(self.low, x.min(axis=0), out=self.low)
-                np.maximum(self.high, x.max(axis=0), out=self.high)
-
-    def keep(self, columns: np.ndarray) -> None:
-        """Keep only ``columns``, compacting the rows in place (no second copy)."""
-        n, n_cols = self.x.shape
-        m = columns.shape[0]
-        if m == n_cols:
-            return
-        flat = self.x.reshape(-1)
-        for r in range(n):
-            flat[r * m:(r + 1) * m] = flat[r * n_cols:(r + 1) * n_cols][columns]
-        self.x = flat[:n * m].reshape(n, m)
-
-
-def _sample_tree(tree: Tree | None, n_bins: int, y_bins: int | None, along: str) -> Tree:
-    """The tree of samples with ``n_bins`` bins (``y_bins`` for Y): the chain for None."""
-    if y_bins is not None and y_bins != n_bins:
-        raise ValueError(f"X has {n_bins} bins{along} but Y has {y_bins}")
-    if n_bins == 0:
-        raise ValueError("the bin axis is empty")
-    if tree is None:
-        from ._inputs import resolve_tree
-
-        return resolve_tree(None, n_bins)
-    if not isinstance(tree, Tree):
-        raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
-    if tree.n_bins != n_bins:
-        raise ValueError(f"X has {n_bins} bins{along} but the tree has {tree.n_bins} bins")
-    return tree
-
-
-def _check_logits(rows: np.ndarray, name: str, r0: int, axis: int) -> None:
-    """Rows of logits: no NaN or +inf, and a finite logit in every row."""
-    bad = np.isnan(rows) | (rows == np.inf)
-    if bad.any():
-        r, k = np.argwhere(bad)[0]
-        raise ValueError(f"{_position(name, r0 + int(r), int(k), axis)} = {rows[r, k]} is not a logit: with "
-                         f"normalize='softmax' {name} must not hold NaN or +inf")
-    empty = np.flatnonzero(~(rows.max(axis=1, initial=-np.inf) > -np.inf))
-    if empty.size:
-        r = r0 + int(empty[0])
-        where = f"{name}[{r}]" if axis == 1 else f"{name}[:, {r}]"
-        raise ValueError(f"every logit of {where} is -inf: its softmax is undefined")
 
 
 def _check_equal_totals(parts: list[tuple[str, _Rows]], n_bins: int, mass_eps: float, axis: int) -> None:

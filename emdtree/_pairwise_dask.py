@@ -28,7 +28,7 @@ from ._inputs import working_dtype
 from ._kernels import pairwise as kernels
 from ._kernels.checks import row_totals
 from ._kernels.pairwise import listed_pairs_serial, pair_sums_serial
-from ._pairwise import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
+from ._pairwise_rows import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ._tree import Tree
 
 __all__ = ["pairwise_dask", "block_distances"]
@@ -152,7 +152,7 @@ def block_distances(a: np.ndarray, b: np.ndarray | None, rho: float) -> np.ndarr
 
 
 def _gram_block(a: np.ndarray, b: np.ndarray | None, tau: float, out: np.ndarray) -> np.ndarray:
-    """EMD^2 of a float64 block from a matrix product (see ``emdtree._pairwise._GRAM_REL``)."""
+    """EMD^2 of a float64 block from a matrix product (see ``emdtree._pairwise_rows._GRAM_REL``)."""
     square = b is None
     center = a.mean(axis=0) if square else (a.sum(axis=0) + b.sum(axis=0)) / (a.shape[0] + b.shape[0])
     a = a - center  # never in place: the blocks may be shared with other tasks

@@ -21,6 +21,7 @@ returns beside the value:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 __all__ = ["emd_function", "transforms_active"]
 
@@ -32,16 +33,15 @@ def transforms_active() -> bool:
     return bool(torch._C._are_functorch_transforms_active())
 
 
-def _ops():
-    from . import torch as adapter  # the operators are defined with the public adapter
-
-    return adapter
-
-
 @functools.cache
-def emd_function() -> type:
-    """The ``autograd.Function``, built on first use, so that this module imports
-    without PyTorch (the adapter imports it itself)."""
+def emd_function(value_grad_op: Callable, hvp_op: Callable, fold: Callable) -> type:
+    """The ``autograd.Function`` around the adapter's operators, built on first use,
+    so that this module imports without PyTorch (the adapter imports it itself).
+
+    ``value_grad_op`` and ``hvp_op`` are the ``emdtree::emd_value_grad`` and
+    ``emdtree::emd_hvp`` operators; ``fold(args, in_dims)`` folds the vmapped
+    dimension into the rows and returns ``(size, folded_args)``.
+    """
     import torch
 
     class EMDFunction(torch.autograd.Function):
@@ -54,7 +54,7 @@ def emd_function() -> type:
 
         @staticmethod
         def forward(input, target, tree, rho, check):
-            value, grad = _ops()._value_grad_op(input, target, tree, rho, check)
+            value, grad = value_grad_op(input, target, tree, rho, check)
             return value, grad
 
         @staticmethod
@@ -73,7 +73,7 @@ def emd_function() -> type:
             if d_value is not None:
                 d_input = d_value.unsqueeze(-1) * grad
             if d_grad is not None:
-                hvp = _ops()._hvp_op(input, target, d_grad, ctx.tree, ctx.rho)
+                hvp = hvp_op(input, target, d_grad, ctx.tree, ctx.rho)
                 d_input = hvp if d_input is None else d_input + hvp
             d_target = None
             if d_input is not None and not ctx.target_is_labels:
@@ -90,12 +90,12 @@ def emd_function() -> type:
                 return None, None
             d_value = (grad * direction).sum(-1)
             # the operator gives H P v; P (H P v) = P H P v
-            d_grad = _ops()._hvp_op(input, target, direction, ctx.tree, ctx.rho)
+            d_grad = hvp_op(input, target, direction, ctx.tree, ctx.rho)
             return d_value, d_grad - d_grad.mean(-1, keepdim=True)
 
         @staticmethod
         def vmap(info, in_dims, input, target, tree, rho, check):
-            size, folded = _ops()._fold((input, target, tree, rho, check), in_dims)
+            size, folded = fold((input, target, tree, rho, check), in_dims)
             value, grad = EMDFunction.apply(*folded)
             return (value.reshape(size, -1), grad.reshape(size, -1, grad.shape[-1])), (0, 0)
 

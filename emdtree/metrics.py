@@ -438,13 +438,27 @@ class EMDMetric:
             update_dask(self, pred, target, is_labels, progress)
             return self
         for start, (p, t) in chunks([pred, target], self.chunk_size):
-            if is_labels:
-                labels_in_range(t, start, n_bins, "target")
-            self._sum.add_values(chunk_emd(p, t, is_labels, start, self.tree, self.rho, self.normalize))
-            self.n_samples += p.shape[0]
+            self._add_chunk(p, t, start, is_labels)
             if progress is not None:
                 progress(p.shape[0])
         return self
+
+    def _add_chunk(self, p: np.ndarray, t: np.ndarray, start: int, is_labels: bool) -> None:
+        """Add one chunk of host rows that start at row ``start``."""
+        if is_labels:
+            labels_in_range(t, start, self.n_bins, "target")
+        self._sum.add_values(chunk_emd(p, t, is_labels, start, self.tree, self.rho, self.normalize))
+        self.n_samples += p.shape[0]
+
+    def _empty(self) -> EMDMetric:
+        """An empty accumulator with these settings (sharing the immutable tree)."""
+        out = EMDMetric(self.tree, self.rho, normalize=self.normalize, chunk_size=self.chunk_size)
+        out.n_bins = self.n_bins
+        return out
+
+    def _settings(self) -> tuple:
+        """What two accumulators must share for their states to merge."""
+        return (self.rho, self.normalize, self.n_bins, id(self.tree))
 
     def merge(self, other: EMDMetric) -> EMDMetric:
         """Add the samples of another accumulator with the same settings.
@@ -654,12 +668,33 @@ class HierarchicalMetrics:
             return self
         tables = hierarchy(self.tree) if self.tree is not None else None
         for start, (scores, y) in chunks([pred, labels], self.chunk_size):
-            no_nan(scores, start)
-            labels_in_range(y, start, n_bins)
-            self._update_chunk(scores, y, start, tables)
+            self._add_chunk(scores, y, start, True, tables)
             if progress is not None:
                 progress(scores.shape[0])
         return self
+
+    def _add_chunk(self, scores: np.ndarray, y: np.ndarray, start: int, is_labels: bool = True,
+                   tables: Hierarchy | None = None) -> None:
+        """Add one chunk of host rows that start at row ``start`` (``y`` holds class indices)."""
+        no_nan(scores, start)
+        labels_in_range(y, start, self.n_bins)
+        if tables is None and self.tree is not None:
+            tables = hierarchy(self.tree)
+        self._update_chunk(scores, y, start, tables)
+
+    def _empty(self) -> HierarchicalMetrics:
+        """An empty accumulator with these settings (sharing the immutable tree)."""
+        out = HierarchicalMetrics(self.tree, ks=self.ks, rho=self._emd.rho, per_class=self.per_class,
+                                  normalize=self._emd.normalize, distance=self.distance, emd=self.want_emd,
+                                  chunk_size=self.chunk_size)
+        out.n_bins = self.n_bins
+        out._emd.n_bins = self._emd.n_bins
+        return out
+
+    def _settings(self) -> tuple:
+        """What two accumulators must share for their states to merge."""
+        return (self.ks, self.per_class, self.distance, self.want_emd, self._emd.rho, self._emd.normalize,
+                self.n_bins, id(self.tree))
 
     def _update_chunk(self, scores: np.ndarray, y: np.ndarray, start: int, tables: Hierarchy | None) -> None:
         rank, top = ranks(scores, y, max(self.ks) if tables is not None else 0)

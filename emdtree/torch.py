@@ -57,13 +57,13 @@ def _target_for_device(target: Tensor, n_bins: int, dtype: torch.dtype) -> Tenso
 def _run(p: Tensor, target: Tensor, tree: int, rho: float, want_grad: bool, check: bool):
     """(value (rows,), grad (rows, n_bins) or None) of 2-D ``p`` against ``target``."""
     if p.device.type != "cpu":
-        import emdtree
+        from . import _api
 
         q = _target_for_device(target, p.shape[-1], p.dtype)
         tree_ = _losses.tree_of(tree)
         if want_grad:
-            return emdtree.emd_value_and_grad(p, q, tree_, rho, check_inputs=check)
-        return emdtree.emd(p, q, tree_, rho, check_inputs=check), None
+            return _api.emd_value_and_grad(p, q, tree_, rho, check_inputs=check)
+        return _api.emd(p, q, tree_, rho, check_inputs=check), None
     value, grad = _losses.value_grad(p.detach().numpy(), target.detach().numpy(), tree, rho, want_grad, check)
     return torch.from_numpy(value), (None if grad is None else torch.from_numpy(grad))
 
@@ -86,12 +86,10 @@ def _value_grad_op(
 def _hvp_op(input: Tensor, target: Tensor, v: Tensor, tree: int, rho: float) -> Tensor:
     """``H P v`` of each row: the transposed Jacobian of the projected gradient."""
     if input.device.type != "cpu":
-        import emdtree
-        from emdtree import _dispatch
+        from . import _dispatch
 
         q = _target_for_device(target, input.shape[-1], input.dtype)
-        return _dispatch.hvp(emdtree.emd_hvp, input, q, v, _losses.tree_of(tree), rho, -1, False,
-                             project_out=False)
+        return _dispatch.hvp(input, q, v, _losses.tree_of(tree), rho, -1, False, project_out=False)
     out = _losses.hvp(input.detach().numpy(), target.detach().numpy(), v.detach().numpy(), tree, rho)
     return torch.from_numpy(out)
 
@@ -338,7 +336,8 @@ def emd_loss(
         q = q.reshape(-1, n_bins)
 
     if _torch_func.transforms_active():
-        value = _torch_func.emd_function().apply(p, q, token, rho, check_inputs)[0]
+        function = _torch_func.emd_function(_value_grad_op, _hvp_op, _fold)
+        value = function.apply(p, q, token, rho, check_inputs)[0]
     elif torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
         value = _value_grad_op(p, q, token, rho, check_inputs)[0]
     else:

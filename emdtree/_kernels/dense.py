@@ -10,11 +10,12 @@ contiguous ranges, so a row costs O(n_nodes) whatever the depth.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import prange
 
 from .jit import njit
-from .._layout import Layout
 
 
 @njit(cache=True)
@@ -141,14 +142,14 @@ def _distance_fill(weight, parent, size, bin_at, bin_position, out):  # pragma: 
         out[k, k] = 0.0
 
 
-def distance_matrix(layout: Layout, n_bins: int) -> np.ndarray:
-    """Bins x bins path metric of a tree layout (float64)."""
+def distance_matrix(layout: Any, n_bins: int) -> np.ndarray:
+    """Bins x bins path metric of a tree layout (an ``emdtree._layout.Layout``), float64."""
     out = np.empty((n_bins, n_bins), dtype=np.float64)
     _distance_fill(layout.weight, layout.parent, layout.size, layout.bin_at, layout.bin_position, out)
     return out
 
 
-def lca_matrix(layout: Layout, value: np.ndarray) -> np.ndarray:
+def lca_matrix(layout: Any, value: np.ndarray) -> np.ndarray:
     """Bins x bins matrix of ``value`` (one float64 per layout position) at the
     lowest common ancestor of each pair; the diagonal is 0."""
     n_bins = layout.bin_position.shape[0]
