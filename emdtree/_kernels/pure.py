@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .simd import BLOCK
+from .lanes import BLOCK
 
 
 def row_add(buf, dst, src):

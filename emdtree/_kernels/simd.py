@@ -19,7 +19,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-BLOCK = 32
+from .lanes import BLOCK
 
 
 def _row(context, builder, arrty, arr, offset):

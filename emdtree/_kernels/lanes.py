@@ -1,0 +1,3 @@
+"""The block width of the vector kernels: samples swept together, one per lane."""
+
+BLOCK = 32
