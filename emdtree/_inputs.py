@@ -16,8 +16,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._kernels.checks import row_totals
-from ._normalize import check_normalize, softmax
+from ._normalize import softmax
 from ._tree import Tree
+from .engine import semantics
+from .engine.semantics import check_normalize
 
 _CHAIN_CACHE_MAX_BINS = 100_000
 
@@ -223,25 +225,29 @@ def _check_finite(rows: Rows, i: int) -> None:
     if not np.all(np.isfinite(flat)):
         bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
         raise ValueError(
-            f"{name}{_position(rows, i, bad)} = {flat.flat[bad]} is not finite: entries of {name} must be "
-            "finite"
+            f"{name}{_position(rows, i, bad)} = {semantics._value(flat.flat[bad])} is not finite: entries of "
+            f"{name} must be finite"
         )
+
+
+def namers(rows: Rows, i: int) -> tuple[semantics.Entry, semantics.Row]:
+    """How argument ``i`` of ``rows`` is named to the caller: entry ``k`` of flat row ``r``
+    in the argument's own indices, and row ``r`` by its batch index."""
+    name, n_bins = rows.names[i], rows.tree.n_bins
+    several = rows.arrays[i].shape[0] > 1
+
+    def row(r: int) -> str:
+        return name + (_batch_position(r, rows.batch_shape) if several else "")
+
+    return (lambda r, k: name + _position(rows, i, r * n_bins + k)), row
 
 
 def check_logits(rows: Rows, i: int) -> None:
-    """Argument ``i`` as logits: no NaN or ``+inf``, and a finite entry in every row."""
-    name, flat = rows.names[i], rows.arrays[i]
-    bad = np.isnan(flat) | (flat == np.inf)
-    if bad.any():
-        k = int(np.flatnonzero(bad.ravel())[0])
-        raise ValueError(
-            f"{name}{_position(rows, i, k)} = {flat.flat[k]} is not a logit: with normalize='softmax' "
-            f"{name} holds logits, which must not be NaN or +inf"
-        )
-    empty = np.flatnonzero(~(flat.max(axis=-1, initial=-np.inf) > -np.inf))
-    if empty.size:
-        where = _batch_position(int(empty[0]), rows.batch_shape) if flat.shape[0] > 1 else ""
-        raise ValueError(f"every logit of {name}{where} is -inf: its softmax is undefined")
+    """Argument ``i`` as logits: no NaN or ``+inf``, and a finite entry in every row
+    (:func:`emdtree.engine.semantics.logit_error`)."""
+    error = semantics.logit_error(rows.arrays[i], rows.names[i], *namers(rows, i))
+    if error is not None:
+        raise ValueError(error)
 
 
 def _softmax_rows(rows: Rows, masses: tuple[str, ...], check: bool) -> Rows:
@@ -263,11 +269,8 @@ def _softmax_rows(rows: Rows, masses: tuple[str, ...], check: bool) -> Rows:
             off = np.flatnonzero(np.abs(tot - 1.0) > tol)
             if off.size:
                 r = int(off[0])
-                where = _batch_position(r, rows.batch_shape) if out[i].shape[0] > 1 else ""
-                raise ValueError(
-                    f"{name}{where} sums to {float(tot[r])!r}: with normalize='softmax' {masses[0]} holds "
-                    f"logits and {name} must be a distribution (summing to 1)"
-                )
+                raise ValueError(semantics.message("distribution", row=namers(rows, i)[1](r),
+                                                   total=float(tot[r]), logits=masses[0], name=name))
         else:
             _check_finite(rows, i)
     return rows._replace(arrays=tuple(out), normalize="softmax")
@@ -281,11 +284,7 @@ def _mass_totals(rows: Rows, i: int, check: bool) -> np.ndarray:
     tot = np.empty(flat.shape[0], dtype=np.float64)
     bad = row_totals(flat, tot)
     if check and bad >= 0:
-        value = flat.flat[bad]
-        what = "not finite" if not np.isfinite(value) else "negative"
-        raise ValueError(
-            f"{name}{_position(rows, i, bad)} = {value} is {what}: entries of {name} must be finite and >= 0"
-        )
+        raise ValueError(semantics.mass_entry_error(flat.flat[bad], name, name + _position(rows, i, bad)))
     if check and (bad == -2 or (tot.size and tot.max() > np.finfo(rows.dtype).max)):
         raise ValueError(
             f"the total mass of {name} overflows {rows.dtype.name}"

@@ -27,19 +27,13 @@ from ._inputs import check_rho, prepare
 from ._labels import label_rows
 from ._tree import Tree
 
+from .engine.semantics import NORMALIZE, check_normalize, check_raw  # noqa: F401 - the one definition
+
 REDUCTIONS = ("mean", "sum", "none")
-NORMALIZE = (None, "softmax", "l1")
 
 _LOSS_NAMES = ("input", "target")
 
 # ----------------------------------------------------------------------------- argument checks
-
-
-def check_normalize(normalize: Any) -> str | None:
-    """``None``, ``"softmax"`` or ``"l1"``."""
-    if normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be None, 'softmax' or 'l1', got {normalize!r}")
-    return normalize
 
 
 def check_reduction(reduction: Any) -> str:
@@ -161,30 +155,10 @@ def check_normalizable(x: np.ndarray, normalize: str, axis: int, name: str = "in
     The adapters normalise with framework operations before the kernels see
     the masses: a ``+inf`` logit under ``"softmax"`` or a sample without mass
     under ``"l1"`` would reach them as NaN, and the kernels' message would
-    then blame a NaN that the caller never passed.
+    then blame a NaN that the caller never passed. The rules are those of
+    :func:`emdtree.engine.semantics.check_raw` (``-inf`` logits mask classes).
     """
-    x = np.asarray(x)
-    bad = np.argwhere(~np.isfinite(x))
-    what = "logits" if normalize == "softmax" else "masses"
-    if bad.size:
-        i = tuple(int(j) for j in bad[0])
-        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is not finite: normalize={normalize!r} needs "
-                         f"finite {what}")
-    if normalize != "l1":
-        return
-    bad = np.argwhere(x < 0)
-    if bad.size:
-        i = tuple(int(j) for j in bad[0])
-        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is negative: normalize='l1' needs masses >= 0")
-    totals = x.sum(axis=axis, dtype=np.float64)
-    bad = np.argwhere(~(totals > 0) | ~np.isfinite(totals))
-    if bad.size:
-        where = [str(int(j)) for j in bad[0]]
-        where.insert(axis % x.ndim, ":")
-        total = totals[tuple(bad[0])].item()
-        problem = "has no mass" if total == 0 else f"sums to {total!r}"
-        raise ValueError(f"{name}[{', '.join(where)}] {problem}: normalize='l1' cannot rescale it to "
-                         "sum to 1")
+    check_raw(x, normalize, axis, name)
 
 
 # ----------------------------------------------------------------------------- targets

@@ -208,13 +208,17 @@ def _tree_token(tree: Tree | None, n_bins: int) -> int:
 
 def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
     """Name the raw entry that the normalisation would turn into NaN (eagerly only: a
-    compiled or transformed call gets the kernels' message about the normalised masses)."""
+    compiled or transformed call gets the kernels' message about the normalised masses).
+    The rules are :func:`emdtree.engine.semantics.check_raw`: ``-inf`` logits mask classes."""
     if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(input):
         return
     x = input.detach()
-    ok = torch.isfinite(x).all()
-    if normalize == "l1":
-        ok = ok & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
+    if x.numel() == 0:
+        return
+    if normalize == "softmax":
+        ok = ~(torch.isnan(x) | (x == float("inf"))).any() & (torch.amax(x, dim=ax) > -float("inf")).all()
+    else:
+        ok = torch.isfinite(x).all() & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
     if not bool(ok):
         _losses.check_normalizable(x.cpu().numpy(), normalize, ax)
 
