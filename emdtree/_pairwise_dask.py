@@ -87,10 +87,11 @@ def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float
             off = np.abs(totals - t0) > tol * np.maximum(np.abs(totals), abs(t0))
             if np.any(off):
                 r = int(np.flatnonzero(off)[0])
+                first = semantics.indexed("X", 0, s.axis)[1](0)
                 raise ValueError(
-                    f"all samples must have equal total mass, but sum({semantics.indexed('X', 0, s.axis)[1](0)}) "
-                    f"= {t0!r} and sum({row(r)}) = {float(totals[r])!r}: the EMD between different totals is "
-                    "undefined; pass normalize='l1' to compare them as distributions"
+                    f"all samples must have equal total mass, but sum({first}) = {t0!r} and sum({row(r)}) = "
+                    f"{float(totals[r])!r}: the EMD between different totals is undefined; pass "
+                    "normalize='l1' to compare them as distributions"
                 )
     transformed = _Rows(rows, s.name, 1, s.dtype, s.tree, s.positions, s.scale, s.normalize, False,
                         max(1, rows.shape[0]))

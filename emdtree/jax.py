@@ -186,7 +186,8 @@ def emd_loss(
     out_dtype = input.dtype
     if input.dtype not in (jnp.float32, jnp.float64):
         input = input.astype(jnp.float32)
-    native = implementation == "native" or (implementation == "auto" and _jax_native.is_preferred(input, target))
+    native = implementation == "native" or (implementation == "auto"
+                                            and _jax_native.is_preferred(input, target))
     if check_inputs and normalize is not None:
         if not isinstance(input, jax.core.Tracer):
             _losses.check_normalizable(np.asarray(input), normalize, ax)

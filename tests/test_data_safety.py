@@ -417,8 +417,8 @@ def test_adapters_name_what_the_normalisation_cannot_take(framework):
         array, labels = jax.numpy.array, jax.numpy.array
     inf = float("inf")
     x = array([[0.0, 1.0, 2.0], [inf, 0.0, 0.0]])
-    with pytest.raises(ValueError,
-                       match=r"input\[1, 0\] = inf is not a logit: with normalize='softmax' input holds logits"):
+    with pytest.raises(ValueError, match=r"input\[1, 0\] = inf is not a logit: with normalize='softmax' "
+                                         r"input holds logits"):
         emd_loss(x, labels([0, 1]), normalize="softmax")
     with pytest.raises(ValueError, match=r"input\[0, :\] has zero total mass: cannot normalize"):
         emd_loss(array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), labels([0, 1]), normalize="l1")

@@ -38,8 +38,8 @@ MESSAGES = {
     "mass": "{entry} = {value} is {what}: entries of {name} must be finite and >= 0",
     "zero_total": "{row} has zero total mass: cannot normalize",
     "total": "{row} sums to {total!r}: normalize='l1' cannot rescale it to sum to 1",
-    "distribution": ("{row} sums to {total!r}: with normalize='softmax' {logits} holds logits and {name} must "
-                     "be a distribution (summing to 1)"),
+    "distribution": ("{row} sums to {total!r}: with normalize='softmax' {logits} holds logits and {name} "
+                     "must be a distribution (summing to 1)"),
 }
 
 Entry = Callable[[int, int], str]
@@ -76,7 +76,10 @@ def along(name: str, shape: tuple[int, ...], axis: int) -> tuple[Entry, Row]:
         at.insert(axis, str(k))
         return at
 
-    return (lambda r, k: f"{name}[{', '.join(index(r, k))}]"), (lambda r: f"{name}[{', '.join(index(r, ':'))}]")
+    def entry(r: int, k: int) -> str:
+        return f"{name}[{', '.join(index(r, k))}]"
+
+    return entry, (lambda r: f"{name}[{', '.join(index(r, ':'))}]")
 
 
 def _value(x: Any) -> str:
