@@ -364,15 +364,9 @@ def check_labels(
             f"{shape_of_p} without the bin axis"
         )
     flat = np.array(lab.reshape(-1), dtype=np.int64)  # a writable copy: one kernel specialisation
-    if flat.size:
-        bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
-        if bad.size:
-            i = int(bad[0])
-            where = _batch_position(i, batch_shape) or " "
-            raise ValueError(
-                f"class index {int(flat[i])}{where.rstrip()} is out of range for {n_bins} classes "
-                f"(valid: 0 to {n_bins - 1})"
-            )
+    error = semantics.label_error(flat, n_bins, semantics.batch_entry("labels", batch_shape, flat.size))
+    if error is not None:
+        raise ValueError(error)
     return flat
 
 

@@ -27,7 +27,7 @@ from ._inputs import check_rho, prepare
 from ._labels import label_rows
 from ._tree import Tree
 
-from .engine.semantics import NORMALIZE, check_normalize, check_raw  # noqa: F401 - the one definition
+from .engine.semantics import NORMALIZE, batch_entry, check_normalize, check_raw, label_error  # noqa: F401
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -173,15 +173,9 @@ def check_labels(labels: np.ndarray, n_bins: int, batch_shape: tuple[int, ...] |
                  name: str = "target") -> np.ndarray:
     """Class indices as int64, or a ValueError naming the first one outside ``[0, n_bins)``."""
     flat = np.asarray(labels).reshape(-1)
-    bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
-    if bad.size:
-        i = int(bad[0])
-        shape = batch_shape if batch_shape is not None and math.prod(batch_shape) == flat.size else flat.shape
-        where = tuple(int(j) for j in np.unravel_index(i, shape)) if shape else ()
-        raise ValueError(
-            f"{name}{list(where)} = {int(flat[i])} is not a class index in [0, {n_bins - 1}] "
-            f"({n_bins} bins)"
-        )
+    error = label_error(flat, n_bins, batch_entry(name, batch_shape, flat.size))
+    if error is not None:
+        raise ValueError(error)
     # a fresh writable copy: read-only indices (from a JAX buffer, say) would
     # compile another specialisation of the kernels
     return np.array(flat, dtype=np.int64)
@@ -195,14 +189,9 @@ def float_labels(labels: np.ndarray, n_bins: int, name: str = "target") -> np.nd
     the wrong class silently.
     """
     flat = np.asarray(labels).reshape(-1)
-    ok = np.isfinite(flat) & (flat == np.round(flat)) & (flat >= 0) & (flat < n_bins)
-    bad = np.flatnonzero(~ok)
-    if bad.size:
-        i = int(bad[0])
-        value = flat[i].item()
-        what = "whole numbers" if not (math.isfinite(value) and value == round(value)) else \
-            f"in [0, {n_bins - 1}] ({n_bins} bins)"
-        raise ValueError(f"{name}[{i}] = {str(flat[i])} is not a class index: class indices must be {what}")
+    error = label_error(flat, n_bins, batch_entry(name, None, flat.size))
+    if error is not None:
+        raise ValueError(error)
     return flat.astype(np.int64)
 
 

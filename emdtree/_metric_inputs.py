@@ -138,13 +138,9 @@ def no_nan(chunk: np.ndarray, start: int, name: str = "pred") -> None:
 
 
 def labels_in_range(labels: np.ndarray, start: int, n_bins: int, name: str = "labels") -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= n_bins))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"{name}[{start + i}] = {int(labels[i])} is out of range: class indices must be in "
-            f"[0, {n_bins - 1}] for {n_bins} bins"
-        )
+    error = semantics.label_error(labels, n_bins, lambda i: f"{name}[{start + i}]")
+    if error is not None:
+        raise ValueError(error)
 
 
 def explain_masses(pred: np.ndarray, target: np.ndarray | None, start: int, tol_eps: float,

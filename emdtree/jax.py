@@ -182,6 +182,9 @@ def emd_loss(
     _losses.check_target_shape(input.shape, target.shape, ax, labels)
     n_bins = input.shape[ax]
     token = _losses.check_tree(tree, n_bins)
+    if labels and not isinstance(target, jax.core.Tracer):
+        # eagerly a ValueError here, not one wrapped by the callback's runtime error
+        _losses.check_labels(np.asarray(target), n_bins, target.shape, "target")
 
     out_dtype = input.dtype
     if input.dtype not in (jnp.float32, jnp.float64):

@@ -268,3 +268,25 @@ def test_rules_on_rows():
     assert (entry(5, 2), row(5)) == ("input[1, 2, 1]", "input[1, :, 1]")
     with pytest.raises(ValueError, match="normalize must be None, 'l1' or 'softmax'"):
         semantics.check_normalize("l2")
+
+
+@pytest.mark.parametrize("door", ["numpy", "torch", "jax", "tf", "metrics"])
+def test_a_bad_class_index_reads_the_same_at_every_door(door):
+    z = _masked_logits()
+    labels = LABELS.copy()
+    labels[2] = N_BINS
+    if door == "numpy":
+        from emdtree._labels import value_grad_labels
+
+        call, name = (lambda: value_grad_labels(z, labels, TREE, normalize="softmax")), "labels"
+    elif door == "metrics":
+        from emdtree.metrics import EMDMetric
+
+        call, name = (lambda: EMDMetric(TREE, normalize="softmax").update(z, labels)), "target"
+    elif door == "tf":
+        call, name = (lambda: _tf(z, labels, 2.0)), "y_true"
+    else:
+        call, name = (lambda: ADAPTERS[door](z, labels, 2.0)), "target"
+    with pytest.raises(ValueError, match=rf"^{name}\[2\] = {N_BINS} is not a class index in "
+                                         rf"\[0, {N_BINS - 1}\] \({N_BINS} bins\)$"):
+        call()

@@ -38,6 +38,8 @@ MESSAGES = {
     "mass": "{entry} = {value} is {what}: entries of {name} must be finite and >= 0",
     "zero_total": "{row} has zero total mass: cannot normalize",
     "total": "{row} sums to {total!r}: normalize='l1' cannot rescale it to sum to 1",
+    "label": "{entry} = {value} is not a class index in [0, {top}] ({n_bins} bins)",
+    "whole_label": "{entry} = {value} is not a class index: class indices must be whole numbers",
     "distribution": ("{row} sums to {total!r}: with normalize='softmax' {logits} holds logits and {name} "
                      "must be a distribution (summing to 1)"),
 }
@@ -131,6 +133,29 @@ def total_error(totals: np.ndarray, row: Row) -> str | None:
     if totals[r] == 0 or np.isnan(totals[r]):
         return message("zero_total", row=row(r))
     return message("total", row=row(r), total=float(totals[r]))
+
+
+def label_error(labels: np.ndarray, n_bins: int, entry: Callable[[int], str]) -> str | None:
+    """The message for the first class index of the flat ``labels`` outside ``[0, n_bins)`` (a float
+    label must also be a whole number), named by ``entry(i)``; None if all are valid."""
+    flat = np.asarray(labels).reshape(-1)
+    if flat.dtype.kind == "f":
+        whole = np.isfinite(flat) & (flat == np.round(flat))
+        if not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            return message("whole_label", entry=entry(i), value=_value(flat[i]))
+    bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    return message("label", entry=entry(i), value=_value(flat[i]), top=n_bins - 1, n_bins=n_bins)
+
+
+def batch_entry(name: str, batch_shape: tuple[int, ...] | None, size: int) -> Callable[[int], str]:
+    """Names of the entries of a flattened ``name`` of ``batch_shape`` (flat indices when the shape
+    does not fit ``size``): ``labels[1, 2]``."""
+    shape = tuple(batch_shape) if batch_shape is not None and int(np.prod(batch_shape)) == size else (size,)
+    return lambda i: name + str([int(j) for j in np.unravel_index(i, shape)] if shape else [])
 
 
 def masses_error(rows: np.ndarray, normalize: str | None, name: str, entry: Entry, row: Row) -> str | None:
