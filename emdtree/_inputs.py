@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,7 +18,7 @@ from ._kernels.checks import row_totals
 from ._normalize import softmax
 from ._tree import Tree
 from .engine import semantics
-from .engine.semantics import check_normalize
+from .engine.semantics import check_axis, check_normalize, check_rho, working_dtype  # noqa: F401
 
 _CHAIN_CACHE_MAX_BINS = 100_000
 
@@ -40,27 +39,6 @@ def resolve_tree(tree: Tree | None, n_bins: int) -> Tree:
             f"the bin axis has length {n_bins} but the tree has {tree.n_bins} bins"
         )
     return tree
-
-
-def check_rho(rho: Any) -> float:
-    """Validate the exponent: a finite real number >= 1."""
-    if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, (numbers.Real, np.integer, np.floating)):
-        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
-    value = float(rho)
-    if not np.isfinite(value) or value < 1.0:
-        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
-    return value
-
-
-def working_dtype(*arrays: np.ndarray) -> np.dtype:
-    """float32 stays float32, other floats and integers become float64."""
-    kinds = {a.dtype.kind for a in arrays}
-    if kinds - set("biuf"):
-        bad = next(a.dtype for a in arrays if a.dtype.kind not in "biuf")
-        raise TypeError(f"masses must be real numbers, got dtype {bad}")
-    if all(a.dtype.kind == "f" and a.dtype.itemsize <= 4 for a in arrays):
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
 
 
 class Rows(NamedTuple):
@@ -113,11 +91,7 @@ def resolve_shape(
             shown = ", ".join(f"{n}{tuple(sh)}" for n, sh in shapes.items())
             raise ValueError(f"shapes do not broadcast: {shown}") from None
     ndim = len(shape)
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of bounds for inputs with {ndim} dimensions")
-    ax = int(axis) % ndim
+    ax = check_axis(axis, ndim)
     n_bins = shape[ax]
     if n_bins == 0:
         raise ValueError("the bin axis is empty")

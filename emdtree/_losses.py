@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
-import numbers
 import threading
 import weakref
 from typing import Any
@@ -27,7 +25,9 @@ from ._inputs import check_rho, prepare
 from ._labels import label_rows
 from ._tree import Tree
 
+from .engine import semantics
 from .engine.semantics import NORMALIZE, batch_entry, check_normalize, check_raw, label_error  # noqa: F401
+from .engine.semantics import check_rho as check_rho_value  # noqa: F401 - the adapters' name
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -43,16 +43,6 @@ def check_reduction(reduction: Any) -> str:
     return reduction
 
 
-def check_rho_value(rho: Any) -> float:
-    """The exponent as a float >= 1 (plain Python, so that graph tracers can run it)."""
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
-        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
-    value = float(rho)
-    if not math.isfinite(value) or value < 1.0:
-        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
-    return value
-
-
 def check_tree(tree: Any, n_bins: int) -> int:
     """The token of ``tree`` (see :func:`tree_token`), checked against the number of bins."""
     if tree is None:
@@ -66,13 +56,7 @@ def check_tree(tree: Any, n_bins: int) -> int:
 
 def check_axis(axis: Any, ndim: int, name: str = "input") -> int:
     """The bin axis as a non-negative index into an array of ``ndim`` dimensions."""
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
-    if ndim == 0:
-        raise ValueError(f"{name} must have a bin axis, got a scalar")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of bounds for {name} with {ndim} dimensions")
-    return int(axis) % ndim
+    return semantics.check_axis(axis, ndim, name)
 
 
 def check_target_shape(input_shape: tuple, target_shape: tuple, ax: int, labels: bool) -> None:

@@ -22,6 +22,8 @@ caller's name of entry ``k`` of row ``r``, and ``row(r)`` for that of row
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +46,8 @@ MESSAGES = {
                      "must be a distribution (summing to 1)"),
 }
 
+_REAL = (numbers.Real, np.integer, np.floating)
+
 Entry = Callable[[int, int], str]
 Row = Callable[[int], str]
 
@@ -58,6 +62,40 @@ def check_normalize(normalize: Any) -> str | None:
     if not (normalize is None or (isinstance(normalize, str) and normalize in NORMALIZE)):
         raise ValueError(message("normalize", normalize=normalize))
     return normalize
+
+
+def check_rho(rho: Any) -> float:
+    """The exponent as a Python float: a finite real number >= 1 (plain Python, so that graph
+    tracers can run it)."""
+    if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, _REAL):
+        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
+    value = float(rho)
+    if not math.isfinite(value) or value < 1.0:
+        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
+    return value
+
+
+def check_axis(axis: Any, ndim: int, name: str = "inputs") -> int:
+    """The bin axis as a non-negative index into ``name`` of ``ndim`` dimensions."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (numbers.Integral, np.integer)):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if ndim == 0:
+        raise ValueError(f"{name} must have a bin axis, got a scalar")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for {name} with {ndim} dimensions")
+    return int(axis) % ndim
+
+
+def working_dtype(*arrays: Any) -> np.dtype:
+    """The dtype of the computation: float32 stays float32, other floats and integers become
+    float64 (float16 inputs are computed in float32 by the adapters, which cast first)."""
+    kinds = {np.dtype(a.dtype).kind for a in arrays}
+    if kinds - set("biuf"):
+        bad = next(a.dtype for a in arrays if np.dtype(a.dtype).kind not in "biuf")
+        raise TypeError(f"masses must be real numbers, got dtype {bad}")
+    if all(np.dtype(a.dtype).kind == "f" and np.dtype(a.dtype).itemsize <= 4 for a in arrays):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 def indexed(name: str, offset: int = 0, axis: int = 1) -> tuple[Entry, Row]:
