@@ -118,6 +118,8 @@ def emd_loss(
         Exponent, >= 1: 2 is the paper's smooth loss, 1 the exact EMD.
     normalize : {None, "softmax", "l1"}, optional
         Applied to ``input`` along the bin axis first, as JAX operations.
+        A ``-inf`` logit masks its class (probability and gradient 0); ``+inf``, NaN and a
+        row of ``-inf`` only are errors naming the entry.
     axis : int, default -1
         The bin axis.
     check_inputs : bool, default True

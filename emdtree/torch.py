@@ -267,6 +267,8 @@ def emd_loss(
     normalize : {None, "softmax", "l1"}, optional
         Applied to ``input`` along the bin axis before the EMD, as torch
         operations: a softmax of logits, or a division by the total.
+        A ``-inf`` logit masks its class (probability and gradient 0); ``+inf``, NaN and a
+        row of ``-inf`` only are errors naming the entry.
     axis : int, default -1
         The bin axis.
     check_inputs : bool, default True
