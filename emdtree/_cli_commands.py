@@ -192,8 +192,8 @@ def pairwise(args, out: TextIO) -> None:
         sample_ids, X = io.load_counts(args.table, tree, drop_missing=args.drop_missing, **options)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
-    _check_counts(X, sample_ids, tree, args.table)
     normalize = None if args.normalize == "none" else args.normalize
+    _check_counts(X, sample_ids, tree, args.table, normalize)
     if not args.quiet and _stderr_is_terminal():
         print(f"emdtree: {len(sample_ids)} samples x {tree.n_bins} bins; "
               f"{len(sample_ids) * (len(sample_ids) - 1) // 2} pairs", file=sys.stderr)
@@ -201,17 +201,33 @@ def pairwise(args, out: TextIO) -> None:
     io.write_matrix(args.output, D, sample_ids)
 
 
-def _check_counts(X: np.ndarray, sample_ids: list[str], tree: Any, table: str) -> None:
-    """Name a count that is not finite or negative by its sample id and feature, as in the file."""
+def _check_counts(X: np.ndarray, sample_ids: list[str], tree: Any, table: str, normalize: str | None) -> None:
+    """Name a bad value by its sample id and feature, as in the file: a count that is not finite or
+    negative, or (``--normalize softmax``) a logit that is NaN or +inf (the rules of
+    :mod:`emdtree.engine.semantics`)."""
     for start in range(0, X.shape[0], 4096):  # in blocks: X may be memory-mapped
-        block = X[start:start + 4096]
-        bad = np.argwhere(~(np.isfinite(block) & (block >= 0)))
-        if bad.size:
-            i, b = int(bad[0][0]), int(bad[0][1])
-            value = block[i, b]
-            what = "not finite" if not np.isfinite(value) else "negative"
-            raise InputError(f"{table!r}: the count of {tree.names[b]!r} in sample {sample_ids[start + i]!r} "
-                             f"is {value} ({what}): counts must be finite and >= 0")
+        check_table_block(np.asarray(X[start:start + 4096]), normalize, table, sample_ids[start:start + 4096],
+                          tree.names)
+
+
+def check_table_block(block: np.ndarray, normalize: str | None, table: str, sample_ids: Any,
+                      features: Any) -> np.ndarray:
+    """``block`` (samples in rows) itself, or an InputError naming its first bad value by sample id
+    and feature; ``sample_ids`` are the block's own."""
+    from .engine import semantics
+
+    word = "value" if normalize == "softmax" else "count"
+
+    def entry(r: int, k: int) -> str:
+        return f"{table!r}: the {word} of {str(features[k])!r} in sample {str(sample_ids[r])!r}"
+
+    def row(r: int) -> str:
+        return f"{table!r}: sample {str(sample_ids[r])!r}"
+
+    error = semantics.masses_error(block, normalize, "the table", entry, row)
+    if error is not None:
+        raise InputError(error)
+    return block
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -138,6 +138,18 @@ def write_zarr(path: str, D: Any, sample_ids: list[str], attrs: dict, client: An
         raise
 
 
+def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normalize: str | None) -> Any:
+    """``X`` whose blocks name a bad value by sample id and feature when computed, as in memory."""
+    import dask.array as da
+
+    from ._cli_commands import check_table_block
+
+    ids = da.from_array(np.array(sample_ids, dtype=object)[:, None], chunks=(X.chunks[0], 1))
+    names = da.from_array(np.array(tree.names, dtype=object)[None, :], chunks=-1)
+    return da.map_blocks(lambda x, i, f: check_table_block(x, normalize, table, i[:, 0], f[0]), X, ids, names,
+                         dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
+
+
 def pairwise(args, out: TextIO) -> None:
     """``emdtree pairwise`` through dask (see :func:`wanted`)."""
     import emdtree
@@ -156,6 +168,7 @@ def pairwise(args, out: TextIO) -> None:
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
     normalize = None if args.normalize == "none" else args.normalize
+    X = _checked_counts(X, sample_ids, tree, args.table, normalize)
     show = not args.quiet and _stderr_is_terminal()
     n = len(sample_ids)
     if show:

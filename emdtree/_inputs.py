@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._kernels.checks import row_totals
-from ._normalize import check_normalize, softmax
+from ._normalize import softmax
 from ._tree import Tree
+from .engine import semantics
+from .engine.semantics import check_axis, check_normalize, check_rho, working_dtype  # noqa: F401
 
 _CHAIN_CACHE_MAX_BINS = 100_000
 
@@ -38,27 +39,6 @@ def resolve_tree(tree: Tree | None, n_bins: int) -> Tree:
             f"the bin axis has length {n_bins} but the tree has {tree.n_bins} bins"
         )
     return tree
-
-
-def check_rho(rho: Any) -> float:
-    """Validate the exponent: a finite real number >= 1."""
-    if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, (numbers.Real, np.integer, np.floating)):
-        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
-    value = float(rho)
-    if not np.isfinite(value) or value < 1.0:
-        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
-    return value
-
-
-def working_dtype(*arrays: np.ndarray) -> np.dtype:
-    """float32 stays float32, other floats and integers become float64."""
-    kinds = {a.dtype.kind for a in arrays}
-    if kinds - set("biuf"):
-        bad = next(a.dtype for a in arrays if a.dtype.kind not in "biuf")
-        raise TypeError(f"masses must be real numbers, got dtype {bad}")
-    if all(a.dtype.kind == "f" and a.dtype.itemsize <= 4 for a in arrays):
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
 
 
 class Rows(NamedTuple):
@@ -111,11 +91,7 @@ def resolve_shape(
             shown = ", ".join(f"{n}{tuple(sh)}" for n, sh in shapes.items())
             raise ValueError(f"shapes do not broadcast: {shown}") from None
     ndim = len(shape)
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of bounds for inputs with {ndim} dimensions")
-    ax = int(axis) % ndim
+    ax = check_axis(axis, ndim)
     n_bins = shape[ax]
     if n_bins == 0:
         raise ValueError("the bin axis is empty")
@@ -223,25 +199,29 @@ def _check_finite(rows: Rows, i: int) -> None:
     if not np.all(np.isfinite(flat)):
         bad = int(np.flatnonzero(~np.isfinite(flat.ravel()))[0])
         raise ValueError(
-            f"{name}{_position(rows, i, bad)} = {flat.flat[bad]} is not finite: entries of {name} must be "
-            "finite"
+            f"{name}{_position(rows, i, bad)} = {semantics._value(flat.flat[bad])} is not finite: entries of "
+            f"{name} must be finite"
         )
+
+
+def namers(rows: Rows, i: int) -> tuple[semantics.Entry, semantics.Row]:
+    """How argument ``i`` of ``rows`` is named to the caller: entry ``k`` of flat row ``r``
+    in the argument's own indices, and row ``r`` by its batch index."""
+    name, n_bins = rows.names[i], rows.tree.n_bins
+    several = rows.arrays[i].shape[0] > 1
+
+    def row(r: int) -> str:
+        return name + (_batch_position(r, rows.batch_shape) if several else "")
+
+    return (lambda r, k: name + _position(rows, i, r * n_bins + k)), row
 
 
 def check_logits(rows: Rows, i: int) -> None:
-    """Argument ``i`` as logits: no NaN or ``+inf``, and a finite entry in every row."""
-    name, flat = rows.names[i], rows.arrays[i]
-    bad = np.isnan(flat) | (flat == np.inf)
-    if bad.any():
-        k = int(np.flatnonzero(bad.ravel())[0])
-        raise ValueError(
-            f"{name}{_position(rows, i, k)} = {flat.flat[k]} is not a logit: with normalize='softmax' "
-            f"{name} holds logits, which must not be NaN or +inf"
-        )
-    empty = np.flatnonzero(~(flat.max(axis=-1, initial=-np.inf) > -np.inf))
-    if empty.size:
-        where = _batch_position(int(empty[0]), rows.batch_shape) if flat.shape[0] > 1 else ""
-        raise ValueError(f"every logit of {name}{where} is -inf: its softmax is undefined")
+    """Argument ``i`` as logits: no NaN or ``+inf``, and a finite entry in every row
+    (:func:`emdtree.engine.semantics.logit_error`)."""
+    error = semantics.logit_error(rows.arrays[i], rows.names[i], *namers(rows, i))
+    if error is not None:
+        raise ValueError(error)
 
 
 def _softmax_rows(rows: Rows, masses: tuple[str, ...], check: bool) -> Rows:
@@ -263,11 +243,8 @@ def _softmax_rows(rows: Rows, masses: tuple[str, ...], check: bool) -> Rows:
             off = np.flatnonzero(np.abs(tot - 1.0) > tol)
             if off.size:
                 r = int(off[0])
-                where = _batch_position(r, rows.batch_shape) if out[i].shape[0] > 1 else ""
-                raise ValueError(
-                    f"{name}{where} sums to {float(tot[r])!r}: with normalize='softmax' {masses[0]} holds "
-                    f"logits and {name} must be a distribution (summing to 1)"
-                )
+                raise ValueError(semantics.message("distribution", row=namers(rows, i)[1](r),
+                                                   total=float(tot[r]), logits=masses[0], name=name))
         else:
             _check_finite(rows, i)
     return rows._replace(arrays=tuple(out), normalize="softmax")
@@ -281,11 +258,7 @@ def _mass_totals(rows: Rows, i: int, check: bool) -> np.ndarray:
     tot = np.empty(flat.shape[0], dtype=np.float64)
     bad = row_totals(flat, tot)
     if check and bad >= 0:
-        value = flat.flat[bad]
-        what = "not finite" if not np.isfinite(value) else "negative"
-        raise ValueError(
-            f"{name}{_position(rows, i, bad)} = {value} is {what}: entries of {name} must be finite and >= 0"
-        )
+        raise ValueError(semantics.mass_entry_error(flat.flat[bad], name, name + _position(rows, i, bad)))
     if check and (bad == -2 or (tot.size and tot.max() > np.finfo(rows.dtype).max)):
         raise ValueError(
             f"the total mass of {name} overflows {rows.dtype.name}"
@@ -365,15 +338,9 @@ def check_labels(
             f"{shape_of_p} without the bin axis"
         )
     flat = np.array(lab.reshape(-1), dtype=np.int64)  # a writable copy: one kernel specialisation
-    if flat.size:
-        bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
-        if bad.size:
-            i = int(bad[0])
-            where = _batch_position(i, batch_shape) or " "
-            raise ValueError(
-                f"class index {int(flat[i])}{where.rstrip()} is out of range for {n_bins} classes "
-                f"(valid: 0 to {n_bins - 1})"
-            )
+    error = semantics.label_error(flat, n_bins, semantics.batch_entry("labels", batch_shape, flat.size))
+    if error is not None:
+        raise ValueError(error)
     return flat
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
-import numbers
 import threading
 import weakref
 from typing import Any
@@ -27,19 +25,15 @@ from ._inputs import check_rho, prepare
 from ._labels import label_rows
 from ._tree import Tree
 
+from .engine import semantics
+from .engine.semantics import NORMALIZE, batch_entry, check_normalize, check_raw, label_error  # noqa: F401
+from .engine.semantics import check_rho as check_rho_value  # noqa: F401 - the adapters' name
+
 REDUCTIONS = ("mean", "sum", "none")
-NORMALIZE = (None, "softmax", "l1")
 
 _LOSS_NAMES = ("input", "target")
 
 # ----------------------------------------------------------------------------- argument checks
-
-
-def check_normalize(normalize: Any) -> str | None:
-    """``None``, ``"softmax"`` or ``"l1"``."""
-    if normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be None, 'softmax' or 'l1', got {normalize!r}")
-    return normalize
 
 
 def check_reduction(reduction: Any) -> str:
@@ -47,16 +41,6 @@ def check_reduction(reduction: Any) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     return reduction
-
-
-def check_rho_value(rho: Any) -> float:
-    """The exponent as a float >= 1 (plain Python, so that graph tracers can run it)."""
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
-        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
-    value = float(rho)
-    if not math.isfinite(value) or value < 1.0:
-        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
-    return value
 
 
 def check_tree(tree: Any, n_bins: int) -> int:
@@ -72,13 +56,7 @@ def check_tree(tree: Any, n_bins: int) -> int:
 
 def check_axis(axis: Any, ndim: int, name: str = "input") -> int:
     """The bin axis as a non-negative index into an array of ``ndim`` dimensions."""
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
-    if ndim == 0:
-        raise ValueError(f"{name} must have a bin axis, got a scalar")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of bounds for {name} with {ndim} dimensions")
-    return int(axis) % ndim
+    return semantics.check_axis(axis, ndim, name)
 
 
 def check_target_shape(input_shape: tuple, target_shape: tuple, ax: int, labels: bool) -> None:
@@ -161,30 +139,10 @@ def check_normalizable(x: np.ndarray, normalize: str, axis: int, name: str = "in
     The adapters normalise with framework operations before the kernels see
     the masses: a ``+inf`` logit under ``"softmax"`` or a sample without mass
     under ``"l1"`` would reach them as NaN, and the kernels' message would
-    then blame a NaN that the caller never passed.
+    then blame a NaN that the caller never passed. The rules are those of
+    :func:`emdtree.engine.semantics.check_raw` (``-inf`` logits mask classes).
     """
-    x = np.asarray(x)
-    bad = np.argwhere(~np.isfinite(x))
-    what = "logits" if normalize == "softmax" else "masses"
-    if bad.size:
-        i = tuple(int(j) for j in bad[0])
-        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is not finite: normalize={normalize!r} needs "
-                         f"finite {what}")
-    if normalize != "l1":
-        return
-    bad = np.argwhere(x < 0)
-    if bad.size:
-        i = tuple(int(j) for j in bad[0])
-        raise ValueError(f"{name}{list(i)} = {x[i].item()!r} is negative: normalize='l1' needs masses >= 0")
-    totals = x.sum(axis=axis, dtype=np.float64)
-    bad = np.argwhere(~(totals > 0) | ~np.isfinite(totals))
-    if bad.size:
-        where = [str(int(j)) for j in bad[0]]
-        where.insert(axis % x.ndim, ":")
-        total = totals[tuple(bad[0])].item()
-        problem = "has no mass" if total == 0 else f"sums to {total!r}"
-        raise ValueError(f"{name}[{', '.join(where)}] {problem}: normalize='l1' cannot rescale it to "
-                         "sum to 1")
+    check_raw(x, normalize, axis, name)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -199,15 +157,9 @@ def check_labels(labels: np.ndarray, n_bins: int, batch_shape: tuple[int, ...] |
                  name: str = "target") -> np.ndarray:
     """Class indices as int64, or a ValueError naming the first one outside ``[0, n_bins)``."""
     flat = np.asarray(labels).reshape(-1)
-    bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
-    if bad.size:
-        i = int(bad[0])
-        shape = batch_shape if batch_shape is not None and math.prod(batch_shape) == flat.size else flat.shape
-        where = tuple(int(j) for j in np.unravel_index(i, shape)) if shape else ()
-        raise ValueError(
-            f"{name}{list(where)} = {int(flat[i])} is not a class index in [0, {n_bins - 1}] "
-            f"({n_bins} bins)"
-        )
+    error = label_error(flat, n_bins, batch_entry(name, batch_shape, flat.size))
+    if error is not None:
+        raise ValueError(error)
     # a fresh writable copy: read-only indices (from a JAX buffer, say) would
     # compile another specialisation of the kernels
     return np.array(flat, dtype=np.int64)
@@ -221,14 +173,9 @@ def float_labels(labels: np.ndarray, n_bins: int, name: str = "target") -> np.nd
     the wrong class silently.
     """
     flat = np.asarray(labels).reshape(-1)
-    ok = np.isfinite(flat) & (flat == np.round(flat)) & (flat >= 0) & (flat < n_bins)
-    bad = np.flatnonzero(~ok)
-    if bad.size:
-        i = int(bad[0])
-        value = flat[i].item()
-        what = "whole numbers" if not (math.isfinite(value) and value == round(value)) else \
-            f"in [0, {n_bins - 1}] ({n_bins} bins)"
-        raise ValueError(f"{name}[{i}] = {str(flat[i])} is not a class index: class indices must be {what}")
+    error = label_error(flat, n_bins, batch_entry(name, None, flat.size))
+    if error is not None:
+        raise ValueError(error)
     return flat.astype(np.int64)
 
 

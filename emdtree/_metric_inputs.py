@@ -16,6 +16,7 @@ import numpy as np
 
 from ._hierarchy import DISTANCES
 from ._inputs import reject_masked
+from .engine import semantics
 
 CHUNK_ELEMENTS = 1 << 22  # default chunk: about 4 million scores (32 MB of float64)
 
@@ -137,13 +138,9 @@ def no_nan(chunk: np.ndarray, start: int, name: str = "pred") -> None:
 
 
 def labels_in_range(labels: np.ndarray, start: int, n_bins: int, name: str = "labels") -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= n_bins))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(
-            f"{name}[{start + i}] = {int(labels[i])} is out of range: class indices must be in "
-            f"[0, {n_bins - 1}] for {n_bins} bins"
-        )
+    error = semantics.label_error(labels, n_bins, lambda i: f"{name}[{start + i}]")
+    if error is not None:
+        raise ValueError(error)
 
 
 def explain_masses(pred: np.ndarray, target: np.ndarray | None, start: int, tol_eps: float,
@@ -152,15 +149,9 @@ def explain_masses(pred: np.ndarray, target: np.ndarray | None, start: int, tol_
     mass; for a chunk the EMD kernels rejected. ``target=None``: class labels
     (a unit mass on one bin)."""
     if normalize == "softmax":
-        bad = np.isnan(pred) | (pred == np.inf) if pred.dtype.kind == "f" else np.zeros(pred.shape, bool)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise ValueError(f"pred[{start + r}, {c}] = {pred[r, c].item()!r} is not a logit: with "
-                             "normalize='softmax' pred must not hold NaN or +inf")
-        empty = np.flatnonzero(~(pred.max(axis=1, initial=-np.inf) > -np.inf))
-        if empty.size:
-            raise ValueError(f"every logit of pred[{start + int(empty[0])}] is -inf: its softmax is "
-                             "undefined")
+        error = semantics.logit_error(pred, "pred", *semantics.indexed("pred", start))
+        if error is not None:
+            raise ValueError(error)
     for name, a in (("pred", pred), ("target", target)):
         if a is None or (name == "pred" and normalize == "softmax"):
             continue

@@ -28,14 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-NORMALIZE = (None, "l1", "softmax")
-
-
-def check_normalize(normalize: Any) -> str | None:
-    """``None``, ``"l1"`` or ``"softmax"``."""
-    if not (normalize is None or (isinstance(normalize, str) and normalize in NORMALIZE)):
-        raise ValueError(f"normalize must be None, 'l1' or 'softmax', got {normalize!r}")
-    return normalize
+from .engine.semantics import NORMALIZE, check_normalize  # noqa: F401 - the one definition
 
 
 def softmax(xp: Any, z: Any) -> Any:

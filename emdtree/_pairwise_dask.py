@@ -30,6 +30,7 @@ from ._kernels.checks import row_totals
 from ._kernels.pairwise import listed_pairs_serial, pair_sums_serial
 from ._pairwise_rows import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ._tree import Tree
+from .engine import semantics
 
 __all__ = ["pairwise_dask", "block_distances"]
 
@@ -53,10 +54,6 @@ class _PhiSettings:
     mass_eps: float
 
 
-def _row_name(name: str, row: int, axis: int) -> str:
-    return f"{name}[{row}]" if axis == 1 else f"{name}[:, {row}]"
-
-
 def _first_total(block: np.ndarray, dtype: np.dtype) -> float:
     """Total mass of the first sample: the reference of the equal-totals check."""
     rows = np.ascontiguousarray(block[:1], dtype=dtype)
@@ -66,33 +63,35 @@ def _first_total(block: np.ndarray, dtype: np.dtype) -> float:
 
 
 def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float | None) -> np.ndarray:
-    """Rows ``x`` of one block of samples, ``(rows, n_cols)``, after checking them."""
+    """Rows ``x`` of one block of samples, ``(rows, n_cols)``, after checking them
+    (:mod:`emdtree.engine.semantics`, as in memory: logits for ``normalize="softmax"``)."""
     s = settings
     rows = np.ascontiguousarray(block, dtype=s.dtype)
-    if s.check or s.normalize is not None or t0 is not None:
+    entry, row = semantics.indexed(s.name, offset, s.axis)
+    if s.normalize == "softmax":
+        error = semantics.logit_error(rows, s.name, entry, row) if s.check else None
+        if error is not None:
+            raise ValueError(error)
+    elif s.check or s.normalize is not None or t0 is not None:
         totals = np.empty(rows.shape[0], dtype=np.float64)
         bad = row_totals(rows, totals)
         if s.check and bad >= 0:
             r, k = divmod(bad, rows.shape[1])
-            value = rows[r, k]
-            what = "not finite" if not np.isfinite(value) else "negative"
-            where = f"{s.name}[{offset + r}, {k}]" if s.axis == 1 else f"{s.name}[{k}, {offset + r}]"
-            raise ValueError(f"{where} = {value} is {what}: entries of {s.name} must be finite and >= 0")
+            raise ValueError(semantics.mass_entry_error(rows[r, k], s.name, entry(r, k)))
         if s.normalize is not None:
             zero = np.flatnonzero(~(totals > 0))
             if zero.size:
-                raise ValueError(f"{_row_name(s.name, offset + int(zero[0]), s.axis)} has zero total mass: "
-                                 "cannot normalize")
+                raise ValueError(semantics.message("zero_total", row=row(int(zero[0]))))
         elif t0 is not None:
             tol = max(s.tree.n_bins, 64) * s.mass_eps
             off = np.abs(totals - t0) > tol * np.maximum(np.abs(totals), abs(t0))
             if np.any(off):
                 r = int(np.flatnonzero(off)[0])
+                first = semantics.indexed("X", 0, s.axis)[1](0)
                 raise ValueError(
-                    f"all samples must have equal total mass, but sum({_row_name('X', 0, s.axis)}) = {t0!r} "
-                    f"and sum({_row_name(s.name, offset + r, s.axis)}) = {float(totals[r])!r}: the EMD "
-                    "between different totals is undefined; pass normalize='l1' to compare them as "
-                    "distributions"
+                    f"all samples must have equal total mass, but sum({first}) = {t0!r} and sum({row(r)}) = "
+                    f"{float(totals[r])!r}: the EMD between different totals is undefined; pass "
+                    "normalize='l1' to compare them as distributions"
                 )
     transformed = _Rows(rows, s.name, 1, s.dtype, s.tree, s.positions, s.scale, s.normalize, False,
                         max(1, rows.shape[0]))

@@ -152,14 +152,9 @@ def _sample_tree(tree: Tree | None, n_bins: int, y_bins: int | None, along: str)
 
 
 def _check_logits(rows: np.ndarray, name: str, r0: int, axis: int) -> None:
-    """Rows of logits: no NaN or +inf, and a finite logit in every row."""
-    bad = np.isnan(rows) | (rows == np.inf)
-    if bad.any():
-        r, k = np.argwhere(bad)[0]
-        raise ValueError(f"{_position(name, r0 + int(r), int(k), axis)} = {rows[r, k]} is not a logit: with "
-                         f"normalize='softmax' {name} must not hold NaN or +inf")
-    empty = np.flatnonzero(~(rows.max(axis=1, initial=-np.inf) > -np.inf))
-    if empty.size:
-        r = r0 + int(empty[0])
-        where = f"{name}[{r}]" if axis == 1 else f"{name}[:, {r}]"
-        raise ValueError(f"every logit of {where} is -inf: its softmax is undefined")
+    """Rows of logits: no NaN or +inf, and a finite logit in every row (:mod:`emdtree.engine.semantics`)."""
+    from .engine import semantics
+
+    error = semantics.logit_error(rows, name, *semantics.indexed(name, r0, axis))
+    if error is not None:
+        raise ValueError(error)

@@ -118,6 +118,8 @@ def emd_loss(
         Exponent, >= 1: 2 is the paper's smooth loss, 1 the exact EMD.
     normalize : {None, "softmax", "l1"}, optional
         Applied to ``input`` along the bin axis first, as JAX operations.
+        A ``-inf`` logit masks its class (probability and gradient 0); ``+inf``, NaN and a
+        row of ``-inf`` only are errors naming the entry.
     axis : int, default -1
         The bin axis.
     check_inputs : bool, default True
@@ -182,13 +184,22 @@ def emd_loss(
     _losses.check_target_shape(input.shape, target.shape, ax, labels)
     n_bins = input.shape[ax]
     token = _losses.check_tree(tree, n_bins)
+    if labels and not isinstance(target, jax.core.Tracer):
+        # eagerly a ValueError here, not one wrapped by the callback's runtime error
+        _losses.check_labels(np.asarray(target), n_bins, target.shape, "target")
 
     out_dtype = input.dtype
     if input.dtype not in (jnp.float32, jnp.float64):
         input = input.astype(jnp.float32)
-    if check_inputs and normalize is not None and not isinstance(input, jax.core.Tracer):
-        # eagerly only: under jit the kernels report the normalised masses
-        _losses.check_normalizable(np.asarray(input), normalize, ax)
+    native = implementation == "native" or (implementation == "auto"
+                                            and _jax_native.is_preferred(input, target))
+    if check_inputs and normalize is not None:
+        if not isinstance(input, jax.core.Tracer):
+            _losses.check_normalizable(np.asarray(input), normalize, ax)
+        elif not native:
+            # traced: a host check of the raw input names the caller's entry when the
+            # computation runs, where the kernels would see only the normalised masses
+            input = _checked(input, normalize, ax - input.ndim)
     p = jnp.moveaxis(input, ax, -1)
     if normalize == "softmax":
         p = jax.nn.softmax(p, axis=-1)
@@ -199,12 +210,31 @@ def emd_loss(
         # (a float32 target beside float64 input stays float32: its mass is checked to
         # float32's precision, as emdtree.emd does)
         q = q.astype(p.dtype)
-    if implementation == "native" or (implementation == "auto" and _jax_native.is_preferred(input, target)):
+    if native:
         if check_inputs:
             _check_concrete(p, q, tree, rho)
         return _jax_native.emd(p, q.astype(p.dtype) if not labels else q, resolve_tree(tree, n_bins),
                                rho).astype(out_dtype)
     return _emd(p, q, token, rho, bool(check_inputs)).astype(out_dtype)
+
+
+def _check_host(x: np.ndarray, normalize: str, axis: int) -> np.ndarray:
+    x = np.asarray(x)
+    _losses.check_normalizable(x, normalize, axis)
+    return x
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _checked(x: jax.Array, normalize: str, axis: int) -> jax.Array:
+    """``x`` itself, after the rules of ``normalize`` on the host (``axis`` < 0: a vmap adds
+    leading axes). The identity to differentiation."""
+    fn = functools.partial(_check_host, normalize=normalize, axis=axis)
+    return jax.pure_callback(fn, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="expand_dims")
+
+
+@_checked.defjvp
+def _checked_jvp(normalize, axis, primals, tangents):
+    return _checked(primals[0], normalize, axis), tangents[0]
 
 
 def _check_concrete(p: jax.Array, q: jax.Array, tree: Tree | None, rho: float) -> None:

@@ -91,6 +91,26 @@ def _emd_rows(p: tf.Tensor, q: tf.Tensor, token: int, rho: float, check: bool, s
     return op(p, q)
 
 
+def _checked(y_pred: tf.Tensor, normalize: str, ax: int) -> tf.Tensor:
+    """``y_pred`` after the rules of ``normalize`` on its raw entries
+    (:func:`emdtree.engine.semantics.check_raw`), which the normalisation would
+    otherwise turn into NaN elsewhere: at once when eager, when the graph runs in a
+    ``tf.function`` (on the host, so not under XLA)."""
+    if tf.executing_eagerly():
+        _losses.check_normalizable(y_pred.numpy(), normalize, ax, "y_pred")
+        return y_pred
+
+    def check(x):
+        import numpy as np
+
+        _losses.check_normalizable(x, normalize, ax, "y_pred")
+        return np.bool_(True)
+
+    done = tf.numpy_function(check, [y_pred], tf.bool, stateful=True)
+    with tf.control_dependencies([done]):
+        return tf.identity(y_pred)
+
+
 def emd_loss(
     y_true: Any,
     y_pred: Any,
@@ -123,7 +143,8 @@ def emd_loss(
         Exponent, >= 1: 2 is the paper's smooth loss, 1 the exact EMD.
     normalize : {None, "softmax", "l1"}, optional
         Applied to ``y_pred`` along the bin axis first, as TensorFlow
-        operations.
+        operations. A ``-inf`` logit masks its class (probability and gradient
+        0); ``+inf``, NaN and a row of ``-inf`` only are errors naming the entry.
     axis : int, default -1
         The bin axis.
     check_inputs : bool, default True
@@ -181,6 +202,8 @@ def emd_loss(
     out_dtype = y_pred.dtype
     if y_pred.dtype not in (tf.float32, tf.float64):
         y_pred = tf.cast(y_pred, tf.float32)
+    if check_inputs and normalize is not None and not _in_xla_context():
+        y_pred = _checked(y_pred, normalize, ax)
     perm = [i for i in range(rank) if i != ax] + [ax]
     p = y_pred if ax == rank - 1 else tf.transpose(y_pred, perm)
     if normalize == "softmax":

@@ -206,13 +206,17 @@ def _tree_token(tree: Tree | None, n_bins: int) -> int:
 
 def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
     """Name the raw entry that the normalisation would turn into NaN (eagerly only: a
-    compiled or transformed call gets the kernels' message about the normalised masses)."""
+    compiled or transformed call gets the kernels' message about the normalised masses).
+    The rules are :func:`emdtree.engine.semantics.check_raw`: ``-inf`` logits mask classes."""
     if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(input):
         return
     x = input.detach()
-    ok = torch.isfinite(x).all()
-    if normalize == "l1":
-        ok = ok & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
+    if x.numel() == 0:
+        return
+    if normalize == "softmax":
+        ok = ~(torch.isnan(x) | (x == float("inf"))).any() & (torch.amax(x, dim=ax) > -float("inf")).all()
+    else:
+        ok = torch.isfinite(x).all() & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
     if not bool(ok):
         _losses.check_normalizable(x.cpu().numpy(), normalize, ax)
 
@@ -261,6 +265,8 @@ def emd_loss(
     normalize : {None, "softmax", "l1"}, optional
         Applied to ``input`` along the bin axis before the EMD, as torch
         operations: a softmax of logits, or a division by the total.
+        A ``-inf`` logit masks its class (probability and gradient 0); ``+inf``, NaN and a
+        row of ``-inf`` only are errors naming the entry.
     axis : int, default -1
         The bin axis.
     check_inputs : bool, default True

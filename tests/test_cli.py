@@ -284,7 +284,7 @@ def test_evaluate_input_errors(files, capsys):
     labels[17] = 3
     np.save(files / "bad_labels.npy", labels)
     assert_input_error(["evaluate", files / "pred.npy", files / "bad_labels.npy"] + base, capsys,
-                       "labels[17] = 3 is out of range")
+                       "labels[17] = 3 is not a class index")
     np.save(files / "short.npy", labels[:39])
     assert_input_error(["evaluate", files / "pred.npy", files / "short.npy"] + base, capsys,
                        "labels must have shape (n_samples,) = (40,)")

@@ -108,7 +108,7 @@ def test_tensorflow_refuses_float_labels_that_are_not_class_indices():
     for bad, shown in [(0.4, "0.4"), (-0.9, "-0.9"), (1.9, "1.9"), (float("nan"), "nan")]:
         with pytest.raises(ValueError, match=rf"y_true\[0\] = {shown} is not a class index: .*whole numbers"):
             emd_loss(tf.constant([bad, 1.0]), y_pred, tree)
-    with pytest.raises(ValueError, match=r"y_true\[1\] = 3.0 is not a class index: .*in \[0, 2\]"):
+    with pytest.raises(ValueError, match=r"y_true\[1\] = 3.0 is not a class index in \[0, 2\] \(3 bins\)"):
         emd_loss(tf.constant([1.0, 3.0]), y_pred, tree)
     with pytest.raises(tf.errors.InvalidArgumentError, match="is not a class index"):
         tf.function(lambda t, p: emd_loss(t, p, tree))(tf.constant([0.4, 1.0]), y_pred)
@@ -417,14 +417,14 @@ def test_adapters_name_what_the_normalisation_cannot_take(framework):
         array, labels = jax.numpy.array, jax.numpy.array
     inf = float("inf")
     x = array([[0.0, 1.0, 2.0], [inf, 0.0, 0.0]])
-    with pytest.raises(ValueError,
-                       match=r"input\[1, 0\] = inf is not finite: normalize='softmax' needs finite logits"):
+    with pytest.raises(ValueError, match=r"input\[1, 0\] = inf is not a logit: with normalize='softmax' "
+                                         r"input holds logits"):
         emd_loss(x, labels([0, 1]), normalize="softmax")
-    with pytest.raises(ValueError, match=r"input\[0, :\] has no mass: normalize='l1'"):
+    with pytest.raises(ValueError, match=r"input\[0, :\] has zero total mass: cannot normalize"):
         emd_loss(array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), labels([0, 1]), normalize="l1")
-    with pytest.raises(ValueError, match=r"input\[1, 2\] = -1.0 is negative: normalize='l1'"):
+    with pytest.raises(ValueError, match=r"input\[1, 2\] = -1.0 is negative: entries of input must be"):
         emd_loss(array([[1.0, 0.0, 0.0], [1.0, 2.0, -1.0]]), labels([0, 1]), normalize="l1")
-    with pytest.raises(ValueError, match=r"input\[:, 1\] has no mass"):  # the bin axis first
+    with pytest.raises(ValueError, match=r"input\[:, 1\] has zero total mass"):  # the bin axis first
         emd_loss(array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]), labels([0, 1]), normalize="l1", axis=0)
 
 
@@ -471,9 +471,9 @@ def test_cli_names_a_bad_count_by_sample_and_feature(tmp_path, capsys):
     (tmp_path / "t.nwk").write_text(NEWICK)
     (tmp_path / "table.tsv").write_text("sample\tc\ta\tb\ns1\t1\t2\t0\ns2\t0\t1e999\t1\n")
     argv = ["pairwise", tmp_path / "table.tsv", "--tree", tmp_path / "t.nwk", "-o", tmp_path / "d.tsv"]
-    one_error_line(argv, capsys, "the count of 'a' in sample 's2' is inf (not finite)")
+    one_error_line(argv, capsys, "the count of 'a' in sample 's2' = inf is not finite")
     (tmp_path / "table.tsv").write_text("sample\tc\ta\tb\ns1\t1\t2\t-3\ns2\t0\t1\t1\n")
-    one_error_line(argv, capsys, "the count of 'b' in sample 's1' is -3.0 (negative)")
+    one_error_line(argv, capsys, "the count of 'b' in sample 's1' = -3.0 is negative")
 
 
 def test_damaged_biom_file_is_named(tmp_path, capsys):

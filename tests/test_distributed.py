@@ -152,7 +152,7 @@ def test_errors_from_workers_name_the_row(client, data):
         client.compute(D).result(timeout=TIMEOUT)
     labels = np.zeros(X.shape[0], dtype=np.int64)
     labels[61] = tree.n_bins
-    with pytest.raises(ValueError, match=r"labels\[61\] = .* is out of range"):
+    with pytest.raises(ValueError, match=r"labels\[61\] = .* is not a class index"):
         metrics.report(da.from_array(X / X.sum(1, keepdims=True), chunks=(20, -1)),
                        da.from_array(labels, chunks=20), tree)
 

@@ -70,8 +70,8 @@ def test_labels_normalize_l1_differentiates_the_raw_masses():
 @pytest.mark.parametrize(
     "labels, error, match",
     [
-        (np.array([0, 4]), ValueError, r"class index 4 at batch index \(1,\) is out of range for 4 classes"),
-        (np.array([-1, 0]), ValueError, "class index -1"),
+        (np.array([0, 4]), ValueError, r"labels\[1\] = 4 is not a class index in \[0, 3\] \(4 bins\)"),
+        (np.array([-1, 0]), ValueError, r"labels\[0\] = -1 is not a class index"),
         (np.array([0.0, 1.0]), TypeError, "labels must be integer class indices"),
         (np.array([0, 1, 2]), ValueError, r"labels has shape \(3,\); expected \(2,\)"),
     ],

@@ -1,0 +1,235 @@
+"""Input semantics: what every door of emdtree accepts, and what it says when it does not.
+
+One definition, called by the NumPy API, the torch, TensorFlow and JAX
+adapters, ``pairwise`` in memory and per Dask block, the metrics and the
+command line; the doors differ only in how they name an entry (``p[1, 3]``,
+``X[27, 3]``, ``sample 's0', feature 't2'``), never in what they accept.
+
+``normalize``
+    ``None``: the masses are used as given: finite and ``>= 0``, with equal
+    totals between the arguments compared. ``"l1"``: finite, ``>= 0`` and a
+    positive total in every row, which is then divided by it. ``"softmax"``:
+    the first argument holds logits, any real number or ``-inf`` (a masked
+    class: probability 0, gradient 0); ``+inf`` and NaN are rejected, as is a
+    row whose logits are all ``-inf`` (its softmax is undefined). The other
+    arguments are distributions (totals 1) or class indices.
+
+Messages come from the one table :data:`MESSAGES`; the checks take the rows
+as ``(rows, n_bins)`` NumPy arrays and two namers: ``entry(r, k)`` for the
+caller's name of entry ``k`` of row ``r``, and ``row(r)`` for that of row
+``r``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+NORMALIZE = (None, "l1", "softmax")
+
+#: Every message about an input's values, by kind; fields in braces.
+MESSAGES = {
+    "normalize": "normalize must be None, 'l1' or 'softmax', got {normalize!r}",
+    "logit": ("{entry} = {value} is not a logit: with normalize='softmax' {name} holds logits, which must "
+              "not be NaN or +inf (-inf masks a class)"),
+    "masked_row": "every logit of {row} is -inf: its softmax is undefined",
+    "mass": "{entry} = {value} is {what}: entries of {name} must be finite and >= 0",
+    "zero_total": "{row} has zero total mass: cannot normalize",
+    "total": "{row} sums to {total!r}: normalize='l1' cannot rescale it to sum to 1",
+    "label": "{entry} = {value} is not a class index in [0, {top}] ({n_bins} bins)",
+    "whole_label": "{entry} = {value} is not a class index: class indices must be whole numbers",
+    "distribution": ("{row} sums to {total!r}: with normalize='softmax' {logits} holds logits and {name} "
+                     "must be a distribution (summing to 1)"),
+}
+
+_REAL = (numbers.Real, np.integer, np.floating)
+
+Entry = Callable[[int, int], str]
+Row = Callable[[int], str]
+
+
+def message(kind: str, **fields: Any) -> str:
+    """The message of ``kind`` in :data:`MESSAGES`, filled in."""
+    return MESSAGES[kind].format(**fields)
+
+
+def check_normalize(normalize: Any) -> str | None:
+    """``None``, ``"l1"`` or ``"softmax"``, or a ValueError."""
+    if not (normalize is None or (isinstance(normalize, str) and normalize in NORMALIZE)):
+        raise ValueError(message("normalize", normalize=normalize))
+    return normalize
+
+
+def check_rho(rho: Any) -> float:
+    """The exponent as a Python float: a finite real number >= 1 (plain Python, so that graph
+    tracers can run it)."""
+    if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, _REAL):
+        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
+    value = float(rho)
+    if not math.isfinite(value) or value < 1.0:
+        raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
+    return value
+
+
+def check_axis(axis: Any, ndim: int, name: str = "inputs") -> int:
+    """The bin axis as a non-negative index into ``name`` of ``ndim`` dimensions."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (numbers.Integral, np.integer)):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if ndim == 0:
+        raise ValueError(f"{name} must have a bin axis, got a scalar")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for {name} with {ndim} dimensions")
+    return int(axis) % ndim
+
+
+def working_dtype(*arrays: Any) -> np.dtype:
+    """The dtype of the computation: float32 stays float32, other floats and integers become
+    float64 (float16 inputs are computed in float32 by the adapters, which cast first)."""
+    kinds = {np.dtype(a.dtype).kind for a in arrays}
+    if kinds - set("biuf"):
+        bad = next(a.dtype for a in arrays if np.dtype(a.dtype).kind not in "biuf")
+        raise TypeError(f"masses must be real numbers, got dtype {bad}")
+    if all(np.dtype(a.dtype).kind == "f" and np.dtype(a.dtype).itemsize <= 4 for a in arrays):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def indexed(name: str, offset: int = 0, axis: int = 1) -> tuple[Entry, Row]:
+    """Namers for the rows of a 2-D ``name`` holding samples in rows (``axis=1``, the
+    bin axis last) or in columns (``axis=0``), the first row being ``offset``."""
+    if axis == 0:
+        return (lambda r, k: f"{name}[{k}, {offset + r}]"), (lambda r: f"{name}[:, {offset + r}]")
+    return (lambda r, k: f"{name}[{offset + r}, {k}]"), (lambda r: f"{name}[{offset + r}]")
+
+
+def along(name: str, shape: tuple[int, ...], axis: int) -> tuple[Entry, Row]:
+    """Namers for the rows of ``x.moveaxis(axis, -1).reshape(-1, n_bins)``, in ``x``'s
+    own indices (``shape`` is ``x``'s): ``input[2, 0, 1]`` and ``input[2, :, 1]``."""
+    batch = tuple(shape[:axis]) + tuple(shape[axis + 1:])
+
+    def index(r: int, k: Any) -> list[str]:
+        at = [str(int(j)) for j in np.unravel_index(r, batch)] if batch else []
+        at.insert(axis, str(k))
+        return at
+
+    def entry(r: int, k: int) -> str:
+        return f"{name}[{', '.join(index(r, k))}]"
+
+    return entry, (lambda r: f"{name}[{', '.join(index(r, ':'))}]")
+
+
+def _value(x: Any) -> str:
+    """A value as the caller would print it: a NumPy scalar to its own dtype's precision."""
+    return str(x) if isinstance(x, np.generic) else repr(x)
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+def logit_error(rows: np.ndarray, name: str, entry: Entry, row: Row) -> str | None:
+    """The message for the first NaN or ``+inf`` logit, then the first row of ``-inf`` only; None if
+    ``rows`` are valid logits."""
+    rows = np.asarray(rows)
+    if rows.dtype.kind != "f" or rows.size == 0:
+        return None
+    bad = np.isnan(rows) | (rows == np.inf)
+    if bad.any():
+        r, k = (int(j) for j in np.argwhere(bad)[0])
+        return message("logit", entry=entry(r, k), value=_value(rows[r, k]), name=name)
+    masked = np.flatnonzero(~(rows.max(axis=1, initial=-np.inf) > -np.inf))
+    if masked.size:
+        return message("masked_row", row=row(int(masked[0])))
+    return None
+
+
+def mass_error(rows: np.ndarray, name: str, entry: Entry) -> str | None:
+    """The message for the first entry of ``rows`` that is not a finite mass ``>= 0``; None if all are."""
+    rows = np.asarray(rows)
+    bad = ~(np.isfinite(rows) & (rows >= 0)) if rows.dtype.kind == "f" else rows < 0
+    if not bad.any():
+        return None
+    r, k = (int(j) for j in np.argwhere(bad)[0])
+    return mass_entry_error(rows[r, k], name, entry(r, k))
+
+
+def mass_entry_error(value: Any, name: str, where: str) -> str:
+    """The message for one bad mass ``value`` at ``where``."""
+    what = "not finite" if not np.isfinite(value) else "negative"
+    return message("mass", entry=where, value=_value(value), what=what, name=name)
+
+
+def total_error(totals: np.ndarray, row: Row) -> str | None:
+    """The message for the first row whose total ``normalize="l1"`` cannot divide by."""
+    bad = np.flatnonzero(~((totals > 0) & np.isfinite(totals)))
+    if not bad.size:
+        return None
+    r = int(bad[0])
+    if totals[r] == 0 or np.isnan(totals[r]):
+        return message("zero_total", row=row(r))
+    return message("total", row=row(r), total=float(totals[r]))
+
+
+def label_error(labels: np.ndarray, n_bins: int, entry: Callable[[int], str]) -> str | None:
+    """The message for the first class index of the flat ``labels`` outside ``[0, n_bins)`` (a float
+    label must also be a whole number), named by ``entry(i)``; None if all are valid."""
+    flat = np.asarray(labels).reshape(-1)
+    if flat.dtype.kind == "f":
+        whole = np.isfinite(flat) & (flat == np.round(flat))
+        if not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            return message("whole_label", entry=entry(i), value=_value(flat[i]))
+    bad = np.flatnonzero((flat < 0) | (flat >= n_bins))
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    return message("label", entry=entry(i), value=_value(flat[i]), top=n_bins - 1, n_bins=n_bins)
+
+
+def batch_entry(name: str, batch_shape: tuple[int, ...] | None, size: int) -> Callable[[int], str]:
+    """Names of the entries of a flattened ``name`` of ``batch_shape`` (flat indices when the shape
+    does not fit ``size``): ``labels[1, 2]``."""
+    shape = tuple(batch_shape) if batch_shape is not None and int(np.prod(batch_shape)) == size else (size,)
+    return lambda i: name + str([int(j) for j in np.unravel_index(i, shape)] if shape else [])
+
+
+def masses_error(rows: np.ndarray, normalize: str | None, name: str, entry: Entry, row: Row) -> str | None:
+    """What is wrong with ``rows`` (rows, n_bins) of argument ``name`` as the raw first argument of
+    ``normalize``, or None: logits for ``"softmax"``, finite masses >= 0 otherwise, with a positive
+    total in every row for ``"l1"``."""
+    if normalize == "softmax":
+        return logit_error(rows, name, entry, row)
+    error = mass_error(rows, name, entry)
+    if error is None and normalize == "l1":
+        error = total_error(np.asarray(rows).sum(axis=1, dtype=np.float64), row)
+    return error
+
+
+def check_masses(rows: np.ndarray, normalize: str | None, name: str, entry: Entry | None = None,
+                 row: Row | None = None) -> None:
+    """A ValueError from :func:`masses_error` (namers default to :func:`indexed`)."""
+    if entry is None or row is None:
+        entry, row = indexed(name)
+    error = masses_error(rows, normalize, name, entry, row)
+    if error is not None:
+        raise ValueError(error)
+
+
+def check_raw(x: Any, normalize: str | None, axis: int, name: str = "input") -> None:
+    """The rules of ``normalize`` on an adapter's raw array ``x`` (any shape, bin axis ``axis``),
+    naming entries in ``x``'s own indices; ``normalize=None`` is left to the kernels."""
+    if normalize is None:
+        return
+    x = np.asarray(x)
+    axis = axis % x.ndim
+    if x.size == 0:
+        return
+    rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
+    entry, row = along(name, x.shape, axis)
+    error = masses_error(rows, normalize, name, entry, row)
+    if error is not None:
+        raise ValueError(error)
+
