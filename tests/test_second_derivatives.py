@@ -190,3 +190,128 @@ def test_torch_hessian_through_softmax(torch_mod, kind, rho):
     (g,) = torch.autograd.grad(f(xg), xg, create_graph=True)
     rows = [torch.autograd.grad(g[k], xg, retain_graph=True)[0].numpy() for k in range(n)]
     np.testing.assert_allclose(np.stack(rows), want, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- JAX
+
+IMPLEMENTATIONS = ["callback", "native"]
+
+
+@pytest.fixture(scope="module")
+def jax_mod():
+    jax = pytest.importorskip("jax")
+    with jax.enable_x64(True):
+        yield jax
+
+
+def _jax_transforms(jax, short=False):
+    if short:
+        return [("hessian", jax.hessian), ("jacrev(grad)", lambda f: jax.jacrev(jax.grad(f)))]
+    return [("hessian", jax.hessian), ("jacfwd(jacrev)", lambda f: jax.jacfwd(jax.jacrev(f))),
+            ("jacrev(jacrev)", lambda f: jax.jacrev(jax.jacrev(f))),
+            ("jacrev(grad)", lambda f: jax.jacrev(jax.grad(f))),
+            ("jacrev(jacfwd)", lambda f: jax.jacrev(jax.jacfwd(f))),
+            ("jacfwd(jacfwd)", lambda f: jax.jacfwd(jax.jacfwd(f))),
+            ("jit(jacrev(grad))", lambda f: jax.jit(jax.jacrev(jax.grad(f))))]
+
+
+def _jax_loss(tree, rho, q, implementation, normalize=None):
+    import jax.numpy as jnp
+
+    from emdtree.jax import emd_loss
+
+    qj = jnp.asarray(q)
+    return lambda x: emd_loss(x[None], qj[None], tree, rho, normalize=normalize,
+                              implementation=implementation).sum()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@torch_params
+@pytest.mark.parametrize("rho", RHOS)
+def test_jax_transforms_give_emd_hessian(jax_mod, implementation, kind, rho):
+    jax = jax_mod
+    tree, n = _tree(kind)
+    p, q = _point(n)
+    f = _jax_loss(tree, rho, q, implementation)
+    want = _hessian(p, q, tree, rho)
+    for name, t in _jax_transforms(jax):
+        np.testing.assert_allclose(np.asarray(t(f)(jax.numpy.asarray(p))), want, rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("rho", RHOS)
+def test_jax_hessian_per_sample_and_labels(jax_mod, implementation, rho):
+    # vmap over samples, class-index targets, and a distribution target's own second derivatives
+    jax = jax_mod
+    jnp = jax.numpy
+    from emdtree.jax import emd_loss
+
+    tree, n = _tree("tree")
+    rng = np.random.default_rng(9)
+    p = rng.dirichlet(np.full(n, 2.0), size=3)
+    labels = np.array([0, 3, n - 1])
+
+    def f(x, t):
+        return emd_loss(x, t, tree, rho, implementation=implementation)
+
+    h = jax.vmap(jax.hessian(f))(jnp.asarray(p), jnp.asarray(labels))
+    for r in range(3):
+        want = _hessian(p[r], np.eye(n)[labels[r]], tree, rho)
+        np.testing.assert_allclose(np.asarray(h[r]), want, rtol=1e-10, atol=1e-12)
+    q = rng.dirichlet(np.full(n, 2.0))
+    hqq = jax.hessian(lambda t: f(jnp.asarray(p[0]), t))(jnp.asarray(q))
+    np.testing.assert_allclose(np.asarray(hqq), _hessian(p[0], q, tree, rho), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("rho", RHOS)
+def test_jax_jvp_and_vjp_of_grad_give_emd_hvp(jax_mod, implementation, rho):
+    jax = jax_mod
+    tree, n = _tree("tree")
+    p, q = _point(n, 3)
+    f = _jax_loss(tree, rho, q, implementation)
+    v = np.random.default_rng(4).standard_normal(n)  # not mass-conserving: P H P v all the same
+    want = emdtree.emd_hvp(p, q, v, tree, rho)
+    _, fwd = jax.jvp(jax.grad(f), (jax.numpy.asarray(p),), (jax.numpy.asarray(v),))
+    (rev,) = jax.vjp(jax.grad(f), jax.numpy.asarray(p))[1](jax.numpy.asarray(v))
+    np.testing.assert_allclose(np.asarray(fwd), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(rev), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@torch_params
+def test_jax_rho_one_has_zero_hessian(jax_mod, implementation, kind):
+    jax = jax_mod
+    tree, n = _tree(kind)
+    p, q = _point(n, 6)
+    f = _jax_loss(tree, 1.0, q, implementation)
+    for name, t in _jax_transforms(jax, short=True):
+        assert not np.asarray(t(f)(jax.numpy.asarray(p))).any(), name
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("rho", RHOS)
+def test_jax_hessian_through_softmax(jax_mod, implementation, rho):
+    jax = jax_mod
+    tree, n = _tree("tree")
+    _, q = _point(n, 7)
+    logits = np.random.default_rng(8).standard_normal(n)
+    f = _jax_loss(tree, rho, q, implementation, normalize="softmax")
+    grad = jax.grad(f)
+    want = _fd_hessian(lambda x: np.asarray(grad(jax.numpy.asarray(x))), logits)
+    for name, t in _jax_transforms(jax, short=True):
+        np.testing.assert_allclose(np.asarray(t(f)(jax.numpy.asarray(logits))), want, rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_jax_third_derivatives(jax_mod, implementation):
+    # zero for rho = 2 (constant Hessian); not implemented otherwise, and NaN rather than a wrong number
+    jax = jax_mod
+    tree, n = _tree("chain3")
+    p, q = _point(n)
+    for rho, check in [(2.0, lambda t: not t.any()), (1.5, lambda t: np.isnan(t).all())]:
+        f = _jax_loss(tree, rho, q, implementation)
+        third = np.asarray(jax.jacfwd(jax.hessian(f))(jax.numpy.asarray(p)))
+        assert check(third), (rho, third)
