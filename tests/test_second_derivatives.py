@@ -315,3 +315,132 @@ def test_jax_third_derivatives(jax_mod, implementation):
         f = _jax_loss(tree, rho, q, implementation)
         third = np.asarray(jax.jacfwd(jax.hessian(f))(jax.numpy.asarray(p)))
         assert check(third), (rho, third)
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+
+TF_MODES = ["eager", "function", "xla"]
+
+
+@pytest.fixture(scope="module")
+def tf_mod():
+    return pytest.importorskip("tensorflow")
+
+
+def _tf_hvp_fn(tf, tree, rho, mode, normalize=None, labels=False):
+    from emdtree.tensorflow import emd_loss
+
+    def hvp(p, q, v):
+        with tf.GradientTape() as outer:
+            outer.watch(p)
+            with tf.GradientTape() as inner:
+                inner.watch(p)
+                loss = tf.reduce_sum(emd_loss(q, p, tree, rho, normalize=normalize))
+            g = inner.gradient(loss, p)
+            gv = tf.reduce_sum(g * v)
+        return g, outer.gradient(gv, p)
+
+    if mode == "eager":
+        return hvp
+    return tf.function(hvp, jit_compile=mode == "xla")
+
+
+@pytest.mark.parametrize("mode", TF_MODES)
+@torch_params
+@pytest.mark.parametrize("rho", RHOS)
+def test_tf_nested_tapes_give_emd_hvp(tf_mod, mode, kind, rho):
+    tf = tf_mod
+    tree, n = _tree(kind)
+    rng = np.random.default_rng(10)
+    p = rng.dirichlet(np.full(n, 2.0), size=2)
+    q = rng.dirichlet(np.full(n, 2.0), size=2)
+    v = rng.standard_normal((2, n))  # not mass-conserving: P H P v all the same
+    fn = _tf_hvp_fn(tf, tree, rho, mode)
+    g, hv = fn(tf.constant(p), tf.constant(q), tf.constant(v))
+    assert hv is not None
+    np.testing.assert_allclose(g.numpy(), emdtree.emd_grad(p, q, tree, rho), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hv.numpy(), emdtree.emd_hvp(p, q, v, tree, rho), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", TF_MODES)
+@pytest.mark.parametrize("rho", [1.0, 2.0])
+def test_tf_hessian_of_labels_and_targets(tf_mod, mode, rho):
+    # class-index targets; with a distribution target, its own second derivative too
+    tf = tf_mod
+    from emdtree.tensorflow import emd_loss
+
+    tree, n = _tree("tree")
+    p, q = _point(n, 11)
+    labels = np.array([3])
+
+    def hessians(p, q, t):
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch([p, q])
+            with tf.GradientTape(persistent=True) as inner:
+                inner.watch([p, q])
+                by_label = tf.reduce_sum(emd_loss(t, p, tree, rho))
+                by_dist = tf.reduce_sum(emd_loss(q, p, tree, rho))
+            g_label = inner.gradient(by_label, p)
+            g_q = inner.gradient(by_dist, q)
+        return outer.jacobian(g_label, p), outer.jacobian(g_q, q)
+
+    if mode != "eager":
+        hessians = tf.function(hessians, jit_compile=mode == "xla")
+    h_label, h_q = hessians(tf.constant(p[None]), tf.constant(q[None]), tf.constant(labels))
+    np.testing.assert_allclose(h_label.numpy()[0, :, 0, :], _hessian(p, np.eye(n)[3], tree, rho),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h_q.numpy()[0, :, 0, :], _hessian(p, q, tree, rho), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", TF_MODES)
+@pytest.mark.parametrize("rho", [1.5, 3.0])
+def test_tf_hessian_through_softmax(tf_mod, mode, rho):
+    tf = tf_mod
+    tree, n = _tree("tree")
+    _, q = _point(n, 12)
+    logits = np.random.default_rng(13).standard_normal(n)
+    fn = _tf_hvp_fn(tf, tree, rho, mode, normalize="softmax")
+    qt = tf.constant(q[None])
+
+    def grad(x):
+        return fn(tf.constant(x[None]), qt, tf.zeros((1, n), tf.float64))[0].numpy()[0]
+
+    want = _fd_hessian(grad, logits)
+    for k in range(n):
+        e = np.eye(n)[k][None]
+        hv = fn(tf.constant(logits[None]), qt, tf.constant(e))[1].numpy()[0]
+        np.testing.assert_allclose(hv, want[k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+def test_tf_third_derivatives(tf_mod, mode):
+    # zero for rho = 2 (constant Hessian); not implemented otherwise, and NaN rather than None or a wrong number
+    tf = tf_mod
+    from emdtree.tensorflow import emd_loss
+
+    tree, n = _tree("chain3")
+    p, q = _point(n)
+
+    def third(p, q, rho):
+        with tf.GradientTape() as t3:
+            t3.watch(p)
+            with tf.GradientTape() as t2:
+                t2.watch(p)
+                with tf.GradientTape() as t1:
+                    t1.watch(p)
+                    loss = tf.reduce_sum(emd_loss(q, p, tree, rho))
+                g = t1.gradient(loss, p)
+                gg = tf.reduce_sum(g * g)
+            h = t2.gradient(gg, p)
+            hh = tf.reduce_sum(h * tf.range(n, dtype=h.dtype))
+        return t3.gradient(hh, p)
+
+    if mode != "eager":
+        third = tf.function(third, jit_compile=True)
+    p_, q_ = tf.constant(p[None]), tf.constant(q[None])
+    # rho = 2: d/dp <2 P H P g, r> = 2 P H P (P H P r)
+    r = np.arange(n, dtype=float)
+    hr = emdtree.emd_hvp(p, q, r, tree)
+    np.testing.assert_allclose(third(p_, q_, 2.0).numpy()[0], emdtree.emd_hvp(p, q, 2 * hr, tree),
+                               rtol=1e-10, atol=1e-12)
+    assert np.isnan(third(p_, q_, 1.5).numpy()).all()
