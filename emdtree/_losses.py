@@ -5,8 +5,8 @@ The adapters move the bin axis last, flatten the batch to ``(rows, n_bins)``
 and call the two NumPy entry points here: :func:`value_grad` (EMD^rho per row
 and its dirt-conserving gradient with respect to the prediction, in one kernel
 pass) and :func:`hvp` (``P H P v``, the derivative of that gradient along
-``v``, for second derivatives in either direction: ``P H P`` is symmetric). A target is either a distribution per row or an
-integer class index per row.
+``v``, for second derivatives in either direction: ``P H P`` is symmetric).
+A target is either a distribution per row or an integer class index per row.
 """
 
 from __future__ import annotations

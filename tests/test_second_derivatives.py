@@ -54,7 +54,7 @@ def _fd_hessian(grad, x, eps=1e-6):
 
 # ----------------------------------------------------------------------------- torch
 
-torch_params = pytest.mark.parametrize("kind", ["chain3", "tree"])
+kinds = pytest.mark.parametrize("kind", ["chain3", "tree"])
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def _torch_loss(torch, tree, rho, q, normalize=None):
     return lambda x: emd_loss(x[None], qt[None], tree, rho, reduction="sum", normalize=normalize)
 
 
-@torch_params
+@kinds
 @pytest.mark.parametrize("rho", RHOS)
 def test_torch_transforms_give_emd_hessian(torch_mod, kind, rho):
     torch = torch_mod
@@ -86,7 +86,7 @@ def test_torch_transforms_give_emd_hessian(torch_mod, kind, rho):
         np.testing.assert_allclose(h(pt).numpy(), want, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-@torch_params
+@kinds
 @pytest.mark.parametrize("rho", RHOS)
 def test_torch_double_backward_gives_emd_hessian(torch_mod, kind, rho):
     torch = torch_mod
@@ -103,7 +103,7 @@ def test_torch_double_backward_gives_emd_hessian(torch_mod, kind, rho):
     np.testing.assert_allclose(hv.numpy(), emdtree.emd_hvp(p, q, v, tree, rho), rtol=1e-10, atol=1e-12)
 
 
-@torch_params
+@kinds
 @pytest.mark.parametrize("rho", RHOS)
 def test_torch_jvp_of_grad_and_vjp_agree(torch_mod, kind, rho):
     # forward and reverse mode over the gradient apply the same (symmetric) matrix
@@ -121,7 +121,7 @@ def test_torch_jvp_of_grad_and_vjp_agree(torch_mod, kind, rho):
     np.testing.assert_allclose(rev.numpy(), want, rtol=1e-10, atol=1e-12)
 
 
-@torch_params
+@kinds
 def test_torch_forward_over_forward_raises(torch_mod, kind):
     torch = torch_mod
     func = torch.func
@@ -132,7 +132,7 @@ def test_torch_forward_over_forward_raises(torch_mod, kind):
         func.jacfwd(func.jacfwd(f))(torch.tensor(p))
 
 
-@torch_params
+@kinds
 @pytest.mark.parametrize("rho", [1.0] + RHOS)
 def test_torch_gradgradcheck(torch_mod, kind, rho):
     torch = torch_mod
@@ -150,7 +150,7 @@ def test_torch_gradgradcheck(torch_mod, kind, rho):
                                         (x, y))
 
 
-@torch_params
+@kinds
 def test_torch_rho_one_has_zero_hessian(torch_mod, kind):
     torch = torch_mod
     func = torch.func
@@ -166,7 +166,7 @@ def test_torch_rho_one_has_zero_hessian(torch_mod, kind):
     assert not hv.any()
 
 
-@torch_params
+@kinds
 @pytest.mark.parametrize("rho", RHOS)
 def test_torch_hessian_through_softmax(torch_mod, kind, rho):
     torch = torch_mod
@@ -226,7 +226,7 @@ def _jax_loss(tree, rho, q, implementation, normalize=None):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@torch_params
+@kinds
 @pytest.mark.parametrize("rho", RHOS)
 def test_jax_transforms_give_emd_hessian(jax_mod, implementation, kind, rho):
     jax = jax_mod
@@ -280,7 +280,7 @@ def test_jax_jvp_and_vjp_of_grad_give_emd_hvp(jax_mod, implementation, rho):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@torch_params
+@kinds
 def test_jax_rho_one_has_zero_hessian(jax_mod, implementation, kind):
     jax = jax_mod
     tree, n = _tree(kind)
@@ -346,7 +346,7 @@ def _tf_hvp_fn(tf, tree, rho, mode, normalize=None, labels=False):
 
 
 @pytest.mark.parametrize("mode", TF_MODES)
-@torch_params
+@kinds
 @pytest.mark.parametrize("rho", RHOS)
 def test_tf_nested_tapes_give_emd_hvp(tf_mod, mode, kind, rho):
     tf = tf_mod
@@ -414,7 +414,7 @@ def test_tf_hessian_through_softmax(tf_mod, mode, rho):
 
 @pytest.mark.parametrize("mode", ["eager", "xla"])
 def test_tf_third_derivatives(tf_mod, mode):
-    # zero for rho = 2 (constant Hessian); not implemented otherwise, and NaN rather than None or a wrong number
+    # zero for rho = 2 (constant Hessian); not implemented otherwise: NaN, not None or a wrong number
     tf = tf_mod
     from emdtree.tensorflow import emd_loss
 
@@ -444,3 +444,79 @@ def test_tf_third_derivatives(tf_mod, mode):
     np.testing.assert_allclose(third(p_, q_, 2.0).numpy()[0], emdtree.emd_hvp(p, q, 2 * hr, tree),
                                rtol=1e-10, atol=1e-12)
     assert np.isnan(third(p_, q_, 1.5).numpy()).all()
+
+
+# ----------------------------------------------------------------------------- rho = 1: one subgradient
+
+
+def _ties(kind, rows=300, seed=14):
+    """Rows ``q`` that swap two bins of ``p`` under one parent (neighbours on a chain): phi is exactly 0
+    on the edges above, where every path must take sign(0) = 0."""
+    import oracle
+    import trees
+
+    rng = np.random.default_rng(seed)
+    if kind == "chain":
+        parents, weights, bins = trees.chain(6)
+        tree = None
+    else:
+        parents, weights, bins = random_tree(np.random.default_rng(11), 12, bins_on_internal=True)
+        tree = Tree.from_parents(parents, weights, bins)
+    n = len(bins)
+    p = rng.dirichlet(np.ones(n), size=rows)
+    q = p.copy()
+    parent_of_bin = parents[bins]
+    pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if parent_of_bin[a] == parent_of_bin[b]]
+    if kind == "chain":
+        pairs = [(k, k + 1) for k in range(n - 1)]
+    for r in range(rows):
+        a, b = pairs[rng.integers(len(pairs))]
+        q[r, [a, b]] = q[r, [b, a]]
+    want = np.stack([oracle.grad(p[r], q[r], parents, weights, bins, 1.0) for r in range(rows)])
+    return tree, p, q, want
+
+
+@pytest.mark.parametrize("kind", ["chain", "tree"])
+def test_rho_one_subgradient_is_the_same_on_every_path(kind):
+    tree, p, q, want = _ties(kind)
+    got = {"emd_grad": emdtree.emd_grad(p, q, tree, 1.0)}
+    try:
+        import torch
+
+        from emdtree.torch import emd_loss as torch_loss
+    except ImportError:
+        pass
+    else:
+        x = torch.tensor(p, requires_grad=True)
+        torch_loss(x, torch.tensor(q), tree, 1.0, reduction="sum").backward()
+        got["torch"] = x.grad.numpy()
+        got["torch.func"] = torch.func.grad(lambda x: torch_loss(x, torch.tensor(q), tree, 1.0,
+                                                                  reduction="sum"))(torch.tensor(p)).numpy()
+    try:
+        import jax
+
+        from emdtree.jax import emd_loss as jax_loss
+    except ImportError:
+        pass
+    else:
+        with jax.enable_x64(True):
+            for impl in IMPLEMENTATIONS:
+                got[f"jax {impl}"] = np.asarray(jax.grad(
+                    lambda x, impl=impl: jax_loss(x, q, tree, 1.0, implementation=impl).sum())(p))
+    try:
+        import tensorflow as tf
+
+        from emdtree.tensorflow import emd_loss as tf_loss
+    except ImportError:
+        pass
+    else:
+        def tf_grad(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf_loss(tf.constant(q), x, tree, 1.0))
+            return tape.gradient(loss, x)
+
+        got["tf eager"] = tf_grad(tf.constant(p)).numpy()
+        got["tf xla"] = tf.function(tf_grad, jit_compile=True)(tf.constant(p)).numpy()
+    for name, g in got.items():
+        np.testing.assert_allclose(g, want, rtol=0, atol=1e-12, err_msg=name)
