@@ -166,6 +166,19 @@ def test_torch_rho_one_has_zero_hessian(torch_mod, kind):
     assert not hv.any()
 
 
+def test_torch_func_third_derivatives(torch_mod):
+    # zero for rho = 2 (constant Hessian); for other exponents not implemented: an error, not a wrong number
+    torch = torch_mod
+    func = torch.func
+    tree, n = _tree("chain3")
+    p, q = _point(n)
+    pt = torch.tensor(p)
+    for t in (lambda f: func.jacrev(func.hessian(f)), lambda f: func.jacrev(func.jacrev(func.jacrev(f)))):
+        assert not t(_torch_loss(torch, tree, 2.0, q))(pt).any()
+        with pytest.raises(NotImplementedError, match="third derivatives"):
+            t(_torch_loss(torch, tree, 1.5, q))(pt)
+
+
 @kinds
 @pytest.mark.parametrize("rho", RHOS)
 def test_torch_hessian_through_softmax(torch_mod, kind, rho):
