@@ -4,9 +4,9 @@
 The adapters move the bin axis last, flatten the batch to ``(rows, n_bins)``
 and call the two NumPy entry points here: :func:`value_grad` (EMD^rho per row
 and its dirt-conserving gradient with respect to the prediction, in one kernel
-pass) and :func:`hvp` (``H P v``, the transposed Jacobian of that gradient,
-for second derivatives). A target is either a distribution per row or an
-integer class index per row.
+pass) and :func:`hvp` (``P H P v``, the derivative of that gradient along
+``v``, for second derivatives in either direction: ``P H P`` is symmetric).
+A target is either a distribution per row or an integer class index per row.
 """
 
 from __future__ import annotations
@@ -261,16 +261,18 @@ def hvp(
     tree: Tree | None,
     rho: float,
 ) -> np.ndarray:
-    """``H P v`` for each row: the transposed Jacobian of the gradient of
-    :func:`value_grad` with respect to ``p``, applied to ``v``.
+    """``P H P v`` for each row: the derivative of the dirt-conserving gradient of
+    :func:`value_grad` along ``v``, as :func:`emdtree.emd_hvp`.
 
     ``H`` is the Hessian of EMD^rho (constant for ``rho = 2``, paper eq. 12)
-    and ``P = I - 11^T / n_bins``. Shapes as in :func:`value_grad`, ``v``
-    like ``p``; no validation (the forward pass did it).
+    and ``P = I - 11^T / n_bins``. ``P H P`` is symmetric, so the same
+    product serves forward (a JVP of the gradient) and reverse mode (its
+    transposed Jacobian). Shapes as in :func:`value_grad`, ``v`` like ``p``;
+    no validation (the forward pass did it).
     """
     if isinstance(tree, int):
         tree = tree_of(tree)
     n_bins = p.shape[-1]
     q = _target_rows(np.asarray(target), n_bins, p.dtype, "target")
     rows = prepare({"p": p, "q": q, "v": v}, tree, -1, False, masses=("p", "q"))
-    return _driver.hvp(rows, float(rho), project_out=False).astype(p.dtype, copy=False)
+    return _driver.hvp(rows, float(rho), project_out=True).astype(p.dtype, copy=False)

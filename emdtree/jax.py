@@ -6,8 +6,11 @@ tangent of the loss is ``<g, dp - dq>`` with ``g`` the dirt-conserving
 gradient that the kernels compute with the value. That rule is linear in the
 tangents, so JAX transposes it for reverse mode: ``jax.grad``, ``jax.vjp``
 and ``jax.jvp`` all work, with respect to the prediction and a distribution
-target. Second derivatives need the native path below (the callback has no
-derivative).
+target. The gradient is itself differentiable (a ``custom_jvp`` whose
+tangent is the kernels' Hessian-vector product ``P H P v``, as a linear map
+that JAX transposes to itself), so ``jax.hessian`` and every composition of
+``jacfwd``, ``jacrev`` and ``grad`` give :func:`emdtree.emd_hessian` on this
+path as on the native one.
 
 The callback is vmapped with ``vmap_method="expand_dims"``: an argument that
 is not batched reaches NumPy with a size-1 batch axis instead of a copy per
@@ -15,10 +18,10 @@ batch element, and the kernels broadcast it.
 
 A second, native path computes the same numbers in JAX operations
 (:mod:`emdtree._jax_native`): it stays inside XLA, so it runs on GPUs and
-TPUs without a round trip to the host and shards with its inputs, and its
-gradient is itself differentiable (``jax.hessian``, ``jax.jvp`` of
-``jax.grad``). :func:`emd_loss` picks it for arrays on an accelerator or
-spread over several devices; on one CPU device the callback is faster.
+TPUs without a round trip to the host and shards with its inputs; its
+gradient is differentiable in the same way. :func:`emd_loss` picks it for
+arrays on an accelerator or spread over several devices; on one CPU device
+the callback is faster.
 """
 
 from __future__ import annotations
@@ -78,12 +81,50 @@ def _emd(p: jax.Array, q: jax.Array, token: int, rho: float, check: bool) -> jax
 def _emd_jvp(token, rho, check, primals, tangents):
     p, q = primals
     dp, dq = tangents
-    value, grad = _call(p, q, token, rho, check, want_grad=True)
+    value, grad = _value_grad(p, q, token, rho, check)
     # d EMD = <g, dp> - <g, dq> with the dirt-conserving gradient g (paper eq. 9-10)
     tangent = jnp.sum(grad * dp, axis=-1)
     if jnp.issubdtype(q.dtype, jnp.floating):
         tangent = tangent - jnp.sum(grad * dq, axis=-1)
     return value, tangent
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _value_grad(p: jax.Array, q: jax.Array, token: int, rho: float, check: bool):
+    """Value and dirt-conserving gradient from the kernels; the gradient's own tangent is
+    ``P H P (dp - dq)``, so that second derivatives work through the callback too."""
+    return _call(p, q, token, rho, check, want_grad=True)
+
+
+@_value_grad.defjvp
+def _value_grad_jvp(token, rho, check, primals, tangents):
+    p, q = primals
+    dp, dq = tangents
+    value, grad = _value_grad(p, q, token, rho, check)
+    direction = dp - dq if jnp.issubdtype(q.dtype, jnp.floating) else dp
+    d_value = jnp.sum(grad * direction, axis=-1)
+    ps, qs = jax.lax.stop_gradient(p), jax.lax.stop_gradient(q)
+    d_grad = _jax_native.hessian_times(lambda v: _call_hvp(ps, qs, v, token, rho), p, q, direction, rho)
+    return (value, grad), (d_value, d_grad)
+
+
+def _kernels_hvp(p: np.ndarray, q: np.ndarray, v: np.ndarray, tree: Tree | None, rho: float) -> np.ndarray:
+    """``P H P v`` for ``p``, ``v`` (..., n_bins) against ``q`` (..., n_bins) or labels (...), broadcast."""
+    p, q, v = np.asarray(p), np.asarray(q), np.asarray(v)
+    n_bins = p.shape[-1]
+    labels = _losses.is_labels(q.dtype)
+    batch = np.broadcast_shapes(p.shape[:-1], v.shape[:-1], q.shape if labels else q.shape[:-1])
+    p_rows = np.broadcast_to(p, batch + (n_bins,)).reshape(-1, n_bins)
+    v_rows = np.broadcast_to(v, batch + (n_bins,)).reshape(-1, n_bins).astype(p.dtype, copy=False)
+    q_rows = np.broadcast_to(q, batch if labels else batch + (n_bins,))
+    q_rows = q_rows.reshape(-1) if labels else q_rows.reshape(-1, n_bins)
+    return _losses.hvp(p_rows, q_rows, v_rows, tree, rho).reshape(batch + (n_bins,))
+
+
+def _call_hvp(p: jax.Array, q: jax.Array, v: jax.Array, token: int, rho: float) -> jax.Array:
+    fn = functools.partial(_kernels_hvp, tree=_losses.tree_of(token), rho=rho)
+    shape = jax.ShapeDtypeStruct(jnp.broadcast_shapes(p.shape, v.shape), p.dtype)
+    return jax.pure_callback(fn, shape, p, q, v, vmap_method="expand_dims")
 
 
 def emd_loss(
@@ -130,8 +171,8 @@ def emd_loss(
     implementation : {"auto", "native", "callback"}, default "auto"
         ``"callback"`` runs emdtree's CPU kernels through
         ``jax.pure_callback``; ``"native"`` runs JAX operations that stay
-        inside XLA (accelerators, sharded arrays, second derivatives:
-        ``jax.hessian`` gives :func:`emdtree.emd_hessian`). ``"auto"``
+        inside XLA (accelerators, sharded arrays). Both differentiate
+        twice: ``jax.hessian`` gives :func:`emdtree.emd_hessian`. ``"auto"``
         picks the native path for arrays on an accelerator or over several
         devices (inside a trace: when the default backend is not the CPU or
         there are several devices), the callback otherwise, where it is

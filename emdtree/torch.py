@@ -10,15 +10,22 @@ fake implementation and an autograd formula, so it runs eagerly and under
 ``torch.compile(fullgraph=True)``. Its backward is the dirt-conserving
 gradient (it sums to zero over the bins; with respect to a distribution target
 it is the negative), scaled by the upstream gradient of each sample. The
-gradient is itself differentiable, through the Hessian-vector product
-``H P v`` (op ``emdtree::emd_hvp``), so double backward and
-``torch.autograd.gradgradcheck`` work; third derivatives do not. The softmax
-and ``"l1"`` normalisation run as ordinary torch operations. Under
+gradient is itself differentiable: its derivative is ``P H P`` with
+``P = I - 11^T / n_bins``, :func:`emdtree.emd_hessian` (symmetric), applied
+through the Hessian-vector product ``P H P v`` (op ``emdtree::emd_hvp``) in
+forward and reverse mode alike, so double backward and
+``torch.autograd.gradgradcheck`` work. Third derivatives are zero for
+``rho = 2`` (constant Hessian) and ``rho = 1``, and raise for other
+exponents. The softmax and ``"l1"`` normalisation run as ordinary torch
+operations. Under
 ``torch.func`` transforms (``grad``, ``vmap(grad(...))`` for per-sample
 gradients, ``jacrev``, ``jacfwd``, ``hessian``), which do not run operators
 with a registered autograd formula, the same operators are called through a
 ``torch.autograd.Function`` with ``vmap`` and ``jvp`` rules
-(:mod:`emdtree._torch_func`).
+(:mod:`emdtree._torch_func`); ``hessian``, ``jacrev`` of ``jacrev`` and
+``jacrev`` of ``jacfwd`` give :func:`emdtree.emd_hessian`, while ``jacfwd``
+of ``jacfwd`` raises (PyTorch runs a ``jvp`` rule without the enclosing
+forward transform).
 
 CPU tensors are handed to the kernels without a copy. CUDA tensors go to
 :func:`emdtree.emd_value_and_grad` (and the Hessian-vector product of
@@ -38,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import _losses, _torch_func
+from ._torch_func import THIRD_DERIVATIVES, third_is_zero
 from ._tree import Tree
 
 __all__ = ["EMDLoss", "emd_loss"]
@@ -84,12 +92,12 @@ def _value_grad_op(
 
 @torch.library.custom_op("emdtree::emd_hvp", mutates_args=())
 def _hvp_op(input: Tensor, target: Tensor, v: Tensor, tree: int, rho: float) -> Tensor:
-    """``H P v`` of each row: the transposed Jacobian of the projected gradient."""
+    """``P H P v`` of each row: the derivative of the dirt-conserving gradient along ``v``."""
     if input.device.type != "cpu":
         from . import _dispatch
 
         q = _target_for_device(target, input.shape[-1], input.dtype)
-        return _dispatch.hvp(input, q, v, _losses.tree_of(tree), rho, -1, False, project_out=False)
+        return _dispatch.hvp(input, q, v, _losses.tree_of(tree), rho, -1, False)
     out = _losses.hvp(input.detach().numpy(), target.detach().numpy(), v.detach().numpy(), tree, rho)
     return torch.from_numpy(out)
 
@@ -127,7 +135,7 @@ def _value_grad_backward(ctx, d_value, d_grad):
     if d_value is not None:
         d_input = d_value.unsqueeze(-1) * grad
     if d_grad is not None:
-        # transposed Jacobian of the projected gradient P g: (P H)^T = H P
+        # the derivative of the gradient is P H P (symmetric), in either direction
         hvp = _hvp_op(input, target, d_grad, ctx.tree, ctx.rho)
         d_input = hvp if d_input is None else d_input + hvp
     d_target = None
@@ -147,11 +155,19 @@ def _value_backward(ctx, d_value):
 
 
 def _hvp_backward(ctx, d_out):
-    raise NotImplementedError("third derivatives of the EMD loss are not implemented")
+    # P H P is symmetric: the transposed Jacobian in v is the product itself
+    input, target = ctx.saved_tensors
+    if (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]) and not third_is_zero(ctx.rho):
+        raise NotImplementedError(THIRD_DERIVATIVES)
+    d_v = _hvp_op(input, target, d_out, ctx.tree, ctx.rho) if ctx.needs_input_grad[2] else None
+    return None, None, d_v, None, None
 
 
 def _hvp_setup(ctx, inputs, output):
-    pass
+    input, target, _, tree, rho = inputs
+    ctx.tree, ctx.rho = tree, rho
+    ctx.tree_object = _losses.tree_of(tree)
+    ctx.save_for_backward(input, target)
 
 
 _value_grad_op.register_autograd(_value_grad_backward, setup_context=_setup)

@@ -128,18 +128,19 @@ def test_gradcheck_and_gradgradcheck(case, rho):
     assert torch.autograd.gradgradcheck(labels, (x,))
 
 
-def _hessian_times_projected(p, q, parents, weights, bins, v, rho):
-    """``H P v`` with the unprojected Hessian ``H = A^T diag(h) A`` (paper eq. 12 for rho = 2)."""
+def _projected_hessian_times(p, q, parents, weights, bins, v, rho):
+    """``P H P v`` with ``H = A^T diag(h) A`` (paper eq. 12 for rho = 2) and ``P = I - 11^T / n``."""
     f = oracle.phi(p, q, parents, bins)
     A = oracle.subtree_bins(parents, bins).astype(float)
     h = np.array([0.0 if parents[i] == -1 else rho * (rho - 1) * weights[i] * abs(f[i]) ** (rho - 2)
                   for i in range(len(parents))])
-    return A.T @ (h * (A @ (v - v.mean())))
+    out = A.T @ (h * (A @ (v - v.mean())))
+    return out - out.mean()
 
 
 @pytest.mark.parametrize("rho", [1.5, 2.0])
 def test_double_backward_is_hessian_vector_product(case, rho):
-    # the gradient returned is P g, so its transposed Jacobian is (P H)^T = H P
+    # the derivative of the dirt-conserving gradient P g is P H P (symmetric) in reverse mode too
     parents, weights, bins, tree = case
     rng = np.random.default_rng(8)
     p = _dists(rng, (2, tree.n_bins)).requires_grad_()
@@ -148,21 +149,37 @@ def test_double_backward_is_hessian_vector_product(case, rho):
     (g,) = torch.autograd.grad(emd_loss(p, q, tree, rho, reduction="sum"), p, create_graph=True)
     hv_p, hv_q = torch.autograd.grad((g * v).sum(), (p, q))
     for r in range(2):
-        want = _hessian_times_projected(p[r].detach().numpy(), q[r].detach().numpy(), parents, weights,
+        want = _projected_hessian_times(p[r].detach().numpy(), q[r].detach().numpy(), parents, weights,
                                         bins, v[r].numpy(), rho)
         np.testing.assert_allclose(hv_p[r].numpy(), want, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(hv_q[r].numpy(), -want, rtol=1e-10, atol=1e-12)
     projected = emdtree.emd_hvp(p.detach().numpy(), q.detach().numpy(), v.numpy(), tree, rho)
-    np.testing.assert_allclose((hv_p - hv_p.mean(-1, keepdim=True)).numpy(), projected, atol=1e-12)
+    np.testing.assert_allclose(hv_p.numpy(), projected, rtol=1e-10, atol=1e-12)
 
 
 def test_third_derivative_raises(case):
     tree = case[3]
     p = _dists(np.random.default_rng(12), (2, tree.n_bins)).requires_grad_()
-    (g,) = torch.autograd.grad(emd_loss(p, torch.tensor([0, 1]), tree, reduction="sum"), p, create_graph=True)
+    (g,) = torch.autograd.grad(emd_loss(p, torch.tensor([0, 1]), tree, 1.5, reduction="sum"), p,
+                               create_graph=True)
     (h,) = torch.autograd.grad((g * g).sum(), p, create_graph=True)
     with pytest.raises(NotImplementedError, match="third derivatives"):
         torch.autograd.grad(h.sum(), p)
+
+
+def test_third_derivative_of_rho_two(case):
+    # the Hessian is constant: d/dp sum(P H P g) = P H P (P H P 1) = 0 since P 1 = 0; with g . v
+    # instead, the derivative of <P H P g, v> is P H P (P H P v)
+    tree = case[3]
+    rng = np.random.default_rng(13)
+    p = _dists(rng, (1, tree.n_bins)).requires_grad_()
+    v = torch.tensor(rng.standard_normal((1, tree.n_bins)))
+    (g,) = torch.autograd.grad(emd_loss(p, torch.tensor([2]), tree, reduction="sum"), p, create_graph=True)
+    (h,) = torch.autograd.grad((g * g).sum(), p, create_graph=True)
+    (third,) = torch.autograd.grad((h * v).sum(), p)
+    hvp = emdtree.emd_hvp(p.detach().numpy(), np.eye(tree.n_bins)[[2]], v.numpy(), tree)
+    hhvp = emdtree.emd_hvp(p.detach().numpy(), np.eye(tree.n_bins)[[2]], 2 * hvp, tree)
+    np.testing.assert_allclose(third.numpy(), hhvp, rtol=1e-10, atol=1e-12)
 
 
 def test_float32_against_float64():
