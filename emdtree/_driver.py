@@ -13,13 +13,14 @@ import os
 
 import numpy as np
 
-from . import _cold, _normalize, _tiers
+from . import _normalize, _tiers
 from ._inputs import Rows, check_label_stats, check_result, check_stats
 from ._kernels import chain, cpu, dense
 from ._kernels import rows as rows_kernel
-from ._layout import sweep_order
 from ._threads import parallel_launch, usable_threads
 from ._tree import Tree
+from .engine import backends, reference
+from .engine.plan import plan_of
 
 # Work (rows x nodes) from which the kernels run across Numba's threads. Measured
 # with benchmarks/bench_threads.py on a 2-core machine shared with other work:
@@ -51,39 +52,45 @@ def consts_of(rho: float, dtype: np.dtype) -> np.ndarray:
 
 
 def kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
-    """Layout arrays in the kernels' argument order, converted once per dtype."""
-    cache = tree.__dict__.setdefault("_kernel_arrays", {})
-    key = np.dtype(dtype).str
-    if key not in cache:
-        lay = tree.layout
-        big = lay.weight.max(initial=0.0)
-        if big > np.finfo(dtype).max:
-            raise ValueError(
-                f"the tree has an edge cost of {big:g}, beyond the {np.dtype(dtype).name} range: "
-                "pass float64 masses"
-            )
-        cache[key] = (
-            lay.parent,
-            np.ascontiguousarray(lay.weight, dtype=dtype),
-            lay.bin_position,
-            np.flatnonzero(lay.bin_at < 0).astype(np.int64),
-            np.ascontiguousarray(lay.bins_below, dtype=dtype),
-        )
-    return cache[key]
+    """Layout arrays in the kernels' argument order, converted once per dtype (the tree's plan)."""
+    return plan_of(tree).kernel_arrays(dtype)
 
 
 def sweep_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     """``(parent, weight, bin_position, non_bin)`` of the tree's
     :class:`~emdtree._layout.SweepOrder` for the value-and-gradient kernels,
-    converted once per dtype."""
-    cache = tree.__dict__.setdefault("_sweep_arrays", {})
-    key = np.dtype(dtype).str
-    if key not in cache:
-        kernel_arrays(tree, dtype)  # checks the edge costs against the dtype's range
-        order = sweep_order(tree.layout)
-        cache[key] = (order.parent, np.ascontiguousarray(order.weight, dtype=dtype), order.bin_position,
-                      order.non_bin)
-    return cache[key]
+    converted once per dtype (the tree's plan)."""
+    return plan_of(tree).sweep_arrays(dtype)
+
+
+def numpy_value_grad(
+    rows: Rows, rho: float, want_grad: bool, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The NumPy pass, for kernels not compiled yet (:mod:`emdtree._tiers` decides).
+
+    The reference math (:mod:`emdtree.engine.reference`) in NumPy and SciPy,
+    summed in float64 and rounded once to the working dtype, so the results
+    agree with the kernels to the working dtype's rounding. Returns, as the
+    fused kernel: EMD^rho per row, the flat projected gradient (or an empty
+    array), the float64 row totals (rows, 2) and the least entry, (1,).
+    """
+    (p, q), n_rows = rows.arrays, rows.n_rows
+    dtype = rows.dtype
+    p64 = np.broadcast_to(p.astype(np.float64), (n_rows, p.shape[1]))
+    q64 = np.broadcast_to(q.astype(np.float64), (n_rows, q.shape[1]))
+    totals = np.empty((n_rows, 2), dtype=np.float64)
+    totals[:, 0] = p64.sum(axis=1)
+    totals[:, 1] = q64.sum(axis=1)
+    low = np.array([min(p.min(initial=np.inf), q.min(initial=np.inf))], dtype=np.float64)
+    d = np.ascontiguousarray((p64 - q64).T)  # node-major: (n_bins, rows)
+    if labels.shape[0]:
+        d[labels, np.arange(n_rows)] -= 1.0
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
+        value, grad = reference.value_grad(backends.numpy_ops, d, plan_of(rows.tree), rho, want_grad)
+    value = value.astype(dtype)
+    if grad is None:
+        return value, np.empty(0, dtype=dtype), totals, low
+    return value, np.ascontiguousarray(grad.T, dtype=dtype).reshape(-1), totals, low
 
 
 def launch(serial, parallel, rows: Rows, *args) -> None:
@@ -127,9 +134,10 @@ def value_grad(
     n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
     kernel = (chain.chain_value_grad_serial if chain_kernel else cpu.value_grad_serial if n_blocked
               else rows_kernel.value_grad_rows)
-    if n_rows and _tiers.use_numpy(kernel, n_rows * rows.tree.n_nodes) and _cold.suits(rows.tree):
+    if (n_rows and _tiers.use_numpy(kernel, n_rows * rows.tree.n_nodes)
+            and plan_of(rows.tree).suits_numpy_pass()):
         with _tiers.timed(kernel):
-            value, grad, totals, low = _cold.value_grad(rows, rho, want_grad, labels)
+            value, grad, totals, low = numpy_value_grad(rows, rho, want_grad, labels)
     elif chain_kernel:
         low = np.empty(n_rows, dtype=np.float64)
         launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,

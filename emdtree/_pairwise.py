@@ -32,7 +32,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from . import _cold, _driver, _tiers
+from . import _driver, _tiers
 from ._inputs import check_rho, reject_masked, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
@@ -40,6 +40,8 @@ from ._kernels.checks import row_totals
 from ._normalize import check_normalize, softmax
 from ._threads import parallel_launch, usable_threads
 from ._tree import Tree
+from .engine import backends, reference
+from .engine.plan import plan_of
 
 __all__ = ["pairwise"]
 
@@ -139,7 +141,7 @@ class _Rows:
                     _check_logits(rows, name, r0, axis)
                 rows = softmax(np, rows)
                 rows.flags.writeable = False
-            bad = (_cold.row_totals if cold else row_totals)(rows, totals)
+            bad = (_numpy_row_totals if cold else row_totals)(rows, totals)
             if check and bad >= 0:
                 r, k = divmod(bad, rows.shape[1])
                 value = rows[r, k]
@@ -161,7 +163,7 @@ class _Rows:
                 rows.flags.writeable = False
             x = self.x[r0:r1]
             if n_cols and cold:
-                _cold.phi_columns(tree, rows, positions, x)
+                _numpy_phi_columns(tree, rows, positions, x)
             elif n_cols:
                 cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
                                positions, x.reshape(-1))
@@ -386,7 +388,7 @@ def pairwise(
     n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
     # before the kernels are compiled or cached, small matrices are computed with NumPy and SciPy
     work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
-    cold = _tiers.use_numpy(kernels.pair_sums_serial, work, _COLD_MAX_WORK) and _cold.suits(tree)
+    cold = _tiers.use_numpy(kernels.pair_sums_serial, work, _COLD_MAX_WORK) and plan_of(tree).suits_numpy_pass()
     with _tiers.timed(kernels.pair_sums_serial) if cold else contextlib.nullcontext():
         return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block,
                       condensed, n_threads, cold)
@@ -428,7 +430,7 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
     if out.size and n_cols and cold:
-        _cold.pair_sums(a, None if ys is None else b, rho, condensed, out)
+        _scipy_pair_sums(a, None if ys is None else b, rho, condensed, out)
     elif out.size and n_cols and use_gram:
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
             _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
@@ -516,3 +518,50 @@ def _gram_pairs(a: np.ndarray, b: np.ndarray, square: bool, kind: int, out: np.n
                 square_out[i + 1:, i] = row
             else:
                 out[starts[i]:starts[i] + row.size] = row
+
+
+# ----------------------------------------------------------------------------- NumPy and SciPy
+# Before the kernels are compiled or cached, small matrices are computed with these.
+
+
+def _numpy_row_totals(x: np.ndarray, totals: np.ndarray) -> int:
+    """:func:`emdtree._kernels.checks.row_totals` in NumPy: the same return value and totals."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~((x >= 0) & (x < np.inf))
+        if bad.any():
+            return int(np.flatnonzero(bad.reshape(-1))[0])
+        totals[:] = x.sum(axis=1, dtype=np.float64)
+    return -1 if np.isfinite(totals).all() else -2
+
+
+def _numpy_phi_columns(tree: Tree, x: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
+    """phi of the rows of ``x`` (rows, n_bins) at the layout ``positions``, into ``out`` (rows, positions),
+    with the reference math in float64."""
+    plan = plan_of(tree)
+    d = np.ascontiguousarray(x.T, dtype=np.float64)
+    source = plan.node_major.position_source[positions]
+    out[:] = reference.phi(backends.numpy_ops, d, plan, source).T
+
+
+def _scipy_pair_sums(a: np.ndarray, b: np.ndarray | None, rho: float, condensed: bool, out: np.ndarray) -> None:
+    """``sum_k |a_ik - b_jk|^rho`` for all pairs with SciPy, summed in float64, into ``out``.
+
+    ``b`` None: the pairs of ``a`` with itself, as a condensed vector or a flat
+    square matrix (exactly symmetric, zero diagonal), as ``out`` is sized.
+    """
+    from scipy.spatial import distance
+
+    metric, kwargs = ("cityblock", {}) if rho == 1.0 else ("sqeuclidean", {}) if rho == 2.0 else \
+        ("minkowski", {"p": rho})
+    a = a.astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
+        if b is None:
+            d = distance.pdist(a, metric, **kwargs)
+            if metric == "minkowski":
+                d **= rho
+            out[:] = d if condensed else distance.squareform(d, checks=False).reshape(-1)
+        else:
+            d = distance.cdist(a, b.astype(np.float64, copy=False), metric, **kwargs)
+            if metric == "minkowski":
+                d **= rho
+            out[:] = d.reshape(-1)

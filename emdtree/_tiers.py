@@ -3,7 +3,7 @@
 A new process whose Numba cache does not hold the value-and-gradient kernel
 (or the all-pairs kernels) would pay its compilation (about 3 s, or 6 s, on a
 2-core machine) on the first call, for work that takes milliseconds. Such
-calls run the NumPy and SciPy code of :mod:`emdtree._cold` instead, while
+calls run the NumPy pass (:func:`emdtree._driver.numpy_value_grad`) instead, while
 the time they take adds up; once it reaches a budget (``EMDTREE_JIT_BUDGET``
 seconds, default 1), or when a call is large, the next call compiles the
 kernel, which Numba then caches on disk for later processes. A kernel
