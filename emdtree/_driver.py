@@ -82,7 +82,7 @@ def numpy_value_grad(
     totals[:, 0] = p64.sum(axis=1)
     totals[:, 1] = q64.sum(axis=1)
     low = np.array([min(p.min(initial=np.inf), q.min(initial=np.inf))], dtype=np.float64)
-    d = np.ascontiguousarray((p64 - q64).T)  # node-major: (n_bins, rows)
+    d = (p64 - q64).T  # node-major, (n_bins, rows), Fortran-ordered: each row's bins together
     if labels.shape[0]:
         d[labels, np.arange(n_rows)] -= 1.0
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check

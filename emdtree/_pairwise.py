@@ -538,7 +538,7 @@ def _numpy_phi_columns(tree: Tree, x: np.ndarray, positions: np.ndarray, out: np
     """phi of the rows of ``x`` (rows, n_bins) at the layout ``positions``, into ``out`` (rows, positions),
     with the reference math in float64."""
     plan = plan_of(tree)
-    d = np.ascontiguousarray(x.T, dtype=np.float64)
+    d = x.astype(np.float64).T  # Fortran-ordered (emdtree.engine.backends._cumsum0)
     source = plan.node_major.position_source[positions]
     out[:] = reference.phi(backends.numpy_ops, d, plan, source).T
 

@@ -49,7 +49,11 @@ class NodeMajor(NamedTuple):
     up: np.ndarray  # (n_bins,) inner index of each bin's parent (a leaf) or of its own node (inner)
     tables: tuple[np.ndarray, ...]  # doubling tables a_0 .. a_{T-1} of the inner tree, each (n_inner,)
     inner_parent: np.ndarray  # (n_inner,) inner index of each inner position's parent, -1 at the root
-    bin_weight: np.ndarray  # (n_bins, 1) float64 cost of each leaf bin's edge; 0 for inner bins
+    # The *bin rows*: every bin, or, where at most half the bins are leaves (a chain, bins
+    # on inner nodes), the leaf bins only, so that no work is spent on the other bins.
+    leaf_bins: np.ndarray | None  # (n_leaf,) the leaf bins, or None: the bin rows are all bins
+    leaf_slot: np.ndarray | None  # (n_bins,) row of [bin rows; 0] of each bin (n_leaf for inner bins)
+    bin_weight: np.ndarray  # (bin rows, 1) float64 cost of each leaf bin's edge; 0 for inner bins
     inner_weight: np.ndarray  # (n_inner - 1, 1) float64 edge costs of the non-root inner positions
     bin_curv_weight: np.ndarray  # the same, 0 on edges with all bins (or none) below
     inner_curv_weight: np.ndarray
@@ -69,6 +73,7 @@ class NumpySums(NamedTuple):
 
     gather: Any
     inner: Any | None
+    inner_t: Any | None  # its transpose, as CSR
 
 
 def doubling(parent: np.ndarray, depth: int) -> list[np.ndarray]:
@@ -181,14 +186,25 @@ class TreePlan:
         source = np.where(is_leaf, 0, n_bins + inner_index)
         source[is_leaf] = lay.bin_at[is_leaf]
         idx = np.int32 if n + n_bins < 2**31 else np.int64
+        leaf_bins = leaf_slot = None
+        bin_weight = np.where(leaf_bin, weight[node], 0.0)[:, None]
+        bin_curv = np.where(leaf_bin, curv[node], 0.0)[:, None]
+        if 2 * int(leaf_bin.sum()) <= n_bins:
+            leaf_bins = np.flatnonzero(leaf_bin)
+            leaf_slot = np.full(n_bins, leaf_bins.size, dtype=np.int64)
+            leaf_slot[leaf_bins] = np.arange(leaf_bins.size)
+            bin_weight, bin_curv = bin_weight[leaf_bins], bin_curv[leaf_bins]
+            leaf_bins, leaf_slot = leaf_bins.astype(idx), leaf_slot.astype(idx)
         return NodeMajor(
             n_inner=int(inner.size),
             up=up.astype(idx),
             tables=tuple(t.astype(idx) for t in tables),
             inner_parent=inner_parent.astype(idx),
-            bin_weight=np.where(leaf_bin, weight[node], 0.0)[:, None],
+            leaf_bins=leaf_bins,
+            leaf_slot=leaf_slot,
+            bin_weight=bin_weight,
             inner_weight=weight[inner][:-1, None],
-            bin_curv_weight=np.where(leaf_bin, curv[node], 0.0)[:, None],
+            bin_curv_weight=bin_curv,
             inner_curv_weight=curv[inner][:-1, None],
             node_source=source[lay.position].astype(idx),
             position_source=source.astype(idx),
@@ -208,7 +224,7 @@ class TreePlan:
         gather = scipy.sparse.csr_matrix((ones, (nm.up, np.arange(n_bins))), shape=(n_inner, n_bins))
         parent = nm.inner_parent.astype(np.int64)
         if np.array_equal(parent[:-1], np.arange(1, n_inner)):
-            return NumpySums(gather, None)
+            return NumpySums(gather, None, None)
         rows, cols = [], []
         at = np.arange(n_inner, dtype=np.int64)
         j = at
@@ -220,7 +236,7 @@ class TreePlan:
             at, j = up[keep], j[keep]
         rows, cols = np.concatenate(rows), np.concatenate(cols)
         inner = scipy.sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_inner, n_inner))
-        return NumpySums(gather, inner)
+        return NumpySums(gather, inner, inner.T.tocsr())
 
     def suits_numpy_pass(self) -> bool:
         """Whether the NumPy pass is cheap here: a chain, or a tree of moderate depth

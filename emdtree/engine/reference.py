@@ -72,7 +72,8 @@ class Ops(NamedTuple):
     segments: Callable[[TreePlan, str, Any], Any]
     # (x (n_bins, rows), plan) -> subtree sums at every inner position, (n_inner, rows)
     subtree: Callable[[Any, TreePlan], Any] | None = None
-    # (s (n_inner, rows), plan) -> sums of s over the ancestors-or-self of every inner position
+    # (s (n_inner, rows), plan) -> sums of s over the ancestors-or-self of every inner position;
+    # may overwrite s
     ancestors: Callable[[Any, TreePlan], Any] | None = None
 
 
@@ -88,17 +89,28 @@ def _subtree(ops: Ops, d: Any, plan: TreePlan) -> Any:
     return x
 
 
+def _bin_rows(ops: Ops, x: Any, plan: TreePlan) -> Any:
+    """The bin rows of ``x`` (n_bins, rows): all of them, or the leaf bins only
+    (:class:`~emdtree.engine.plan.NodeMajor`), where the bins' own edges are."""
+    if plan.node_major.leaf_bins is None:
+        return x
+    return ops.take(x, ops.index(plan, "leaf_bins", x))
+
+
 def _ancestors(ops: Ops, at_bins: Any, inner: Any, plan: TreePlan) -> tuple[Any, Any]:
     """Sums over the ancestors-or-self of every bin, (n_bins, rows), of values at the
-    leaf bins, (n_bins, rows) (0 at inner bins), and at the non-root inner positions,
-    (n_inner - 1, rows); and the sums at every inner position, (n_inner, rows)."""
+    bin rows (0 at inner bins) and at the non-root inner positions, (n_inner - 1, rows);
+    and the sums at every inner position, (n_inner, rows)."""
     s = ops.zero_row(inner)  # the root, last, adds nothing and ends every path
     if ops.ancestors is not None:
         s = ops.ancestors(s, plan)
     else:
         for a in ops.index(plan, "tables", s):
             s = s + ops.take(s, a)
-    return at_bins + ops.take(s, ops.index(plan, "up", s)), s
+    above = ops.take(s, ops.index(plan, "up", s))
+    if plan.node_major.leaf_bins is None:
+        return at_bins + above, s
+    return above + ops.take(ops.zero_row(at_bins), ops.index(plan, "leaf_slot", s)), s
 
 
 def _edges(ops: Ops, f: Any, w: Any, rho: float) -> tuple[Any, Any]:
@@ -139,7 +151,7 @@ def value_grad(ops: Ops, d: Any, plan: TreePlan, rho: float, want_grad: bool) ->
     """
     nm = plan.node_major
     inner = _subtree(ops, d, plan)[:-1, ...]
-    value_b, slope_b = _edges(ops, d, ops.constant(nm.bin_weight, d), rho)
+    value_b, slope_b = _edges(ops, _bin_rows(ops, d, plan), ops.constant(nm.bin_weight, d), rho)
     value_i, slope_i = _edges(ops, inner, ops.constant(nm.inner_weight, d), rho)
     value = value_b + value_i
     if not want_grad:
@@ -187,9 +199,9 @@ def hvp(ops: Ops, d: Any, v: Any, plan: TreePlan, rho: float, project_out: bool 
     psi_i = _subtree(ops, psi_b, plan)[:-1, ...]
     cw_b, cw_i = ops.constant(nm.bin_curv_weight, v), ops.constant(nm.inner_curv_weight, v)
     if rho == 2.0:
-        t_b, t_i = (cw_b + cw_b) * psi_b, (cw_i + cw_i) * psi_i
+        t_b, t_i = (cw_b + cw_b) * _bin_rows(ops, psi_b, plan), (cw_i + cw_i) * psi_i
     else:
-        t_b = _curvature_times(ops, psi_b, d, cw_b, rho)
+        t_b = _curvature_times(ops, _bin_rows(ops, psi_b, plan), _bin_rows(ops, d, plan), cw_b, rho)
         t_i = _curvature_times(ops, psi_i, _subtree(ops, d, plan)[:-1, ...], cw_i, rho)
     out, _ = _ancestors(ops, t_b, t_i, plan)
     return out - ops.mean0(out) if project_out else out
@@ -212,7 +224,7 @@ def hessian(ops: Ops, d: Any, plan: TreePlan, rho: float) -> Any:
     elif rho == 2.0:
         h_b, h_i = cw_b + cw_b, cw_i + cw_i
     else:
-        h_b = _curvature(ops, d, cw_b, rho)
+        h_b = _curvature(ops, _bin_rows(ops, d, plan), cw_b, rho)
         h_i = _curvature(ops, _subtree(ops, d, plan)[:-1, ...], cw_i, rho)
     at_bins, s = _ancestors(ops, h_b, h_i, plan)
     every = ops.concat0([at_bins, s])
