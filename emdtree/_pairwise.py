@@ -388,7 +388,8 @@ def pairwise(
     n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
     # before the kernels are compiled or cached, small matrices are computed with NumPy and SciPy
     work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
-    cold = _tiers.use_numpy(kernels.pair_sums_serial, work, _COLD_MAX_WORK) and plan_of(tree).suits_numpy_pass()
+    cold = (_tiers.use_numpy(kernels.pair_sums_serial, work, _COLD_MAX_WORK)
+            and plan_of(tree).suits_numpy_pass())
     with _tiers.timed(kernels.pair_sums_serial) if cold else contextlib.nullcontext():
         return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block,
                       condensed, n_threads, cold)
@@ -543,7 +544,8 @@ def _numpy_phi_columns(tree: Tree, x: np.ndarray, positions: np.ndarray, out: np
     out[:] = reference.phi(backends.numpy_ops, d, plan, source).T
 
 
-def _scipy_pair_sums(a: np.ndarray, b: np.ndarray | None, rho: float, condensed: bool, out: np.ndarray) -> None:
+def _scipy_pair_sums(a: np.ndarray, b: np.ndarray | None, rho: float, condensed: bool,
+                     out: np.ndarray) -> None:
     """``sum_k |a_ik - b_jk|^rho`` for all pairs with SciPy, summed in float64, into ``out``.
 
     ``b`` None: the pairs of ``a`` with itself, as a condensed vector or a flat

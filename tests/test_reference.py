@@ -322,7 +322,10 @@ def test_jax_grad_is_the_projected_gradient(jax_dtype, case):
     def both(p, q):
         out = {}
         for rho in RHOS:
-            auto = jax.grad(lambda a, rho=rho: jnp.sum(backends.value_grad_rows(jnp, a, q, tree, rho, False)[0]))(p)
+            def total(a, rho=rho):
+                return jnp.sum(backends.value_grad_rows(jnp, a, q, tree, rho, False)[0])
+
+            auto = jax.grad(total)(p)
             out[f"{rho} auto"] = auto - jnp.mean(auto, axis=1, keepdims=True)
             out[f"{rho} grad"] = backends.value_grad_rows(jnp, p, q, tree, rho, True)[1]
         return out
@@ -344,7 +347,10 @@ def test_hvp_is_the_vjp_of_the_gradient(jax_dtype):
     def both(p, q, v):
         out = {}
         for rho in (2.0, 3.0):
-            _, pullback = jax.vjp(lambda a, rho=rho: backends.value_grad_rows(jnp, a, q, tree, rho, True)[1], p)
+            def grad_of(a, rho=rho):
+                return backends.value_grad_rows(jnp, a, q, tree, rho, True)[1]
+
+            _, pullback = jax.vjp(grad_of, p)
             (out[f"{rho} vjp"],) = pullback(v)
             out[f"{rho} hvp"] = backends.hvp_rows(jnp, p, q, v, tree, rho, False)
         return out
