@@ -161,7 +161,8 @@ def run(args, out: TextIO) -> None:
     # 3. Speed of the loss: value and gradient of EMD^2 for the batch in float32.
     import numba
 
-    from emdtree import _cold, _tiers
+    from emdtree import _tiers
+    from emdtree.engine.plan import plan_of
 
     p32, q32 = p_good.astype(np.float32), targets.astype(np.float32)
     emdtree.emd_value_and_grad(p32, q32, tree, rho=2)  # not timed: may load or compile the kernel
@@ -173,7 +174,7 @@ def run(args, out: TextIO) -> None:
         times.append(time.perf_counter() - t0)
     ms = np.median(times) * 1e3
     print(f"EMD^2 value and gradient for the batch of {m} (float32): {ms:.2f} ms", file=out)
-    if not (_tiers.would_use_numpy(m * tree.n_nodes) and _cold.suits(tree)):
+    if not (_tiers.would_use_numpy(m * tree.n_nodes) and plan_of(tree).suits_numpy_pass()):
         threads = numba.get_num_threads()
         print(f"(median of {len(times)} calls, compiled kernel, up to {threads} Numba threads).", file=out)
     else:

@@ -35,6 +35,7 @@ import numpy as np
 from numba import cuda
 
 from ._driver import kernel_arrays, mode_of
+from .engine.plan import plan_of
 from ._inputs import check_rho
 from ._kernels import cuda as kernels
 from ._tree import Tree
@@ -118,18 +119,18 @@ def tree_arrays(tree: Tree, dtype: Any) -> TreeArrays:
         If an edge cost is beyond the dtype's range (as the CPU kernels).
     """
     dtype = np.dtype(dtype)
-    cache = tree.__dict__.setdefault("_cuda_arrays", {})
-    key = (dtype.str, _device_key())
-    if key not in cache:
+
+    def build() -> TreeArrays:
         _, weight, _, _, below = kernel_arrays(tree, dtype)
-        cache[key] = TreeArrays(
+        return TreeArrays(
             tree.n_nodes,
             tree.n_bins,
             cuda.to_device(tree_index(tree)),
             cuda.to_device(np.ascontiguousarray(weight, dtype=dtype)),
             cuda.to_device(np.ascontiguousarray(below, dtype=np.float64)),
         )
-    return cache[key]
+
+    return plan_of(tree).converted(("cuda", dtype.str, _device_key()), build)
 
 
 def _rows(tree: Tree, named: dict[str, Any]) -> tuple[np.dtype, int, list[int]]:

@@ -10,8 +10,10 @@ comes here and is answered in the caller's own library, dtype and device:
   tensors, Numba device arrays) run in the numba-cuda kernels of
   :mod:`emdtree._cuda`, on the caller's current stream;
 - any other Array-API namespace (JAX, array-api-strict, ...) and GPU arrays
-  without numba-cuda run in :mod:`emdtree._xp`, written with Array-API
-  functions only, so that ``jax.jit`` can trace it.
+  without numba-cuda run in the reference math (:mod:`emdtree.engine.reference`),
+  written with Array-API functions and a small table of each library's segment
+  sums and gathers (:mod:`emdtree.engine.backends`), so that ``jax.jit`` can
+  trace it.
 
 Inputs are checked here with a few reductions on the caller's device and a
 single transfer of flags to the host; only when something is wrong are the
@@ -31,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _normalize
+from .engine import backends
 from ._inputs import check_rho, flatten, prepare, resolve_shape, resolve_tree
 from ._tree import Tree
 
@@ -347,9 +350,7 @@ def value_grad(
     if cuda is not None:
         value, grad = _run_cuda(cuda, "value_grad", f, rho, want_grad)
     else:
-        from . import _xp
-
-        value, grad = _xp.value_grad(f.xp, *f.arrays, f.tree, rho, want_grad)
+        value, grad = backends.value_grad_rows(f.xp, *f.arrays, f.tree, rho, want_grad)
     value = _restore_scalar(f, value)
     if not want_grad:
         return value
@@ -366,9 +367,7 @@ def phi(p: Any, q: Any, tree: Tree | None, axis: int, normalize: str | None, che
     if cuda is not None:
         out = _run_cuda(cuda, "phi", f)
     else:
-        from . import _xp
-
-        out = _xp.phi(f.xp, *f.arrays, f.tree)
+        out = backends.phi_rows(f.xp, *f.arrays, f.tree)
     return _restore_bins(f, out)
 
 
@@ -384,9 +383,7 @@ def hvp(p: Any, q: Any, v: Any, tree: Tree | None, rho: float, axis: int, check:
     if cuda is not None:
         out = _run_cuda(cuda, "hvp", f, rho, project_out)
     else:
-        from . import _xp
-
-        out = _xp.hvp(f.xp, *f.arrays, f.tree, rho, project_out)
+        out = backends.hvp_rows(f.xp, *f.arrays, f.tree, rho, project_out)
     return _restore_bins(f, out)
 
 
@@ -399,10 +396,8 @@ def _normalized_hvp(f: Foreign, cuda: Any, rho: float) -> Any:
         g = _run_cuda(cuda, "value_grad", f._replace(arrays=(a, q)), rho, True)[1]
         hw = _run_cuda(cuda, "hvp", f._replace(arrays=(a, q, _contiguous(xp, w))), rho, True)
     else:
-        from . import _xp
-
-        g = _xp.value_grad(xp, a, q, f.tree, rho, True)[1]
-        hw = _xp.hvp(xp, a, q, w, f.tree, rho, True)
+        g = backends.value_grad_rows(xp, a, q, f.tree, rho, True)[1]
+        hw = backends.hvp_rows(xp, a, q, w, f.tree, rho, True)
     return _normalize.hvp(xp, f.normalize, hw, v, g, a, f.totals[0])
 
 
@@ -411,11 +406,9 @@ def hessian(p: Any, q: Any, tree: Tree | None, rho: float, axis: int, check: boo
     arrays = {"p": p, "q": q}
     rho = check_rho(rho)
     f = prepare_foreign(arrays, tree, axis, check, normalize)
-    from . import _xp
-
-    out = _xp.hessian(f.xp, *f.arrays, f.tree, rho)
+    out = backends.hessian_rows(f.xp, *f.arrays, f.tree, rho)
     if normalize is not None:
-        g = _xp.value_grad(f.xp, *f.arrays, f.tree, rho, True)[1]
+        g = backends.value_grad_rows(f.xp, *f.arrays, f.tree, rho, True)[1]
         out = _normalize.hessian(f.xp, normalize, out, g, f.arrays[0], f.totals[0])
     n = f.tree.n_bins
     return f.xp.reshape(out, f.batch_shape + (n, n))

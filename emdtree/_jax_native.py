@@ -3,7 +3,7 @@
 The path of :func:`emdtree.jax.emd_loss` that stays inside XLA: no host
 callback, so it runs on GPUs and TPUs without a copy to the host, shards
 with its inputs, and differentiates twice. The math is
-:mod:`emdtree._native_math` (gathers and segment sums over the post-order
+:mod:`emdtree.engine.reference` (gathers and segment sums over the post-order
 layout); the derivatives are ``jax.custom_jvp`` rules, not automatic
 differentiation of those operations:
 
@@ -23,8 +23,10 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from . import _native_math as nm
 from ._tree import Tree
+from .engine import reference as nm
+from .engine.backends import jax_ops
+from .engine.plan import plan_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import jax
@@ -44,24 +46,7 @@ def _native() -> _Native:
     import jax
     import jax.numpy as jnp
 
-    def zeros(x, n):
-        # zeros of n rows like those of x, with its sharding: with explicitly
-        # sharded batches, a fresh unsharded array would not combine with x
-        if x.shape[0] == 0:
-            return jnp.zeros((n,) + x.shape[1:], x.dtype)
-        return jnp.broadcast_to(jnp.zeros_like(x[:1]), (n,) + x.shape[1:])
-
-    ops = nm.Ops(
-        take=lambda x, idx: jnp.take(x, idx, axis=0),
-        segment_sum=lambda x, idx, n: zeros(x, n).at[idx].add(x),
-        zero_row=lambda x: jnp.concatenate([x, zeros(x, 1)], axis=0),
-        sum0=lambda x: jnp.sum(x, axis=0),
-        mean0=lambda x: jnp.mean(x, axis=0, keepdims=True),
-        abs=jnp.abs,
-        sign=jnp.sign,
-        where=jnp.where,
-        constant=lambda a, like: jnp.asarray(a, dtype=like.dtype),
-    )
+    ops = jax_ops()
 
     def difference(p, q):
         """``p - q`` node-major, (n_bins, rows); integer ``q`` holds class indices."""
@@ -73,7 +58,7 @@ def _native() -> _Native:
     @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
     def value_grad(p, q, tree, rho):
         """Value (rows,) and dirt-conserving gradient (rows, n_bins) of 2-D ``p`` against ``q``."""
-        value, grad = nm.value_grad(ops, difference(p, q), nm.plan(tree), rho, want_grad=True)
+        value, grad = nm.value_grad(ops, difference(p, q), plan_of(tree), rho, want_grad=True)
         return value, grad.T
 
     @value_grad.defjvp
@@ -84,7 +69,7 @@ def _native() -> _Native:
         direction = dp if not jnp.issubdtype(q.dtype, jnp.floating) else dp - dq
         d_value = jnp.sum(grad * direction, axis=-1)
         d = difference(jax.lax.stop_gradient(p), jax.lax.stop_gradient(q))
-        pl = nm.plan(tree)
+        pl = plan_of(tree)
         d_grad = hessian_times(lambda v: nm.hvp(ops, d, v.T, pl, rho).T, p, q, direction, rho)
         return (value, grad), (d_value, d_grad)
 

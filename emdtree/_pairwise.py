@@ -31,7 +31,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from . import _cold, _driver, _tiers
+from . import _driver, _tiers
 from ._inputs import check_rho, reject_masked, working_dtype
 from ._kernels import cpu
 from ._kernels import pairwise as kernels
@@ -39,6 +39,7 @@ from ._normalize import check_normalize
 from ._threads import parallel_launch, usable_threads
 from ._pairwise_rows import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ._tree import Tree
+from .engine.plan import plan_of
 
 __all__ = ["pairwise"]
 
@@ -240,7 +241,7 @@ def pairwise(
     n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
     # small matrices are computed with NumPy and SciPy, whatever is compiled (emdtree._tiers)
     work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
-    cold = _tiers.use_numpy(work, _COLD_MAX_WORK, counted=False) and _cold.suits(tree)
+    cold = _tiers.use_numpy(work, _COLD_MAX_WORK, counted=False) and plan_of(tree).suits_numpy_pass()
     return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
                   n_threads, cold)
 
@@ -281,7 +282,7 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
     if out.size and n_cols and cold:
-        _cold.pair_sums(a, None if ys is None else b, rho, condensed, out)
+        _scipy_pair_sums(a, None if ys is None else b, rho, condensed, out)
     elif out.size and n_cols and use_gram:
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
             _gram_pairs(a, b, ys is None, kind, out, tau, block, n_threads)
@@ -374,3 +375,32 @@ def _gram_pairs(a: np.ndarray, b: np.ndarray, square: bool, kind: int, out: np.n
                 square_out[i + 1:, i] = row
             else:
                 out[starts[i]:starts[i] + row.size] = row
+
+
+# ----------------------------------------------------------------------------- SciPy
+# Small matrices are computed with SciPy (emdtree._tiers).
+
+
+def _scipy_pair_sums(a: np.ndarray, b: np.ndarray | None, rho: float, condensed: bool,
+                     out: np.ndarray) -> None:
+    """``sum_k |a_ik - b_jk|^rho`` for all pairs with SciPy, summed in float64, into ``out``.
+
+    ``b`` None: the pairs of ``a`` with itself, as a condensed vector or a flat
+    square matrix (exactly symmetric, zero diagonal), as ``out`` is sized.
+    """
+    from scipy.spatial import distance
+
+    metric, kwargs = ("cityblock", {}) if rho == 1.0 else ("sqeuclidean", {}) if rho == 2.0 else \
+        ("minkowski", {"p": rho})
+    a = a.astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
+        if b is None:
+            d = distance.pdist(a, metric, **kwargs)
+            if metric == "minkowski":
+                d **= rho
+            out[:] = d if condensed else distance.squareform(d, checks=False).reshape(-1)
+        else:
+            d = distance.cdist(a, b.astype(np.float64, copy=False), metric, **kwargs)
+            if metric == "minkowski":
+                d **= rho
+            out[:] = d.reshape(-1)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _cold
 from ._kernels import cpu
 from ._kernels.checks import row_totals
 from ._normalize import softmax
 from ._tree import Tree
+from .engine import backends, reference
+from .engine.plan import plan_of
 
 # For rho = 1 in float64 the kernel forms S_i + S_j - 2 sum_k min(x_ik, x_jk), whose
 # rounding error is below ~200 eps (S_i + S_j) (chunked sums of CHUNK / 4 terms per
@@ -87,7 +88,7 @@ class _Rows:
                     _check_logits(rows, name, r0, axis)
                 rows = softmax(np, rows)
                 rows.flags.writeable = False
-            bad = (_cold.row_totals if cold else row_totals)(rows, totals)
+            bad = (_numpy_row_totals if cold else row_totals)(rows, totals)
             if check and bad >= 0:
                 r, k = divmod(bad, rows.shape[1])
                 value = rows[r, k]
@@ -112,7 +113,7 @@ class _Rows:
                 rows.flags.writeable = False
             x = self.x[r0:r1]
             if n_cols and cold:
-                _cold.phi_columns(tree, rows, positions, x)
+                _numpy_phi_columns(tree, rows, positions, x)
             elif n_cols:
                 cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
                                positions, x.reshape(-1))
@@ -158,3 +159,26 @@ def _check_logits(rows: np.ndarray, name: str, r0: int, axis: int) -> None:
     error = semantics.logit_error(rows, name, *semantics.indexed(name, r0, axis))
     if error is not None:
         raise ValueError(error)
+
+
+# ----------------------------------------------------------------------------- NumPy
+# Small matrices are computed with these (emdtree._tiers).
+
+
+def _numpy_row_totals(x: np.ndarray, totals: np.ndarray) -> int:
+    """:func:`emdtree._kernels.checks.row_totals` in NumPy: the same return value and totals."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        totals[:] = x.sum(axis=1, dtype=np.float64)  # every total, invalid entries or not
+        bad = ~((x >= 0) & (x < np.inf))
+        if bad.any():
+            return int(np.flatnonzero(bad.reshape(-1))[0])
+    return -1 if np.isfinite(totals).all() else -2
+
+
+def _numpy_phi_columns(tree: Tree, x: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
+    """phi of the rows of ``x`` (rows, n_bins) at the layout ``positions``, into ``out`` (rows, positions),
+    with the reference math in float64."""
+    plan = plan_of(tree)
+    d = x.astype(np.float64).T  # Fortran-ordered (emdtree.engine.backends._cumsum0)
+    source = plan.node_major.position_source[positions]
+    out[:] = reference.phi(backends.numpy_ops, d, plan, source).T

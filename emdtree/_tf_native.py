@@ -1,7 +1,7 @@
 """EMD^rho in TensorFlow operations, with the closed-form gradient.
 
 The path of :func:`emdtree.tensorflow.emd_loss` that XLA compiles and that
-runs on GPU tensors: the math of :mod:`emdtree._native_math` (gathers and
+runs on GPU tensors: the math of :mod:`emdtree.engine.reference` (gathers and
 segment sums over the post-order layout) in TF operations, inside a
 ``tf.custom_gradient`` whose backward is the dirt-conserving gradient
 computed with the value (paper eq. 9-10), as the kernels' path does, and
@@ -14,32 +14,15 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Callable
 
-from . import _native_math as nm
 from ._tree import Tree
+from .engine import reference as nm
+from .engine.backends import tf_ops as _ops
+from .engine.plan import plan_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
 __all__ = ["differentiable", "emd_rows", "is_preferred"]
-
-
-@functools.cache
-def _ops() -> nm.Ops:
-    """The TF operations, built on first use, so that this module imports without
-    TensorFlow (the adapter imports it itself)."""
-    import tensorflow as tf
-
-    return nm.Ops(
-        take=lambda x, idx: tf.gather(x, idx, axis=0),
-        segment_sum=lambda x, idx, n: tf.math.unsorted_segment_sum(x, idx, n),
-        zero_row=lambda x: tf.concat([x, tf.zeros(tf.stack([1, tf.shape(x)[1]]), x.dtype)], axis=0),
-        sum0=lambda x: tf.reduce_sum(x, axis=0),
-        mean0=lambda x: tf.reduce_mean(x, axis=0, keepdims=True),
-        abs=tf.abs,
-        sign=tf.sign,
-        where=tf.where,
-        constant=lambda a, like: tf.constant(a, dtype=like.dtype),
-    )
 
 
 def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -> tf.Tensor:
@@ -50,7 +33,7 @@ def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -
     """
     import tensorflow as tf
 
-    ops, pl = _ops(), nm.plan(tree)
+    ops, pl = _ops(), plan_of(tree)
     n_bins = tree.n_bins
 
     def forward(p, q):

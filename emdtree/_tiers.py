@@ -3,7 +3,7 @@
 A new process whose Numba cache does not hold the value-and-gradient kernel
 (or the all-pairs kernels) would pay its compilation (about 3 s, or 6 s, on a
 2-core machine) on the first call, for work that takes milliseconds. So the
-first calls of a process run the NumPy and SciPy code of :mod:`emdtree._cold`,
+first calls of a process run the NumPy pass (:func:`emdtree._driver.numpy_value_grad`),
 until they have done ``WORK_BUDGET`` units of work (rows x nodes, about 1 s of
 NumPy code); from then on, and for any call larger than ``MAX_WORK``, the
 compiled kernel runs, compiling on first use (Numba then caches it on disk for

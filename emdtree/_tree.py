@@ -183,8 +183,10 @@ class Tree:
 
     # _loss_token: the integer that stands for this tree in framework ops (0 until
     # emdtree._losses.tree_token assigns one); __weakref__ lets that registry
-    # forget the tree once the user drops it. __dict__ holds cached properties.
-    __slots__ = ("parents", "weights", "bins", "names", "node_names", "layout", "_loss_token",
+    # forget the tree once the user drops it. _plan: the tree's one cache of derived
+    # arrays for every implementation (emdtree.engine.plan.TreePlan, made on first
+    # use). __dict__ holds cached properties.
+    __slots__ = ("parents", "weights", "bins", "names", "node_names", "layout", "_loss_token", "_plan",
                  "__dict__", "__weakref__")
 
     def __init__(
@@ -231,6 +233,7 @@ class Tree:
         set_(self, "node_names", _check_names(node_names, n, "node_names", allow_none=True))
         set_(self, "layout", layout)
         set_(self, "_loss_token", 0)
+        set_(self, "_plan", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Tree is immutable: cannot set {name!r}")

@@ -201,13 +201,13 @@ def test_an_unchecked_nan_row_stays_in_its_own_pairs(path, dtype, rho, monkeypat
 
 
 def test_row_totals_are_all_written_past_an_invalid_entry():
-    from emdtree import _cold
     from emdtree._kernels.checks import row_totals
+    from emdtree._pairwise_rows import _numpy_row_totals
 
     x = np.ones((6, 40))
     x[1, 3] = np.nan
     x[4, 0] = -1.0
-    for totals_of in (row_totals, _cold.row_totals):
+    for totals_of in (row_totals, _numpy_row_totals):
         totals = np.full(6, 123.0)
         assert totals_of(x, totals) == 43
         np.testing.assert_array_equal(totals, [40, np.nan, 40, 40, 38, 40])

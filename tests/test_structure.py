@@ -64,9 +64,6 @@ LAYER_OF = {
     "emdtree._cuda": "engine",
     "emdtree._exactsum": "engine",
     "emdtree._compile_notice": "engine",
-    "emdtree._cold": "engine",
-    "emdtree._xp": "engine",
-    "emdtree._native_math": "engine",
     # what the public modules are made of
     "emdtree.frameworks": "services",
     "emdtree._losses": "services",

@@ -1,6 +1,7 @@
-"""The Array-API implementation (emdtree._xp) against the NumPy API and the kernels.
+"""The reference math (emdtree.engine.reference) in every namespace against the NumPy API and the kernels.
 
-Parametrised over namespace (array-api-strict, jax.numpy) x dtype (float32,
+Through the Array-API door (emdtree.engine.backends.*_rows), parametrised over
+namespace (array-api-strict: the generic table; jax.numpy; torch) x dtype (float32,
 float64). JAX runs float64 inside ``jax.enable_x64(True)``, a context manager
 that restores the setting, so nothing leaks into other test modules.
 """
@@ -14,12 +15,13 @@ import pytest
 from trees import TREE_CASES, random_masses
 
 import emdtree
-from emdtree import _driver, _xp
+from emdtree import _driver
+from emdtree.engine import backends
 from emdtree._inputs import prepare
 
 array_api_compat = pytest.importorskip("array_api_compat")
 
-NAMESPACES = ["array_api_strict", "jax.numpy"]
+NAMESPACES = ["array_api_strict", "jax.numpy", "array_api_compat.torch"]
 DTYPES = ["float32", "float64"]
 RHOS = [1.0, 2.0, 1.5, 3.0]
 
@@ -120,7 +122,7 @@ def all_results(xp, tree, p, q, v):
     if xp is np:
         out = {"phi": emdtree.phi(p, q, tree, check_inputs=False)}
     else:
-        out = {"phi": _xp.phi(xp, p, q, tree)}
+        out = {"phi": backends.phi_rows(xp, p, q, tree)}
     for rho in RHOS:
         if xp is np:
             value_grad = emdtree.emd_value_and_grad(p, q, tree, rho, check_inputs=False)
@@ -130,12 +132,12 @@ def all_results(xp, tree, p, q, v):
             out[f"{rho} H P v"] = hvp_reference(p, q, v, tree, rho, False)
             out[f"{rho} hessian"] = emdtree.emd_hessian(p, q, tree, rho, check_inputs=False)
             continue
-        out[f"{rho} value"], out[f"{rho} grad"] = _xp.value_grad(xp, p, q, tree, rho, True)
-        out[f"{rho} value only"], none = _xp.value_grad(xp, p, q, tree, rho, False)
+        out[f"{rho} value"], out[f"{rho} grad"] = backends.value_grad_rows(xp, p, q, tree, rho, True)
+        out[f"{rho} value only"], none = backends.value_grad_rows(xp, p, q, tree, rho, False)
         assert none is None
-        out[f"{rho} P H P v"] = _xp.hvp(xp, p, q, v, tree, rho, True)
-        out[f"{rho} H P v"] = _xp.hvp(xp, p, q, v, tree, rho, False)
-        out[f"{rho} hessian"] = _xp.hessian(xp, p, q, tree, rho)
+        out[f"{rho} P H P v"] = backends.hvp_rows(xp, p, q, v, tree, rho, True)
+        out[f"{rho} H P v"] = backends.hvp_rows(xp, p, q, v, tree, rho, False)
+        out[f"{rho} hessian"] = backends.hessian_rows(xp, p, q, tree, rho)
     return out
 
 
@@ -174,10 +176,10 @@ def test_phi_is_zero_where_the_masses_agree(xp_dtype):
     def at_equal_masses(p, v):
         out = {}
         for rho in (1.0, 1.5):
-            out[f"{rho} value"], out[f"{rho} grad"] = _xp.value_grad(xp, p, p, tree, rho, True)
-        out["hvp along 0"] = _xp.hvp(xp, p, p, v * 0.0, tree, 1.5, True)
-        out["hvp"] = _xp.hvp(xp, p, p, v, tree, 1.5, True)
-        out["hessian"] = _xp.hessian(xp, p, p, tree, 1.5)
+            out[f"{rho} value"], out[f"{rho} grad"] = backends.value_grad_rows(xp, p, p, tree, rho, True)
+        out["hvp along 0"] = backends.hvp_rows(xp, p, p, v * 0.0, tree, 1.5, True)
+        out["hvp"] = backends.hvp_rows(xp, p, p, v, tree, 1.5, True)
+        out["hessian"] = backends.hessian_rows(xp, p, p, tree, 1.5)
         return out
 
     with np.errstate(invalid="ignore"):  # inf - inf in NumPy-backed namespaces: expected here
@@ -199,10 +201,10 @@ def test_float64_imagenet(name):
         (p, q, v), (pn, qn, vn) = inputs(xp, dtype, tree, rows=4, seed=11)
 
         def results(p, q, v):
-            out = {"phi": _xp.phi(xp, p, q, tree)}
+            out = {"phi": backends.phi_rows(xp, p, q, tree)}
             for rho in RHOS:
-                out[f"{rho} value"], out[f"{rho} grad"] = _xp.value_grad(xp, p, q, tree, rho, True)
-                out[f"{rho} hvp"] = _xp.hvp(xp, p, q, v, tree, rho, True)
+                out[f"{rho} value"], out[f"{rho} grad"] = backends.value_grad_rows(xp, p, q, tree, rho, True)
+                out[f"{rho} hvp"] = backends.hvp_rows(xp, p, q, v, tree, rho, True)
             return out
 
         got = traced(xp, results, p, q, v)
@@ -242,7 +244,7 @@ def test_float32_error_bound_imagenet(name, target):
         q = softmax(rng.normal(0.0, 3.0, (rows, n_bins))).astype(np.float32)
     with namespace(name, "float32") as (xp, _):
         def results(a, b):
-            return {rho: _xp.value_grad(xp, a, b, tree, rho, True) for rho in IMAGENET_F32_BOUND}
+            return {rho: backends.value_grad_rows(xp, a, b, tree, rho, True) for rho in IMAGENET_F32_BOUND}
 
         got = traced(xp, results, xp.asarray(p), xp.asarray(q))
     for rho, bound in IMAGENET_F32_BOUND.items():
@@ -277,7 +279,7 @@ def test_jit_traces_once(jax_dtype):
     @jax.jit
     def loss(p, q):
         traces.append(1)
-        return _xp.value_grad(jnp, p, q, tree, 2.0, True)
+        return backends.value_grad_rows(jnp, p, q, tree, 2.0, True)
 
     for seed in (1, 2):
         (p, q, _), (pn, qn, _) = inputs(jnp, dtype, tree, rows=5, seed=seed)
@@ -287,20 +289,24 @@ def test_jit_traces_once(jax_dtype):
         xp_assert_close(got_grad, grad, rtol_of(jnp, dtype), like=p)
     assert len(traces) == 1
     # nothing made during the trace was kept: an eager call on the same tree still works
-    eager_value, _ = _xp.value_grad(jnp, p, q, tree, 2.0, False)
+    eager_value, _ = backends.value_grad_rows(jnp, p, q, tree, 2.0, False)
     xp_assert_close(eager_value, value, rtol_of(jnp, dtype), like=p)
 
 
 def test_no_tracer_is_cached():
+    """A trace leaves nothing of itself in the tree's plan: only NumPy arrays are kept for JAX."""
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     tree = emdtree.Tree(*TREE_CASES[7][1]())
     (p, q, _), _ = inputs(jnp, jnp.float32, tree, rows=2, seed=0)
-    jax.jit(lambda a, b: _xp.value_grad(jnp, a, b, tree, 1.0, False)[0])(p, q)
-    assert not tree.__dict__.get("_xp_arrays")
-    _xp.value_grad(jnp, p, q, tree, 1.0, False)
-    (cached,) = tree.__dict__["_xp_arrays"].values()
-    assert not any(isinstance(a, jax.core.Tracer) for a in cached if not isinstance(a, tuple))
+    jax.jit(lambda a, b: backends.value_grad_rows(jnp, a, b, tree, 1.0, False)[0])(p, q)
+    backends.value_grad_rows(jnp, p, q, tree, 1.0, False)
+    kept = list(tree._plan._cache.values())
+    assert kept
+    for entry in kept:
+        for field in entry if isinstance(entry, tuple) else (entry,):
+            for a in field if isinstance(field, tuple) else (field,):
+                assert not isinstance(a, jax.core.Tracer), type(a)
 
 
 @pytest.mark.parametrize("case", [TREE_CASES[i] for i in (2, 11)], ids=lambda c: c[0])
@@ -316,9 +322,12 @@ def test_jax_grad_is_the_projected_gradient(jax_dtype, case):
     def both(p, q):
         out = {}
         for rho in RHOS:
-            auto = jax.grad(lambda a, rho=rho: jnp.sum(_xp.value_grad(jnp, a, q, tree, rho, False)[0]))(p)
+            def total(a, rho=rho):
+                return jnp.sum(backends.value_grad_rows(jnp, a, q, tree, rho, False)[0])
+
+            auto = jax.grad(total)(p)
             out[f"{rho} auto"] = auto - jnp.mean(auto, axis=1, keepdims=True)
-            out[f"{rho} grad"] = _xp.value_grad(jnp, p, q, tree, rho, True)[1]
+            out[f"{rho} grad"] = backends.value_grad_rows(jnp, p, q, tree, rho, True)[1]
         return out
 
     got = jax.jit(both)(p, q)
@@ -338,9 +347,12 @@ def test_hvp_is_the_vjp_of_the_gradient(jax_dtype):
     def both(p, q, v):
         out = {}
         for rho in (2.0, 3.0):
-            _, pullback = jax.vjp(lambda a, rho=rho: _xp.value_grad(jnp, a, q, tree, rho, True)[1], p)
+            def grad_of(a, rho=rho):
+                return backends.value_grad_rows(jnp, a, q, tree, rho, True)[1]
+
+            _, pullback = jax.vjp(grad_of, p)
             (out[f"{rho} vjp"],) = pullback(v)
-            out[f"{rho} hvp"] = _xp.hvp(jnp, p, q, v, tree, rho, False)
+            out[f"{rho} hvp"] = backends.hvp_rows(jnp, p, q, v, tree, rho, False)
         return out
 
     got = jax.jit(both)(p, q, v)
@@ -355,7 +367,7 @@ def test_edge_cost_beyond_float32_range(xp_dtype):
     (p, q, _), (pn, qn, _) = inputs(xp, dtype, tree, rows=1, seed=0)
     if dtype == xp.float32:
         with pytest.raises(ValueError, match="edge cost of 1e.39, beyond the float32 range"):
-            _xp.value_grad(xp, p, q, tree, 1.0, True)
+            backends.value_grad_rows(xp, p, q, tree, 1.0, True)
     else:
         value, _ = emdtree.emd_value_and_grad(pn, qn, tree, 1.0, check_inputs=False)
-        xp_assert_close(_xp.value_grad(xp, p, q, tree, 1.0, False)[0], value, F64_RTOL, like=p)
+        xp_assert_close(backends.value_grad_rows(xp, p, q, tree, 1.0, False)[0], value, F64_RTOL, like=p)
