@@ -8,8 +8,9 @@ products, an exponent ``rho`` and a dtype. Inputs are rounded to the dtype
 first; the expected value, gradient and Hessian are the oracle's float64
 answers for the rounded inputs.
 
-Kinds (a case's ``kind``; ``tags`` adds ``rho=...``, the dtype's name and
-``small`` for the cases that the slow doors run):
+Kinds (a case's ``kind``; ``tags`` adds ``rho=...``, the dtype's name,
+``small`` and ``few`` for the cases that the slow doors run, and the tags
+:data:`conformance.doors.KNOWN_DEFECTS` uses):
 
 ``tree``, ``chain``
     Random masses, every non-root phi well away from zero.
@@ -91,8 +92,12 @@ class Case:
         tags = {self.kind, f"rho={self.rho:g}", self.dtype.name, "*"}
         if self.small:
             tags.add("small")
+        if self.name in FEW:
+            tags.add("few")
         if self.normalize is None:
             tags.add("raw")
+        else:
+            tags.add("logits")
         if self.hessian is not None:
             tags.add("second")
             if self.rho != 1.0:  # the EMD's own Hessian is not zero
@@ -287,6 +292,9 @@ def _build(seed: int, kind: str, dtype: str, rho: float, small: bool, options: d
     name = f"{kind}-{shape}{len(bins)}-{dt.name}-rho{rho:g}"
     return Case(name, kind, parents, weights, bins, p, q, v, rho, normalize, small, value, grad, hess)
 
+
+# the cases of the slowest doors (a compile or a trace each): a tree, masked logits, a chain
+FEW = ("tree-tree7-float32-rho2", "masked-tree9-float32-rho2", "chain-chain7-float64-rho1")
 
 CASES: list[Case] = [_build(1000 + i, *row) for i, row in enumerate(_TABLE)]
 SMALL_CASES: list[Case] = [c for c in CASES if c.small]
