@@ -39,7 +39,7 @@ from unittest import mock
 
 import numpy as np
 
-from .cases import Case
+from .cases import FEW, Case
 
 # ---------------------------------------------------------------------------- tolerances
 
@@ -642,8 +642,9 @@ DOORS: list[Door] = [
     *[_api_door(backend) for backend in BACKENDS],
     _dispatch_door("dispatch-torch", "torch", _torch_tensor),
     _dispatch_door("dispatch-array-api-strict", "array_api_strict", _strict_array),
-    _dispatch_door("dispatch-jax", "jax", _jax_array, subset="few"),
-    _dispatch_door("dispatch-jax-jit", "jax", _jax_array, jit=True, subset="small"),
+    # eager JAX compiles every operation per shape (seconds a case): one case eagerly, a few under jit
+    _dispatch_door("dispatch-jax", "jax", _jax_array, applies=lambda case: case.name == FEW[1]),
+    _dispatch_door("dispatch-jax-jit", "jax", _jax_array, jit=True, subset="few"),
     Door("metrics-mean-emd", _metrics_value, labels=True, keeps_dtype=False),
     Door("metrics-dask", _metrics_dask_value, needs=("dask",), labels=True, keeps_dtype=False,
          subset="small"),
@@ -662,9 +663,9 @@ DOORS: list[Door] = [
     _tf_door("tf-function", "function", subset="few"),
     _tf_door("tf-xla", "xla", subset="few"),
     Door("keras-loss", _keras_loss, needs=("tensorflow", "keras"), labels=True, subset="few"),
-    _jax_door("jax-callback", "callback", "eager", "hessian"),
+    _jax_door("jax-callback", "callback", "eager", "hessian", subset="small"),
     _jax_door("jax-callback-jit", "callback", "jit", None, subset="small"),
-    _jax_door("jax-callback-vmap", "callback", "vmap", None, subset="small"),
+    _jax_door("jax-callback-vmap", "callback", "vmap", None, subset="few"),
     # the native path compiles every primitive per shape: eagerly, 5-10 s a case; one jit is ~1 s
     _jax_door("jax-native-jit", "native", "jit", "hessian", subset="few"),
     _jax_door("jax-native-jacrev", "native", "jit", "jacrev-grad",
