@@ -167,8 +167,39 @@ def forced(backend: str):
         yield
 
 
+@contextlib.contextmanager
+def kernels_called():
+    """Record the value-and-gradient implementations that the enclosed calls run (a list of names
+    from "numpy-pass", "chain-serial", "chain-parallel", "blocked-serial", "blocked-parallel",
+    "rows"), to check that :func:`forced` forces what it says."""
+    from emdtree import _cold
+    from emdtree._kernels import chain, cpu
+    from emdtree._kernels import rows as rows_kernel
+
+    called: list[str] = []
+    targets = {"numpy-pass": (_cold, "value_grad"), "chain-serial": (chain, "chain_value_grad_serial"),
+               "chain-parallel": (chain, "chain_value_grad_parallel"),
+               "blocked-serial": (cpu, "value_grad_serial"), "blocked-parallel": (cpu, "value_grad_parallel"),
+               "rows": (rows_kernel, "value_grad_rows")}
+
+    def spy(name, fn):
+        def run(*args, **kwargs):
+            called.append(name)
+            return fn(*args, **kwargs)
+        run.overloads = getattr(fn, "overloads", None)
+        return run
+
+    with contextlib.ExitStack() as stack:
+        for name, (module, attr) in targets.items():
+            stack.enter_context(mock.patch.object(module, attr, spy(name, getattr(module, attr))))
+        yield called
+
+
+_NOT_CHAIN = ("numba-serial", "numba-parallel", "numba-rows")
+
+
 def _api_inputs(case: Case, backend: str):
-    tree = tree_not_chain(case) if backend in ("numba-serial", "numba-parallel", "numba-rows") else tree_of(case)
+    tree = tree_not_chain(case) if backend in _NOT_CHAIN else tree_of(case)
     p, q, v = case.p, case.q, case.v
     if backend == "numba-parallel":
         p, q, v = (np.tile(x, (COPIES, 1)) for x in (p, q, v))
@@ -556,7 +587,8 @@ def _jax_loss(case, implementation):
     from emdtree.jax import emd_loss
 
     tree = tree_of(case)
-    return lambda x, q: emd_loss(x, q, tree, case.rho, normalize=case.normalize, implementation=implementation)
+    return lambda x, q: emd_loss(x, q, tree, case.rho, normalize=case.normalize,
+                                 implementation=implementation)
 
 
 def _jax_door(name: str, implementation: str, mode: str, second: str | None, **options) -> Door:
@@ -697,10 +729,11 @@ def current_run() -> str:
 
 # ---------------------------------------------------------------------------- known defects
 
-_MASKED_TORCH = "torch rejects -inf logits (masked classes) eagerly: 'normalize='softmax' needs finite logits'"
+_MASKED_TORCH = ("torch rejects -inf logits (masked classes) eagerly: 'normalize='softmax' needs finite "
+                 "logits'")
 _MASKED_JAX = "JAX eager rejects -inf logits (masked classes): 'normalize='softmax' needs finite logits'"
-_DISABLE_JIT = ("NUMBA_DISABLE_JIT=1: Numba intrinsics (tile_stats, row_up_1, chain_up_1, ...) are not usable "
-                "in pure Python, and `kernel.overloads` raises AttributeError")
+_DISABLE_JIT = ("NUMBA_DISABLE_JIT=1: Numba intrinsics (tile_stats, row_up_1, chain_up_1, ...) are not "
+                "usable in pure Python, and `kernel.overloads` raises AttributeError")
 
 KNOWN_DEFECTS: dict[tuple[str, str], str] = {
     ("pairwise-dask", "logits"): "the Dask path of pairwise rejects negative and -inf logits with "
@@ -717,7 +750,8 @@ KNOWN_DEFECTS: dict[tuple[str, str], str] = {
     ("torch-jacfwd", "masked"): _MASKED_TORCH,
     ("tf-eager", "curved"): "a nested GradientTape gets no second derivative from the EMD (None)",
     ("tf-function", "curved"): "a nested GradientTape gets no second derivative from the EMD (None)",
-    ("tf-xla", "raw+curved"): "a nested GradientTape under jit_compile=True gives H v, without the projection",
+    ("tf-xla", "raw+curved"): "a nested GradientTape under jit_compile=True gives H v, without the "
+                              "projection",
     ("jax-callback", "second"): "jax.hessian with the callback implementation: 'Pure callbacks do not "
                                 "support JVP'",
     ("jax-callback", "masked"): _MASKED_JAX,
