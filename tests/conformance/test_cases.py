@@ -128,3 +128,10 @@ def test_forced_backends_run_their_implementation(backend, kind, want):
     with kernels_called() as called:
         door.value_grad(case)
     assert called and set(called) == {want}, called
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == "swap"], ids=lambda c: c.name)
+def test_swap_cases_catch_phi_formed_from_two_cumulative_sums(case):
+    # zero after every swapped pair from the differences; rounding noise somewhere from two sums
+    assert np.all(np.cumsum(case.p - case.q, axis=1)[:, 1::2] == 0)
+    assert np.any((np.cumsum(case.p, axis=1) - np.cumsum(case.q, axis=1))[:, 1::2] != 0)
