@@ -54,6 +54,10 @@ TOL_SECOND = {"float64": 1e-8, "float32": 3e-4}
 
 @dataclass(frozen=True)
 class Door:
+    """One way into emdtree: see the module docstring. ``labels``: takes class-index targets;
+    ``softmax``: takes ``normalize="softmax"``; ``keeps_dtype``: float32 in, float32 out;
+    ``subset``: "all", "small" or "few" cases; ``applies``: a further choice of cases."""
+
     name: str
     value_grad: Callable[[Case], tuple[np.ndarray, np.ndarray | None]]
     hessian: Callable[[Case], np.ndarray] | None = None
@@ -509,6 +513,28 @@ def _torch_compiled(case):
     return to_numpy(value), to_numpy(grad)
 
 
+def _torch_compiled_new_rho(case):
+    """A compiled function that takes ``rho`` as an argument, called with another ``rho`` first:
+    the second call recompiles with ``rho`` as a symbolic float, as it does in a training loop
+    whose exponent changes."""
+    import torch
+
+    from emdtree.torch import emd_loss
+
+    p, q = _torch_inputs(case)
+    tree = tree_of(case)
+    torch._dynamo.reset()
+    def losses(x, t, rho):
+        return emd_loss(x, t, tree, rho, reduction="none", normalize=case.normalize)
+
+    loss = torch.compile(losses, backend="aot_eager", fullgraph=True)
+    loss(p, q, case.rho + 1.0)
+    x = p.clone().requires_grad_()
+    value = loss(x, q, case.rho)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    return to_numpy(value), to_numpy(grad)
+
+
 # ---------------------------------------------------------------------------- TensorFlow and Keras
 
 
@@ -691,6 +717,8 @@ DOORS: list[Door] = [
     Door("torch-jacrev", *_torch_jac("jacrev"), needs=("torch",), labels=True),
     Door("torch-jacfwd", *_torch_jac("jacfwd"), needs=("torch",), labels=True),
     Door("torch-compile", _torch_compiled, needs=("torch",), labels=True, subset="few"),
+    Door("torch-compile-new-rho", _torch_compiled_new_rho, needs=("torch",), labels=True,
+         applies=lambda case: case.name == FEW[0]),
     _tf_door("tf-eager", "eager"),
     _tf_door("tf-function", "function", subset="few"),
     _tf_door("tf-xla", "xla", subset="few"),
@@ -748,6 +776,9 @@ KNOWN_DEFECTS: dict[tuple[str, str], str] = {
     ("torch-jacfwd", "curved"): "jacfwd(jacfwd(f)) drops the EMD's Hessian (all zeros)",
     ("torch-jacfwd", "logits+second"): "jacfwd(jacfwd(f)) drops the EMD's gradient term too under a softmax",
     ("torch-jacfwd", "masked"): _MASKED_TORCH,
+    ("torch-compile-new-rho", "*"): "torch.compile(fullgraph=True) fails once rho takes a second value: "
+                                    "check_rho_value calls math.isfinite on a symbolic float ('torch.* op "
+                                    "returned non-Tensor')",
     ("tf-eager", "curved"): "a nested GradientTape gets no second derivative from the EMD (None)",
     ("tf-function", "curved"): "a nested GradientTape gets no second derivative from the EMD (None)",
     ("tf-xla", "raw+curved"): "a nested GradientTape under jit_compile=True gives H v, without the "
