@@ -31,6 +31,8 @@ Kinds (a case's ``kind``; ``tags`` adds ``rho=...``, the dtype's name,
     respect to the logits.
 ``masked``
     As ``softmax``, with ``-inf`` logits (probability 0).
+``bad-inf-logit``, ``bad-nan-mass``, ``bad-negative-mass`` (:data:`BAD_CASES`)
+    One invalid entry at row 1, bin 2, to be reported by its index.
 ``labels``
     Class-index targets, ``q`` of shape ``(rows,)`` (int64), as the
     framework losses and metrics take them; doors without them get one-hot
@@ -89,6 +91,8 @@ class Case:
 
     @property
     def tags(self) -> frozenset[str]:
+        if self.kind.startswith("bad-"):
+            return frozenset({self.kind, "bad"} | ({"small"} if self.small else set()))
         tags = {self.kind, f"rho={self.rho:g}", self.dtype.name, "*"}
         if self.small:
             tags.add("small")
@@ -298,3 +302,30 @@ FEW = ("tree-tree7-float32-rho2", "masked-tree9-float32-rho2", "chain-chain7-flo
 
 CASES: list[Case] = [_build(1000 + i, *row) for i, row in enumerate(_TABLE)]
 SMALL_CASES: list[Case] = [c for c in CASES if c.small]
+
+
+def _bad(kind: str) -> Case:
+    """An invalid input at row 1, bin 2, which every door must reject, naming that entry."""
+    rng = np.random.default_rng(7)
+    parents, weights, bins = _chain(6, rng)
+    p = _dirichlet(rng, 6, ROWS)
+    q = _dirichlet(rng, 6, ROWS)
+    normalize = None
+    dtype = np.float64
+    if kind == "bad-inf-logit":
+        p, normalize, dtype = rng.normal(0.0, 1.0, (ROWS, 6)), "softmax", np.float32
+        p[1, 2] = np.inf
+    elif kind == "bad-nan-mass":
+        p[1, 2] = np.nan
+    else:
+        p[1, 3] += p[1, 2] + 0.25
+        p[1, 2] = -0.25
+    p, q = p.astype(dtype), q.astype(dtype)
+    zeros = np.zeros(ROWS)
+    name = f"{kind}-chain6-{np.dtype(dtype).name}"
+    return Case(name, kind, parents, weights, bins, p, q, np.zeros_like(p), 1.0, normalize,
+                kind == "bad-inf-logit", zeros, np.zeros_like(p), None)
+
+
+# inputs every door must reject with an error naming the entry [1, 2]
+BAD_CASES: list[Case] = [_bad(kind) for kind in ("bad-inf-logit", "bad-nan-mass", "bad-negative-mass")]

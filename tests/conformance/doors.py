@@ -68,6 +68,7 @@ class Door:
     labels: bool = False  # takes class indices; other doors get one-hot targets
     softmax: bool = True  # takes normalize="softmax"
     keeps_dtype: bool = True  # float32 in, float32 out
+    names_entries: bool = True  # reports a bad entry by its index in the arrays the door was given
     run: str = "main"  # the process that runs it: "main" or a key of RUNS
 
     def missing(self) -> str | None:
@@ -703,14 +704,18 @@ DOORS: list[Door] = [
     # eager JAX compiles every operation per shape (seconds a case): one case eagerly, a few under jit
     _dispatch_door("dispatch-jax", "jax", _jax_array, applies=lambda case: case.name == FEW[1]),
     _dispatch_door("dispatch-jax-jit", "jax", _jax_array, jit=True, subset="few"),
-    Door("metrics-mean-emd", _metrics_value, labels=True, keeps_dtype=False),
+    # (one call per row: an error names row 0)
+    Door("metrics-mean-emd", _metrics_value, labels=True, keeps_dtype=False, names_entries=False),
     Door("metrics-dask", _metrics_dask_value, needs=("dask",), labels=True, keeps_dtype=False,
+         names_entries=False,
          subset="small"),
     Door("pairwise", _pairwise_value),
     Door("pairwise-dask", _pairwise_dask_value, needs=("dask",)),
-    Door("cli-distance", _cli_distance, keeps_dtype=False),
+    # (errors name a file's sample and feature, and end in exit status 2)
+    Door("cli-distance", _cli_distance, keeps_dtype=False, names_entries=False),
     # a text table is float64: float32 rows summing to 1 in float32 do not in float64
-    Door("cli-pairwise", _cli_pairwise, keeps_dtype=False, applies=lambda case: case.dtype == np.float64),
+    Door("cli-pairwise", _cli_pairwise, keeps_dtype=False, applies=lambda case: case.dtype == np.float64,
+         names_entries=False),
     Door("torch-eager", _torch_eager, hvp=_torch_double_backward, needs=("torch",), labels=True),
     Door("torch-func-grad", _torch_func_grad, hessian=_torch_func_hessian, needs=("torch",), labels=True),
     Door("torch-vmap-grad", _torch_vmap_grad, needs=("torch",), labels=True),
@@ -763,9 +768,13 @@ _MASKED_JAX = "JAX eager rejects -inf logits (masked classes): 'normalize='softm
 _DISABLE_JIT = ("NUMBA_DISABLE_JIT=1: Numba intrinsics (tile_stats, row_up_1, chain_up_1, ...) are not "
                 "usable in pure Python, and `kernel.overloads` raises AttributeError")
 
+_INF_AS_NAN = ("a +inf logit is reported as a NaN at another entry of the softmax ('input[1, 0] = nan'), "
+               "not as the caller's bad logit")
+
 KNOWN_DEFECTS: dict[tuple[str, str], str] = {
     ("pairwise-dask", "logits"): "the Dask path of pairwise rejects negative and -inf logits with "
                                  "normalize='softmax' ('Y[2, 0] = -2.3 is negative')",
+    ("pairwise-dask", "bad-inf-logit"): "the Dask path of pairwise rejects the negative logits of Y first",
     ("cli-pairwise", "logits"): "emdtree pairwise --normalize softmax rejects negative and -inf logits "
                                 "('the count of ... is -3.55 (negative)')",
     ("torch-eager", "raw+curved"): "autograd double backward gives H P v, not P H P v",
@@ -789,6 +798,9 @@ KNOWN_DEFECTS: dict[tuple[str, str], str] = {
     ("jax-native-jacrev", "rho=1.5"): "jax.jacrev(jax.grad(f)) of the native path raises a bare "
                                       "AssertionError for 1 < rho < 2",
     **{(f"disable-jit:api-{backend}", "*"): _DISABLE_JIT for backend in BACKENDS},
+    ("jax-callback-jit", "bad-inf-logit"): _INF_AS_NAN,
+    **{(door, "bad-inf-logit"): _INF_AS_NAN
+       for door in ("torch-func-grad", "torch-vmap-grad", "torch-jacrev", "torch-jacfwd")},
 }
 
 

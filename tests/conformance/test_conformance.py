@@ -1,7 +1,9 @@
 """Every case of the table through every door, against ``tests/oracle.py``.
 
 One test per (door, case) compares the value, the gradient and the second
-derivatives (dense Hessian or Hessian-vector product) that the door gives.
+derivatives (dense Hessian or Hessian-vector product) that the door gives;
+one per (door, bad case) checks that a NaN, ``+inf`` or negative entry is
+reported by its index.
 Doors whose framework is missing skip with the reason. Doors that need an
 environment set before Numba is imported (the CUDA simulator,
 ``NUMBA_DISABLE_JIT=1``) run in one subprocess each, which runs this same
@@ -19,19 +21,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .cases import CASES, Case
+from .cases import BAD_CASES, CASES, Case
 from .doors import DOORS, KNOWN_DEFECTS, RUN_ENV, RUNS, TOL, TOL_SECOND, Door, current_run, known_defect
 
 RUN = current_run()
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _pairs():
+def _pairs(cases=CASES, bad=False):
     for door in DOORS:
-        if door.run != RUN:
+        if door.run != RUN or (bad and not door.names_entries):
             continue
         missing = door.missing()
-        for case in CASES:
+        for case in cases:
             if not door.takes(case):
                 continue
             marks = []
@@ -83,9 +85,19 @@ def test_door_matches_oracle(door: Door, case: Case):
     assert not errors, "\n".join(errors)
 
 
+@pytest.mark.parametrize("door,case", list(_pairs(BAD_CASES, bad=True)))
+def test_door_rejects_bad_input(door: Door, case: Case):
+    """NaN, +inf and negative entries are reported by the door, naming the caller's entry [1, 2]."""
+    with pytest.raises(Exception) as info:
+        door.value_grad(door.view(case))
+    message = str(info.value)
+    assert "[1, 2]" in message, message
+    assert any(word in message for word in ("inf", "nan", "NaN", "negative")), message
+
+
 def test_known_defects_name_doors_and_tags():
     names = {door.name for door in DOORS}
-    tags = set().union(*(case.tags for case in CASES))
+    tags = set().union(*(case.tags for case in CASES + BAD_CASES))
     for door, kind in KNOWN_DEFECTS:
         assert door in names, door
         assert set(kind.split("+")) <= tags, kind
