@@ -337,3 +337,73 @@ def emd_lp(p, q, D):
     if res.status != 0:
         raise RuntimeError(f"linprog failed: {res.message}")
     return float(res.fun)
+
+
+def softmax(z):
+    """Softmax of one row of logits, with ``-inf`` logits as probability 0.
+
+    Parameters
+    ----------
+    z : array_like, shape (n_bins,)
+        Logits; ``-inf`` masks a bin, and at least one logit is finite.
+
+    Returns
+    -------
+    ndarray, shape (n_bins,)
+        ``exp(z_k - max z) / sum_j exp(z_j - max z)``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    top = max(float(x) for x in z)
+    e = np.zeros(len(z))
+    for k in range(len(z)):
+        e[k] = 0.0 if z[k] == -np.inf else np.exp(z[k] - top)
+    return e / sum(e)
+
+
+def _softmax_jacobian(s):
+    """``J[k, a] = d s_k / d z_a = s_k (delta_ka - s_a)`` (symmetric)."""
+    n = len(s)
+    J = np.zeros((n, n))
+    for k in range(n):
+        for a in range(n):
+            J[k, a] = s[k] * ((k == a) - s[a])
+    return J
+
+
+def emd_softmax(z, q, parents, weights, bins, rho=1.0):
+    """:func:`emd` of ``softmax(z)`` against the distribution ``q``."""
+    return emd(softmax(z), q, parents, weights, bins, rho)
+
+
+def grad_softmax(z, q, parents, weights, bins, rho=1.0):
+    """Gradient of :func:`emd_softmax` with respect to the logits ``z``.
+
+    ``J^T g`` with ``J`` the Jacobian of the softmax and ``g`` the gradient of
+    :func:`grad` (its mean does not matter: ``J^T 1 = 0``). Zero at masked bins.
+    """
+    s = softmax(z)
+    return _softmax_jacobian(s).T @ grad(s, q, parents, weights, bins, rho)
+
+
+def hessian_softmax(z, q, parents, weights, bins, rho=1.0):
+    """Hessian of :func:`emd_softmax` with respect to the logits ``z``.
+
+    ``J^T H J + sum_k g_k d^2 s_k / dz dz`` with ``H`` from :func:`hessian` and
+    ``g`` from :func:`grad`, where
+    ``d^2 s_k / dz_a dz_b = s_k (delta_ka - s_a)(delta_kb - s_b) - s_k s_a (delta_ab - s_b)``.
+    Neither the projection in ``H`` nor the mean of ``g`` changes it: ``J 1 = 0`` and
+    the second derivatives of ``sum_k s_k = 1`` vanish.
+    """
+    s = softmax(z)
+    J = _softmax_jacobian(s)
+    g = grad(s, q, parents, weights, bins, rho)
+    with np.errstate(invalid="ignore"):
+        out = J.T @ hessian(s, q, parents, weights, bins, rho) @ J
+    n = len(s)
+    for a in range(n):
+        for b in range(n):
+            t = 0.0
+            for k in range(n):
+                t += g[k] * (s[k] * ((k == a) - s[a]) * ((k == b) - s[b]) - s[k] * s[a] * ((a == b) - s[b]))
+            out[a, b] += t
+    return out
