@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -220,13 +222,33 @@ def _tree_token(tree: Tree | None, n_bins: int) -> int:
     return _losses.check_tree(tree, n_bins)
 
 
+def _unwrapped(x: Tensor, ax: int) -> tuple[Tensor, int]:
+    """The plain tensor under ``torch.func`` wrappers, and the bin axis in it. A vmapped
+    dimension is folded into the first batch dimension, as the operators fold it (so an
+    entry is named by the same row as the kernels name it), or comes first."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            bdim = functorch.maybe_get_bdim(x)
+            x = functorch.get_unwrapped(x).movedim(bdim, 0)
+            if x.dim() > 2 and ax > 0:
+                x = x.reshape(-1, *x.shape[2:])
+            else:
+                ax += 1
+        else:
+            x = functorch.get_unwrapped(x)
+    return x, ax
+
+
 def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
-    """Name the raw entry that the normalisation would turn into NaN (eagerly only: a
-    compiled or transformed call gets the kernels' message about the normalised masses).
-    The rules are :func:`emdtree.engine.semantics.check_raw`: ``-inf`` logits mask classes."""
-    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(input):
+    """Name the raw entry that the normalisation would turn into NaN (eagerly and under
+    ``torch.func`` transforms; a compiled call gets the kernels' message about the
+    normalised masses). The rules are :func:`emdtree.engine.semantics.check_raw`:
+    ``-inf`` logits mask classes."""
+    if torch.compiler.is_compiling():
         return
-    x = input.detach()
+    x, ax = _unwrapped(input, ax)
+    x = x.detach()
     if x.numel() == 0:
         return
     if normalize == "softmax":
@@ -234,7 +256,8 @@ def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
     else:
         ok = torch.isfinite(x).all() & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
     if not bool(ok):
-        _losses.check_normalizable(x.cpu().numpy(), normalize, ax)
+        # through Python lists: under torch.func no new tensor has storage for .numpy()
+        _losses.check_normalizable(np.asarray(x.cpu().tolist(), dtype=np.float64), normalize, ax)
 
 
 def _check_tensor(x: Any, name: str) -> Tensor:

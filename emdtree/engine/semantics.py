@@ -70,7 +70,8 @@ def check_rho(rho: Any) -> float:
     if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, _REAL):
         raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
     value = float(rho)
-    if not math.isfinite(value) or value < 1.0:
+    # comparisons only (no math.isfinite), so that a symbolic float of torch.compile passes
+    if not (1.0 <= value < math.inf):
         raise ValueError(f"rho must be a finite number >= 1, got {rho!r}")
     return value
 
