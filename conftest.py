@@ -21,8 +21,11 @@ os.environ.setdefault("EMDTREE_JIT", "eager")
 
 _FRAMEWORK_OF = {
     Path("emdtree", "torch.py"): ("torch", "torch"),
+    Path("emdtree", "frameworks", "torch.py"): ("torch", "torch"),
     Path("emdtree", "tensorflow.py"): ("tensorflow", "tensorflow"),
+    Path("emdtree", "frameworks", "tensorflow.py"): ("tensorflow", "tensorflow"),
     Path("emdtree", "jax.py"): ("jax", "jax"),
+    Path("emdtree", "frameworks", "jax.py"): ("jax", "jax"),
 }
 _ROOT = Path(__file__).parent
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 # Benchmarks time the compiled kernels: no NumPy pass for small calls
-# (emdtree._tiers), whatever their size.
+# (emdtree.engine.tiers), whatever their size.
 os.environ.setdefault("EMDTREE_JIT", "eager")
 
 
@@ -145,7 +145,7 @@ def kernel_path_probe() -> Iterator[list[str]]:
     ``"chain "`` for the chain fast path) for every call made while the
     context is active. Kernels not found under these names are not recorded.
     """
-    from emdtree._kernels import chain, cpu
+    from emdtree.kernels import chain, cpu
 
     seen: list[str] = []
     originals = []

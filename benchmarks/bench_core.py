@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     info = machine_info()
     print_machine(info)
     try:
-        from emdtree import _driver
+        from emdtree.engine import driver as _driver
         threshold = getattr(_driver, "PARALLEL_MIN_WORK", None)
     except ImportError:
         threshold = None

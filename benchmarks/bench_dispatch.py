@@ -24,7 +24,7 @@ import numpy as np
 from _common import Timer, as_dtype, machine_info, print_machine, print_table, softmax_rows, write_json
 
 import emdtree
-from emdtree import _dispatch
+from emdtree.engine import dispatch as _dispatch
 
 
 def _libraries():

@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 import emdtree
-from emdtree._sinkhorn import sinkhorn_path
+from emdtree.distances.sinkhorn import sinkhorn_path
 from emdtree.datasets import imagenet_wordnet
 
 from _common import as_dtype, machine_info, print_machine, print_table, softmax_rows, write_json

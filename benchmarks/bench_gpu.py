@@ -4,7 +4,7 @@ For batches (default 512 and 8192) of softmax-like predictions ``p`` and random
 targets ``q`` (1000 bins, float32 and float64, torch CUDA tensors) the script
 times, in one run, on the same arrays and the same stream:
 
-* emdtree's kernels (``emdtree._cuda``): EMD^2 value and gradient, EMD (rho=1)
+* emdtree's kernels (``emdtree.engine.cuda``): EMD^2 value and gradient, EMD (rho=1)
   value and gradient, the value alone, phi, and Hessian-vector products
   (rho=2 and rho=1.5);
 * emdtree's public API on the torch tensors, where it accepts them (it adds
@@ -235,7 +235,7 @@ def rel_diff(actual, expected) -> float:
 
 
 def run_case(torch, cuda, tree, dtype, batch, args):
-    from emdtree import _cuda
+    from emdtree.engine import cuda as _cuda
 
     device = torch.device("cuda")
     tdtype = getattr(torch, dtype)

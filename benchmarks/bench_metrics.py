@@ -27,8 +27,8 @@ import numpy as np
 
 import emdtree
 from emdtree import metrics
-from emdtree._hierarchy import Hierarchy, hierarchy
-from emdtree._labels import value_grad_labels
+from emdtree.trees.hierarchy import Hierarchy, hierarchy
+from emdtree.engine.labels import value_grad_labels
 from emdtree.datasets import imagenet_wordnet
 
 from _common import Timer, fmt_ms, machine_info, print_machine, print_table, softmax_rows, write_json

@@ -1,9 +1,9 @@
 """Few samples: the row-at-a-time kernel against the 32-lane blocked kernel.
 
 For batches of 1 to 32 samples on the ImageNet tree and on random trees of
-2e4 and 2e5 nodes, times ``emdtree._kernels.rows.value_grad_rows`` and
-``emdtree._kernels.cpu.value_grad_serial`` (EMD^2 value and gradient, one
-thread) side by side, and prints the ratio. ``emdtree._driver.ROW_KERNEL_MAX`` is
+2e4 and 2e5 nodes, times ``emdtree.kernels.rows.value_grad_rows`` and
+``emdtree.kernels.cpu.value_grad_serial`` (EMD^2 value and gradient, one
+thread) side by side, and prints the ratio. ``emdtree.engine.driver.ROW_KERNEL_MAX`` is
 set from this table: below it, left-over samples go through the row kernel.
 
     python benchmarks/bench_rows.py [--quick] [--json PATH]
@@ -20,8 +20,8 @@ import sys
 import numpy as np
 
 import emdtree
-from emdtree import _driver
-from emdtree._kernels import cpu, rows
+from emdtree.engine import driver as _driver
+from emdtree.kernels import cpu, rows
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from trees import random_tree  # noqa: E402

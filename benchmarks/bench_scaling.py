@@ -6,9 +6,9 @@ internal nodes, every node under a uniformly random earlier one), batches of
 each case the script times, round-robin in one run:
 
 * ``library``: ``emdtree.emd_value_and_grad(p, q, tree, rho=2)``;
-* ``post-order``: the blocked kernel ``emdtree._kernels.cpu.value_grad_serial``
+* ``post-order``: the blocked kernel ``emdtree.kernels.cpu.value_grad_serial``
   on the tree's post-order layout (bins scattered over the scratch buffer);
-* ``sweep order``: the same kernel on :func:`emdtree._layout.sweep_order`
+* ``sweep order``: the same kernel on :func:`emdtree.trees.layout.sweep_order`
   (the arrays the library passes): simple bins first, in bin order;
 * ``floor``: ``np.subtract(p, q, out=g)``, one read of both inputs and one
   write of the gradient, the memory traffic no method can avoid.
@@ -31,8 +31,8 @@ import sys
 import numpy as np
 
 import emdtree
-from emdtree import _driver
-from emdtree._kernels import cpu
+from emdtree.engine import driver as _driver
+from emdtree.kernels import cpu
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Timer, machine_info, num_threads, print_machine, print_table, write_json  # noqa: E402

@@ -12,7 +12,7 @@ shows a user):
 Each in three states of Numba's cache (``NUMBA_CACHE_DIR``):
 
 * ``cold``: an empty cache, as after ``pip install``; first calls run NumPy
-  code for calls below a size (emdtree._tiers), kernels above it;
+  code for calls below a size (emdtree.engine.tiers), kernels above it;
 * ``cold, eager``: an empty cache with ``EMDTREE_JIT=eager``: every kernel a
   call needs is compiled on the spot (what every first call cost before);
 * ``warm``: a cache that holds the kernels (filled by the eager runs).

@@ -1,7 +1,7 @@
 """Serial against parallel CPU kernel for EMD^2 value + gradient, by batch size.
 
 emdtree runs its value/gradient kernel on several Numba threads only when
-``batch x n_nodes >= emdtree._driver.PARALLEL_MIN_WORK`` (and the batch spans
+``batch x n_nodes >= emdtree.engine.driver.PARALLEL_MIN_WORK`` (and the batch spans
 more than one block of rows). This script forces each path in turn by
 setting that threshold to 0 (always parallel) or to a huge number (always
 serial), and times ``emdtree.emd_value_and_grad(p, q, tree, rho=2)`` through
@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import emdtree
-from emdtree import _driver
+from emdtree.engine import driver as _driver
 from emdtree.datasets import imagenet_wordnet
 
 from _common import (Timer, as_dtype, fmt_ms, kernel_path, machine_info, num_threads, print_machine,

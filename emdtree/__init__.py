@@ -9,16 +9,21 @@ time linear in the size of the tree.
 
 from . import datasets
 from ._api import emd, emd_grad, emd_hessian, emd_hvp, emd_value_and_grad, phi
-from ._kernels.jit import NoKernelCacheWarning
-from ._tree import Tree
+from .kernels.jit import NoKernelCacheWarning
+from .trees.tree import Tree
 
 __version__ = "0.1.0"
 
 # Loaded on first use, so that ``import emdtree`` needs only NumPy, Numba and
 # SciPy: the framework adapters import their framework when they load.
 _LAZY_MODULES = ("io", "jax", "metrics", "tensorflow", "torch")
-_LAZY_FUNCTIONS = {"pairwise": "._pairwise", "sinkhorn": "._sinkhorn", "SinkhornResult": "._sinkhorn",
-                   "wasserstein_1d": "._line", "wasserstein_1d_value_and_grad": "._line"}
+_LAZY_FUNCTIONS = {
+    "pairwise": ".distances.pairwise",
+    "sinkhorn": ".distances.sinkhorn",
+    "SinkhornResult": ".distances.sinkhorn",
+    "wasserstein_1d": ".distances.line",
+    "wasserstein_1d_value_and_grad": ".distances.line",
+}
 
 
 def __getattr__(name: str):

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _dispatch, _driver, _normalize
-from ._inputs import Rows, check_rho, prepare, restore_bins, restore_scalar
-from ._tree import Tree
+from .engine import dispatch as _dispatch, driver as _driver, normalize as _normalize
+from .engine.inputs import Rows, check_rho, prepare, restore_bins, restore_scalar
+from .trees.tree import Tree
 
 __all__ = ["emd", "emd_grad", "emd_value_and_grad", "phi", "emd_hvp", "emd_hessian"]
 

@@ -3,7 +3,7 @@
 import numba
 import pytest
 
-from emdtree import _driver
+from emdtree.engine import driver as _driver
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import emdtree
 from emdtree import Tree
-from emdtree._inputs import prepare
+from emdtree.engine.inputs import prepare
 from trees import TREE_CASES, chain, random_masses, random_tree, star
 
 SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
@@ -29,7 +29,10 @@ pytestmark = pytest.mark.skipif(
     not (SIMULATOR or cuda.is_available()), reason="needs a CUDA GPU or NUMBA_ENABLE_CUDASIM=1"
 )
 
-from emdtree import _cuda, _driver  # noqa: E402  (after the skip: imports numba.cuda kernels)
+from emdtree.engine import (  # noqa: E402  (after the skip: imports numba.cuda kernels)
+    cuda as _cuda,
+    driver as _driver,
+)
 
 DTYPES = [np.float32, np.float64]
 RHOS = [1.0, 2.0, 1.5, 3.0]

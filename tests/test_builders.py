@@ -9,7 +9,7 @@ from scipy.cluster.hierarchy import cophenet, linkage
 from scipy.spatial.distance import squareform
 
 import oracle
-from emdtree._builders import (
+from emdtree.trees.builders import (
     TreeArrays,
     build_from_edges,
     build_from_linkage,

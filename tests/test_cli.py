@@ -1,4 +1,4 @@
-"""The ``emdtree`` command line (``emdtree/__main__.py`` and ``emdtree/_cli_*.py``)."""
+"""The ``emdtree`` command line (``emdtree/__main__.py`` and ``emdtree/cli/``)."""
 
 import importlib.metadata
 import json
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import emdtree
-from emdtree import Tree, _cli_commands, _cli_info, io, metrics
+from emdtree import Tree, io, metrics
+from emdtree.cli import commands as _cli_commands, info as _cli_info
 from emdtree.__main__ import main
 
 from cli_helpers import assert_input_error, run

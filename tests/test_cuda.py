@@ -56,7 +56,7 @@ def test_import_emdtree_does_not_import_numba_cuda():
 # --------------------------------------------------------------------------- #
 
 def _index(tree):
-    from emdtree._cuda import tree_index
+    from emdtree.engine.cuda import tree_index
 
     n = tree.n_nodes
     idx = tree_index(tree)

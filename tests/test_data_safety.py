@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 import emdtree
-from emdtree import Tree, _files, _losses, io, metrics
-from emdtree._kernels.checks import row_totals
+from emdtree import Tree, io, metrics
+from emdtree.trees import files as _files
+from emdtree.frameworks import losses as _losses
+from emdtree.kernels.checks import row_totals
 
 from cli_helpers import assert_input_error as one_error_line
 from cli_helpers import run as cli

@@ -141,7 +141,7 @@ def test_python_threads_under_every_threading_layer(layer, tmp_path):
 def test_rank_kernels_serial_and_parallel_agree(serial_and_parallel):
     import numpy as np
 
-    from emdtree import _metric_chunks
+    from emdtree.evaluation import chunks as _metric_chunks
 
     rng = np.random.default_rng(3)
     scores = rng.random((300, 70))

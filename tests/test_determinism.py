@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import emdtree
-from emdtree import _tiers
+from emdtree.engine import tiers as _tiers
 
 import oracle
 
@@ -37,7 +37,7 @@ def child_env(**extra: str) -> dict[str, str]:
 # the later ones the kernels: the hash of every output.
 LOOP = r"""
 import hashlib, sys, numpy as np, emdtree
-emdtree._tiers.WORK_BUDGET = 3_000_000  # the switch to the kernels falls inside the loop
+emdtree.engine.tiers.WORK_BUDGET = 3_000_000  # the switch to the kernels falls inside the loop
 rng = np.random.default_rng(1234)
 tree = emdtree.Tree.from_parents([-1] + [int(i // 3) for i in range(1, 40)], rng.uniform(0.5, 2.0, 40))
 chain = emdtree.Tree.chain(64)
@@ -52,7 +52,7 @@ for step in range(24):
     for dtype in (np.float32, np.float64) if n < 30000 else (np.float64,):
         p = rng.random((n, t.n_bins)).astype(dtype); p /= p.sum(axis=1, keepdims=True)
         q = rng.random((n, t.n_bins)).astype(dtype); q /= q.sum(axis=1, keepdims=True)
-        numpy_pass = emdtree._tiers.would_use_numpy(n * t.n_nodes)
+        numpy_pass = emdtree.engine.tiers.would_use_numpy(n * t.n_nodes)
         v, g = emdtree.emd_value_and_grad(p, q, t, rho=rho)
         n_kernel += not numpy_pass
         h.update(v.tobytes()); h.update(g.tobytes())
@@ -81,7 +81,7 @@ def test_the_same_bits_on_any_number_of_threads(dtype, monkeypatch):
     split in 2, 3 or 5 parts give the same bits."""
     import contextlib
 
-    from emdtree import _driver
+    from emdtree.engine import driver as _driver
 
     monkeypatch.setenv("EMDTREE_JIT", "eager")
     monkeypatch.setattr(_driver, "parallel_launch", lambda n: contextlib.nullcontext())
@@ -201,8 +201,8 @@ def test_an_unchecked_nan_row_stays_in_its_own_pairs(path, dtype, rho, monkeypat
 
 
 def test_row_totals_are_all_written_past_an_invalid_entry():
-    from emdtree._kernels.checks import row_totals
-    from emdtree._pairwise_rows import _numpy_row_totals
+    from emdtree.kernels.checks import row_totals
+    from emdtree.distances.rows import _numpy_row_totals
 
     x = np.ones((6, 40))
     x[1, 3] = np.nan
@@ -226,7 +226,7 @@ NO_JIT = r"""
 import json, sys, numpy as np, emdtree
 sys.path.insert(0, sys.argv[1])
 import oracle
-assert emdtree._kernels.cpu.value_grad_serial.__class__.__name__ == "function"  # the JIT is off
+assert emdtree.kernels.cpu.value_grad_serial.__class__.__name__ == "function"  # the JIT is off
 rng = np.random.default_rng(3)
 trees = {"tree": emdtree.Tree.from_parents([-1, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 1.5, .5, 1, 3, .25]),
          "internal": emdtree.Tree.from_parents([-1, 0, 0, 1, 1], [0, 1, 2, 1.5, .5], bins=[4, 1, 3, 2]),

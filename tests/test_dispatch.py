@@ -6,7 +6,7 @@ from numpy.testing import assert_allclose
 from trees import random_masses, random_tree
 
 import emdtree
-from emdtree import _dispatch
+from emdtree.engine import dispatch as _dispatch
 
 torch = pytest.importorskip("torch")
 

@@ -83,7 +83,7 @@ def _public_objects():
     """``(name, object)`` for every function and class in ``emdtree.__all__``, in
     the ``__all__`` of the modules in ``PUBLIC_MODULES`` (named ``module.name``),
     the public methods of those classes, the functions of ``emdtree.datasets`` and
-    :class:`emdtree._sinkhorn.SinkhornResult`."""
+    :class:`emdtree.distances.sinkhorn.SinkhornResult`."""
     out = []
     for name in emdtree.__all__:
         if name.startswith("__"):

@@ -30,7 +30,7 @@ import oracle
 from emdtree import Tree
 from trees import chain, random_masses, random_tree, star
 
-from emdtree import _driver as _drv
+from emdtree.engine import driver as _drv
 
 BLOCK = 32
 RHOS = (1.0, 1.5, 2.0, 3.0)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from emdtree._exactsum import ExactSum
+from emdtree.evaluation.exactsum import ExactSum
 
 
 def total(chunks):

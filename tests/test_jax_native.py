@@ -14,7 +14,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import emdtree  # noqa: E402
 import trees  # noqa: E402
-from emdtree import Tree, _jax_native  # noqa: E402
+from emdtree import Tree
+from emdtree.frameworks import jax_native as _jax_native  # noqa: E402
 from emdtree.jax import emd_loss  # noqa: E402
 
 pytestmark = [

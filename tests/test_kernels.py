@@ -7,8 +7,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import emdtree
 import oracle
-from emdtree import Tree, _driver
-from emdtree._kernels import cpu
+from emdtree import Tree
+from emdtree.engine import driver as _driver
+from emdtree.kernels import cpu
 from trees import random_masses, random_tree
 
 BLOCK = cpu.BLOCK
@@ -159,7 +160,7 @@ def test_chain_fast_path_equals_tree_kernel(dtype, n_bins):
 def test_unprojected_hvp_is_the_transposed_jacobian_of_the_gradient(rho):
     # reverse mode needs J^T v with J = d(emd_grad)/dp along *any* direction u (the
     # totals may change): <v, J u> = <H P v, u>, checked by central differences
-    from emdtree._inputs import prepare
+    from emdtree.engine.inputs import prepare
 
     parents, weights, bins, tree = _tree(8, 60)
     rng = np.random.default_rng(9)
@@ -198,7 +199,7 @@ def test_float32_gradient_conserves_mass_to_rounding(tree_name, rho):
 @pytest.mark.parametrize("rho", [1.0, 2.0, 2.5])
 def test_row_kernel_equals_blocked_kernel(dtype, rho):
     # a few samples go one at a time; the same samples in a full block must agree
-    from emdtree._kernels import rows as rows_kernel
+    from emdtree.kernels import rows as rows_kernel
 
     parents, weights, bins, tree = _tree(12, 150)
     rng = np.random.default_rng(13)
@@ -221,7 +222,7 @@ def test_row_kernel_equals_blocked_kernel(dtype, rho):
 @pytest.mark.parametrize("rho", [2.0, 3.0, 1.5])
 @pytest.mark.parametrize("project_out", [True, False])
 def test_row_hvp_kernel_equals_blocked_kernel(rho, project_out):
-    from emdtree._kernels import rows as rows_kernel
+    from emdtree.kernels import rows as rows_kernel
 
     parents, weights, bins, tree = _tree(14, 120)
     rng = np.random.default_rng(15)

@@ -6,7 +6,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from trees import TREE_CASES, random_masses
 
 import emdtree
-from emdtree._labels import value_grad_labels
+from emdtree.engine.labels import value_grad_labels
 
 
 def _one_hot(labels, n_bins, dtype):

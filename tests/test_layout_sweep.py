@@ -1,13 +1,14 @@
-"""The sweep order of the value-and-gradient kernels (emdtree._layout.sweep_order)."""
+"""The sweep order of the value-and-gradient kernels (emdtree.trees.layout.sweep_order)."""
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from emdtree import Tree, _driver
-from emdtree._kernels import cpu
-from emdtree._kernels import rows as rows_kernel
-from emdtree._layout import sweep_order
+from emdtree import Tree
+from emdtree.engine import driver as _driver
+from emdtree.kernels import cpu
+from emdtree.kernels import rows as rows_kernel
+from emdtree.trees.layout import sweep_order
 from trees import TREE_CASES, random_masses, random_tree
 
 

@@ -249,7 +249,7 @@ def test_weight_errors_name_the_batch_index():
 
 
 def test_parallel_merges_agree(monkeypatch):
-    from emdtree import _line
+    from emdtree.distances import line as _line
 
     rng = np.random.default_rng(10)
     u, v = rng.normal(size=(40, 30)), rng.normal(size=(40, 20))

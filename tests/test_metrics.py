@@ -10,9 +10,9 @@ from trees import TREE_CASES, random_tree
 import emdtree
 import oracle
 from emdtree import Tree, metrics
-from emdtree._exactsum import ExactSum
-from emdtree._hierarchy import hierarchy
-from emdtree._metric_chunks import chunk_emd, ranks
+from emdtree.evaluation.exactsum import ExactSum
+from emdtree.trees.hierarchy import hierarchy
+from emdtree.evaluation.chunks import chunk_emd, ranks
 from emdtree.metrics import EMDMetric, HierarchicalMetrics
 
 # ----------------------------------------------------------------------------- brute force
@@ -282,7 +282,7 @@ def test_labels_give_bitwise_the_values_of_one_hot_targets(case, dtype):
 
 
 def test_labels_on_a_tree_build_no_one_hot_rows(monkeypatch):
-    import emdtree._metric_chunks as chunks_module
+    import emdtree.evaluation.chunks as chunks_module
 
     tree = emdtree.datasets.imagenet_wordnet()
     rng = np.random.default_rng(15)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oracle
-from emdtree._builders import TreeArrays
-from emdtree._newick import parse_newick, read_newick, to_newick
+from emdtree.trees.builders import TreeArrays
+from emdtree.trees.newick import parse_newick, read_newick, to_newick
 
 
 def assert_same(a, b):

@@ -10,8 +10,8 @@ from trees import TREE_CASES, random_tree
 
 import emdtree
 from emdtree import Tree
-from emdtree._kernels import pairwise as kernels
-from emdtree._newick import to_newick
+from emdtree.kernels import pairwise as kernels
+from emdtree.trees.newick import to_newick
 
 RHOS = [1.0, 2.0, 1.5]
 

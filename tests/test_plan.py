@@ -7,7 +7,7 @@ import pytest
 from trees import TREE_CASES, random_masses
 
 import emdtree
-from emdtree import _driver, _tiers
+from emdtree.engine import driver as _driver, tiers as _tiers
 from emdtree.engine import backends, plan as plan_module
 from emdtree.engine.plan import TreePlan, plan_of
 
@@ -39,7 +39,7 @@ def every_door(tree, monkeypatch, twice=True):
         try:
             import jax.numpy as jnp
 
-            from emdtree import _jax_native
+            from emdtree.frameworks import jax_native as _jax_native
         except ImportError:
             continue
         _jax_native.emd(jnp.asarray(p, dtype=jnp.float32), jnp.asarray(q, dtype=jnp.float32), tree, 1.0)

@@ -15,9 +15,9 @@ import pytest
 from trees import TREE_CASES, random_masses
 
 import emdtree
-from emdtree import _driver
+from emdtree.engine import driver as _driver
 from emdtree.engine import backends
-from emdtree._inputs import prepare
+from emdtree.engine.inputs import prepare
 
 array_api_compat = pytest.importorskip("array_api_compat")
 

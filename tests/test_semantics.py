@@ -276,7 +276,7 @@ def test_a_bad_class_index_reads_the_same_at_every_door(door):
     labels = LABELS.copy()
     labels[2] = N_BINS
     if door == "numpy":
-        from emdtree._labels import value_grad_labels
+        from emdtree.engine.labels import value_grad_labels
 
         call, name = (lambda: value_grad_labels(z, labels, TREE, normalize="softmax")), "labels"
     elif door == "metrics":

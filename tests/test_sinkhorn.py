@@ -247,7 +247,7 @@ def test_bad_inputs(p, q, cost, match):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_path_equals_separate_runs(method):
-    from emdtree._sinkhorn import sinkhorn_path
+    from emdtree.distances.sinkhorn import sinkhorn_path
 
     tree, p, q = _problem(12, batch=2)
     path = list(sinkhorn_path(p, q, tree, [1, 4, 9], lam=3.0, method=method))

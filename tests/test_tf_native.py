@@ -16,7 +16,8 @@ keras = pytest.importorskip("keras")
 
 import emdtree  # noqa: E402
 import trees  # noqa: E402
-from emdtree import Tree, _tf_native  # noqa: E402
+from emdtree import Tree
+from emdtree.frameworks import tf_native as _tf_native  # noqa: E402
 from emdtree.tensorflow import EMDLoss, emd_loss  # noqa: E402
 
 pytestmark = [

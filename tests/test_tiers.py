@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 import emdtree
-from emdtree import _compile_notice, _layout, _losses, _tiers
-from emdtree._kernels import cpu
+from emdtree.engine import compile_notice as _compile_notice, tiers as _tiers
+from emdtree.trees import layout as _layout
+from emdtree.frameworks import losses as _losses
+from emdtree.kernels import cpu
 
 RNG = np.random.default_rng(20261205)
 

@@ -32,7 +32,7 @@ def sinkhorn_grad(
     ``p`` must be positive in every bin: the gradient is ``-inf`` where it is zero.
     """
     try:
-        module = importlib.import_module("emdtree._sinkhorn")
+        module = importlib.import_module("emdtree.distances.sinkhorn")
     except ImportError:
         return None
     result = module.sinkhorn(p, q, tree, lam=lam, n_iter=n_iter, tol=1e-10, method="log", return_grad=True)

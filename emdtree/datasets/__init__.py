@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .._tree import Tree
+    from ..trees.tree import Tree
 
 __all__ = ["imagenet_wordnet", "imagenet_wordnet_wnids", "imagenet_classes"]
 
@@ -87,7 +87,7 @@ def _tree_arrays(collapsed: bool) -> tuple[np.ndarray, np.ndarray, tuple[str, ..
 
 @functools.lru_cache(maxsize=None)
 def _imagenet_wordnet(collapsed: bool) -> Tree:
-    from .._tree import Tree
+    from ..trees.tree import Tree
 
     parents, bins, _, node_names = _tree_arrays(collapsed)
     return Tree.from_parents(parents, weights=None, bins=bins, names=_bin_names(), node_names=node_names)

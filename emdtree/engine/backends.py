@@ -77,7 +77,7 @@ def subtree_sums_as_kernels(plan: TreePlan, d: np.ndarray) -> np.ndarray:
     other in the sweep's order (a running sum along a chain), so that phi has
     the kernels' bits and an exact cancellation leaves the same exact 0, where
     ``sign(0) = 0`` decides the gradient for ``rho = 1``. The NumPy pass
-    (:func:`emdtree._driver.numpy_value_grad`) takes phi from here.
+    (:func:`emdtree.engine.driver.numpy_value_grad`) takes phi from here.
     """
     row, steps, inner = plan.sweep_sums
     if plan.canonical_chain:  # phi_k = phi_(k-1) + d_k, as the chain kernel

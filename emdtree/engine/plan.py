@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._layout import sweep_order
+from ..trees.layout import sweep_order
 
 __all__ = ["NodeMajor", "NumpySums", "TreePlan", "plan_of"]
 

@@ -147,7 +147,7 @@ COPIES = 36  # the parallel door tiles the rows past one 32-row block per thread
 @contextlib.contextmanager
 def forced(backend: str):
     """Run the enclosed NumPy-API calls on one CPU backend. The only place that knows the knobs."""
-    from emdtree import _driver, _tiers
+    from emdtree.engine import driver as _driver, tiers as _tiers
 
     knobs = {
         # the first-call NumPy pass, whatever the kernels' state
@@ -178,9 +178,9 @@ def kernels_called():
     """Record the value-and-gradient implementations that the enclosed calls run (a list of names
     from "numpy-pass", "chain-serial", "chain-parallel", "blocked-serial", "blocked-parallel",
     "rows"), to check that :func:`forced` forces what it says."""
-    from emdtree import _driver
-    from emdtree._kernels import chain, cpu
-    from emdtree._kernels import rows as rows_kernel
+    from emdtree.engine import driver as _driver
+    from emdtree.kernels import chain, cpu
+    from emdtree.kernels import rows as rows_kernel
 
     called: list[str] = []
     targets = {"numpy-pass": (_driver, "numpy_value_grad"), "chain-serial": (chain, "chain_value_grad_serial"),
@@ -659,7 +659,7 @@ def _jax_door(name: str, implementation: str, mode: str, second: str | None, **o
 def _cuda_value_grad(case):
     from numba import cuda
 
-    from emdtree import _cuda
+    from emdtree.engine import cuda as _cuda
 
     stream = cuda.stream()
     p, q = (cuda.to_device(np.ascontiguousarray(x), stream=stream) for x in (case.p, case.q))
@@ -670,7 +670,7 @@ def _cuda_value_grad(case):
 def _cuda_hvp(case):
     from numba import cuda
 
-    from emdtree import _cuda
+    from emdtree.engine import cuda as _cuda
 
     stream = cuda.stream()
     p, q, v = (cuda.to_device(np.ascontiguousarray(x), stream=stream) for x in (case.p, case.q, case.v))
@@ -682,7 +682,7 @@ def cuda_setup():
     """Blocks of 4 threads, so that the small trees still cross thread-chunk boundaries."""
     import sys
 
-    from emdtree import _cuda
+    from emdtree.engine import cuda as _cuda
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(5e-5)  # the simulator's threads meet at every syncthreads

@@ -1,0 +1,1 @@
+"""The emdtree command line (``python -m emdtree``, the ``emdtree`` script)."""

@@ -1,0 +1,190 @@
+"""``emdtree pairwise`` on dask: Zarr output, a cluster, tables read by blocks.
+
+Taken when the output is a ``.zarr`` store, the table is a Zarr, HDF5 or
+BIOM file, or ``--scheduler`` / ``--workers`` is given. The matrix is built
+lazily (:func:`emdtree.pairwise` on a dask array) and written block by block,
+so neither the table nor the matrix has to fit in one process: a task holds
+two blocks of transformed samples and one block of distances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..formats.lazy_tables import LAZY_SUFFIXES
+
+
+class _Input(ValueError):
+    pass
+
+
+def wanted(args) -> bool:
+    """Whether ``emdtree pairwise`` takes the dask path for these arguments."""
+    table = str(args.table).rstrip("/\\").lower()
+    return (_is_zarr(args.output) or table.endswith(LAZY_SUFFIXES)
+            or getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None)
+
+
+def _is_zarr(path: str) -> bool:
+    return str(path).rstrip("/\\").lower().endswith(".zarr")
+
+
+def default_block_rows(n_nodes: int) -> int:
+    """Samples per block: about 16 million phi values per block, in multiples of 64, 64 to 4096."""
+    rows = (1 << 24) // max(n_nodes, 1) // 64 * 64
+    return int(min(4096, max(64, rows)))
+
+
+@contextlib.contextmanager
+def scheduler(address: str | None, workers: int | None, threads: int | None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``address`` or a local cluster of ``workers`` processes, or
+    None (the threaded scheduler, ``threads`` threads)."""
+    if address is None and workers is None:
+        import dask
+
+        with dask.config.set(scheduler="threads", **({"num_workers": threads} if threads else {})):
+            yield None
+        return
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError("--scheduler and --workers need dask.distributed: "
+                          "pip install emdtree[distributed]") from None
+    if address is not None:
+        with distributed.Client(address, timeout="60s") as client:
+            yield client
+        return
+    import logging
+
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
+def _compute(task: Any, client: Any, show: bool) -> None:
+    """Run a dask computation, with dask's progress bar on stderr when ``show``."""
+    if client is None:
+        import dask
+
+        if show:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(out=sys.stderr):
+                dask.compute(task)
+        else:
+            dask.compute(task)
+        return
+    import distributed
+
+    running = client.persist(task)
+    if show:
+        with contextlib.redirect_stdout(sys.stderr):  # its text bar writes to stdout
+            distributed.progress(running)
+    running.compute()  # raises the first error of a task, in the caller's terms
+
+
+def _prepare_store(path: str) -> str:
+    """A fresh directory beside ``path``; an existing ``path`` must be a Zarr store (it is replaced)."""
+    target = os.path.abspath(path.rstrip("/\\"))
+    if os.path.exists(target):
+        is_store = os.path.isdir(target) and any(os.path.exists(os.path.join(target, name))
+                                                  for name in ("zarr.json", ".zgroup", ".zarray"))
+        if not is_store:
+            raise _Input(f"-o {path!r} exists and is not a Zarr store: will not replace it")
+    partial = f"{target}.partial-{os.getpid()}"
+    if os.path.exists(partial):
+        shutil.rmtree(partial)
+    return partial
+
+
+def write_zarr(path: str, D: Any, sample_ids: list[str], attrs: dict, client: Any, show: bool) -> None:
+    """Write the lazy matrix ``D`` to the Zarr group ``path`` block by block.
+
+    The group holds ``distances`` (chunked as ``D``) and ``sample_ids``; the
+    store is written beside ``path`` and moved there once complete, so a
+    store at ``path`` is never a partial one.
+    """
+    try:
+        import zarr
+    except ImportError:
+        raise ImportError("writing .zarr needs the zarr package: pip install emdtree[zarr]") from None
+    import dask.array as da
+
+    partial = _prepare_store(path)
+    try:
+        group = zarr.open_group(partial, mode="w")
+        ids = group.create_array("sample_ids", shape=(len(sample_ids),), dtype=str)
+        if sample_ids:
+            ids[:] = np.array(sample_ids, dtype=str)
+        group.attrs.update(attrs)
+        chunks = tuple(c[0] if c else 1 for c in D.chunks)
+        group.create_array("distances", shape=D.shape, chunks=chunks, dtype=D.dtype, fill_value=0.0)
+        target = zarr.open_array(partial, path="distances", mode="r+")
+        _compute(da.store(D, target, lock=False, compute=False), client, show)
+        final = os.path.abspath(path.rstrip("/\\"))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normalize: str | None) -> Any:
+    """``X`` whose blocks name a bad value by sample id and feature when computed, as in memory."""
+    import dask.array as da
+
+    from .commands import check_table_block
+
+    ids = da.from_array(np.array(sample_ids, dtype=object)[:, None], chunks=(X.chunks[0], 1))
+    names = da.from_array(np.array(tree.names, dtype=object)[None, :], chunks=-1)
+    return da.map_blocks(lambda x, i, f: check_table_block(x, normalize, table, i[:, 0], f[0]), X, ids, names,
+                         dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
+
+
+def pairwise(args, out: TextIO) -> None:
+    """``emdtree pairwise`` through dask (see :func:`wanted`)."""
+    import emdtree
+    from emdtree.formats import io
+
+    from .commands import InputError, _stderr_is_terminal, read_tree
+    from ..formats.lazy_tables import open_counts
+
+    if getattr(args, "scheduler", None) is not None and getattr(args, "workers", None) is not None:
+        raise InputError("give --scheduler ADDRESS or --workers N, not both")
+    tree = read_tree(args.tree)
+    block = args.block_size or default_block_rows(tree.n_nodes)
+    try:
+        sample_ids, X = open_counts(args.table, tree, block_rows=block, drop_missing=args.drop_missing,
+                                    transpose=args.transpose)
+    except ValueError as exc:
+        raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
+    normalize = None if args.normalize == "none" else args.normalize
+    X = _checked_counts(X, sample_ids, tree, args.table, normalize)
+    show = not args.quiet and _stderr_is_terminal()
+    n = len(sample_ids)
+    if show:
+        print(f"emdtree: {n} samples x {tree.n_bins} bins; {n * (n - 1) // 2} pairs in blocks of {block} "
+              "samples", file=sys.stderr)
+    D = emdtree.pairwise(X, tree=tree, rho=args.rho, normalize=normalize, block_size=block)
+    with scheduler(args.scheduler, args.workers, args.threads) as client:
+        if _is_zarr(args.output):
+            try:
+                write_zarr(args.output, D, sample_ids, {"rho": args.rho, "normalize": args.normalize},
+                           client, show)
+            except _Input as exc:
+                raise InputError(str(exc)) from None
+            return
+        if client is None:
+            values = D.compute()
+        else:
+            values = client.compute(D).result()
+    io.write_matrix(args.output, values, sample_ids)

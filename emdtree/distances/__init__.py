@@ -1,0 +1,1 @@
+"""Distances between sets of samples: all pairs in memory and on Dask, 1-D, Sinkhorn."""

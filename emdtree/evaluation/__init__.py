@@ -1,0 +1,1 @@
+"""Classification metrics on a tree, behind emdtree.metrics."""

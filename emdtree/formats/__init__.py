@@ -1,0 +1,1 @@
+"""Reading and writing trees, count tables and distance matrices, behind emdtree.io."""

@@ -1,0 +1,1 @@
+"""The framework adapters behind emdtree.torch, emdtree.jax and emdtree.tensorflow."""

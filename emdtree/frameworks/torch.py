@@ -1,0 +1,421 @@
+"""The implementation of :mod:`emdtree.torch`, documented there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'emdtree.torch needs PyTorch: pip install "emdtree[torch]"'
+    ) from exc
+
+from . import losses as _losses, torch_func as _torch_func
+from .torch_func import THIRD_DERIVATIVES, third_is_zero
+from ..trees.tree import Tree
+
+__all__ = ["EMDLoss", "emd_loss"]
+
+Tensor = torch.Tensor
+
+
+# ----------------------------------------------------------------------------- kernels as operators
+
+
+def _target_for_device(target: Tensor, n_bins: int, dtype: torch.dtype) -> Tensor:
+    if target.dtype.is_floating_point:
+        return target
+    return torch.nn.functional.one_hot(target, n_bins).to(dtype)
+
+
+def _run(p: Tensor, target: Tensor, tree: int, rho: float, want_grad: bool, check: bool):
+    """(value (rows,), grad (rows, n_bins) or None) of 2-D ``p`` against ``target``."""
+    if p.device.type != "cpu":
+        from .. import _api
+
+        q = _target_for_device(target, p.shape[-1], p.dtype)
+        tree_ = _losses.tree_of(tree)
+        if want_grad:
+            return _api.emd_value_and_grad(p, q, tree_, rho, check_inputs=check)
+        return _api.emd(p, q, tree_, rho, check_inputs=check), None
+    value, grad = _losses.value_grad(p.detach().numpy(), target.detach().numpy(), tree, rho, want_grad, check)
+    return torch.from_numpy(value), (None if grad is None else torch.from_numpy(grad))
+
+
+@torch.library.custom_op("emdtree::emd_value", mutates_args=())
+def _value_op(input: Tensor, target: Tensor, tree: int, rho: float, check: bool) -> Tensor:
+    """EMD^rho of each row of ``input`` (rows, n_bins) against ``target``."""
+    return _run(input, target, tree, rho, False, check)[0]
+
+
+@torch.library.custom_op("emdtree::emd_value_grad", mutates_args=())
+def _value_grad_op(
+    input: Tensor, target: Tensor, tree: int, rho: float, check: bool
+) -> tuple[Tensor, Tensor]:
+    """EMD^rho of each row and its dirt-conserving gradient with respect to ``input``."""
+    return _run(input, target, tree, rho, True, check)
+
+
+@torch.library.custom_op("emdtree::emd_hvp", mutates_args=())
+def _hvp_op(input: Tensor, target: Tensor, v: Tensor, tree: int, rho: float) -> Tensor:
+    """``P H P v`` of each row: the derivative of the dirt-conserving gradient along ``v``."""
+    if input.device.type != "cpu":
+        from ..engine import dispatch as _dispatch
+
+        q = _target_for_device(target, input.shape[-1], input.dtype)
+        return _dispatch.hvp(input, q, v, _losses.tree_of(tree), rho, -1, False)
+    out = _losses.hvp(input.detach().numpy(), target.detach().numpy(), v.detach().numpy(), tree, rho)
+    return torch.from_numpy(out)
+
+
+@_value_op.register_fake
+def _value_fake(input, target, tree, rho, check):
+    return input.new_empty(input.shape[:-1])
+
+
+@_value_grad_op.register_fake
+def _value_grad_fake(input, target, tree, rho, check):
+    return input.new_empty(input.shape[:-1]), torch.empty_like(input)
+
+
+@_hvp_op.register_fake
+def _hvp_fake(input, target, v, tree, rho):
+    return torch.empty_like(input)
+
+
+def _setup(ctx, inputs, output):
+    input, target, tree, rho, _ = inputs
+    # gradients of unused outputs stay None, so that a first-order backward
+    # does not compute a Hessian-vector product of zeros
+    ctx.set_materialize_grads(False)
+    ctx.tree, ctx.rho = tree, rho
+    ctx.tree_object = _losses.tree_of(tree)  # alive until the backward pass: the registry holds it weakly
+    ctx.target_is_labels = not target.dtype.is_floating_point
+    grad = output[1] if isinstance(output, tuple) else None
+    ctx.save_for_backward(input, target, grad)
+
+
+def _value_grad_backward(ctx, d_value, d_grad):
+    input, target, grad = ctx.saved_tensors
+    d_input = None
+    if d_value is not None:
+        d_input = d_value.unsqueeze(-1) * grad
+    if d_grad is not None:
+        # the derivative of the gradient is P H P (symmetric), in either direction
+        hvp = _hvp_op(input, target, d_grad, ctx.tree, ctx.rho)
+        d_input = hvp if d_input is None else d_input + hvp
+    d_target = None
+    if d_input is not None and not ctx.target_is_labels and ctx.needs_input_grad[1]:
+        d_target = -d_input
+    return d_input, d_target, None, None, None
+
+
+def _value_backward(ctx, d_value):
+    input, target, _ = ctx.saved_tensors
+    if d_value is None:
+        return None, None, None, None, None
+    _, grad = _value_grad_op(input, target, ctx.tree, ctx.rho, False)
+    d_input = d_value.unsqueeze(-1) * grad
+    d_target = None if ctx.target_is_labels or not ctx.needs_input_grad[1] else -d_input
+    return d_input, d_target, None, None, None
+
+
+def _hvp_backward(ctx, d_out):
+    # P H P is symmetric: the transposed Jacobian in v is the product itself
+    input, target = ctx.saved_tensors
+    if (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]) and not third_is_zero(ctx.rho):
+        raise NotImplementedError(THIRD_DERIVATIVES)
+    d_v = _hvp_op(input, target, d_out, ctx.tree, ctx.rho) if ctx.needs_input_grad[2] else None
+    return None, None, d_v, None, None
+
+
+def _hvp_setup(ctx, inputs, output):
+    input, target, _, tree, rho = inputs
+    ctx.tree, ctx.rho = tree, rho
+    ctx.tree_object = _losses.tree_of(tree)
+    ctx.save_for_backward(input, target)
+
+
+_value_grad_op.register_autograd(_value_grad_backward, setup_context=_setup)
+_value_op.register_autograd(_value_backward, setup_context=_setup)
+_hvp_op.register_autograd(_hvp_backward, setup_context=_hvp_setup)
+
+
+def _fold(args, in_dims):
+    """Move vmap's batch dimension of every tensor to the front and merge it into the rows."""
+    size = next(a.shape[d] for a, d in zip(args, in_dims) if d is not None)
+    out = []
+    for a, d in zip(args, in_dims):
+        if isinstance(a, Tensor):
+            a = a.unsqueeze(0).expand(size, *a.shape) if d is None else a.movedim(d, 0)
+            a = a.reshape((-1,) + tuple(a.shape[2:]))  # (size, rows, ...) -> (size * rows, ...)
+        out.append(a)
+    return size, out
+
+
+@torch.library.register_vmap("emdtree::emd_value")
+def _value_vmap(info, in_dims, input, target, tree, rho, check):
+    args = (input, target, tree, rho, check)
+    size, folded = _fold(args, in_dims)
+    value = _value_op(*folded)
+    return value.reshape(size, -1), 0
+
+
+@torch.library.register_vmap("emdtree::emd_value_grad")
+def _value_grad_vmap(info, in_dims, input, target, tree, rho, check):
+    args = (input, target, tree, rho, check)
+    size, folded = _fold(args, in_dims)
+    value, grad = _value_grad_op(*folded)
+    return (value.reshape(size, -1), grad.reshape(size, -1, grad.shape[-1])), (0, 0)
+
+
+@torch.library.register_vmap("emdtree::emd_hvp")
+def _hvp_vmap(info, in_dims, input, target, v, tree, rho):
+    args = (input, target, v, tree, rho)
+    size, folded = _fold(args, in_dims)
+    out = _hvp_op(*folded)
+    return out.reshape(size, -1, out.shape[-1]), 0
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+@torch.compiler.assume_constant_result
+def _tree_token(tree: Tree | None, n_bins: int) -> int:
+    # a constant for the compiler: the tree is host data, read when tracing
+    return _losses.check_tree(tree, n_bins)
+
+
+def _unwrapped(x: Tensor, ax: int) -> tuple[Tensor, int]:
+    """The plain tensor under ``torch.func`` wrappers, and the bin axis in it. A vmapped
+    dimension is folded into the first batch dimension, as the operators fold it (so an
+    entry is named by the same row as the kernels name it), or comes first."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            bdim = functorch.maybe_get_bdim(x)
+            x = functorch.get_unwrapped(x).movedim(bdim, 0)
+            if x.dim() > 2 and ax > 0:
+                x = x.reshape(-1, *x.shape[2:])
+            else:
+                ax += 1
+        else:
+            x = functorch.get_unwrapped(x)
+    return x, ax
+
+
+def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
+    """Name the raw entry that the normalisation would turn into NaN (eagerly and under
+    ``torch.func`` transforms; a compiled call gets the kernels' message about the
+    normalised masses). The rules are :func:`emdtree.engine.semantics.check_raw`:
+    ``-inf`` logits mask classes."""
+    if torch.compiler.is_compiling():
+        return
+    x, ax = _unwrapped(input, ax)
+    x = x.detach()
+    if x.numel() == 0:
+        return
+    if normalize == "softmax":
+        ok = ~(torch.isnan(x) | (x == float("inf"))).any() & (torch.amax(x, dim=ax) > -float("inf")).all()
+    else:
+        ok = torch.isfinite(x).all() & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
+    if not bool(ok):
+        # through Python lists: under torch.func no new tensor has storage for .numpy()
+        _losses.check_normalizable(np.asarray(x.cpu().tolist(), dtype=np.float64), normalize, ax)
+
+
+def _check_tensor(x: Any, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def emd_loss(
+    input: Tensor,
+    target: Tensor,
+    tree: Tree | None = None,
+    rho: float = 2.0,
+    reduction: str = "mean",
+    normalize: str | None = None,
+    axis: int = -1,
+    check_inputs: bool = True,
+) -> Tensor:
+    """EMD^rho between predicted distributions and targets on a tree, as a torch loss.
+
+    For each sample, ``EMD^rho(p, q) = sum_i w_i |phi_i|^rho`` over the
+    non-root nodes ``i`` of ``tree`` (paper eq. 7), where ``p`` is the
+    (optionally normalised) ``input``, ``q`` the target and ``phi_i`` the
+    mass of ``p - q`` under node ``i``.
+
+    Parameters
+    ----------
+    input : Tensor, shape (..., n_bins, ...)
+        Predicted masses, or logits with ``normalize="softmax"``; float32 or
+        float64 (float16 and bfloat16 are computed in float32).
+    target : Tensor
+        Either target distributions, floating point, of the shape of
+        ``input`` (with equal totals: 1 after a normalisation), or integer
+        class indices of the shape of ``input`` without the bin axis, like
+        :class:`torch.nn.CrossEntropyLoss`. Distribution targets receive
+        gradients too.
+    tree : Tree, optional
+        Ground space; default: a chain with unit spacing (ordinal classes).
+    rho : float, default 2.0
+        Exponent, >= 1: 2 is the paper's smooth loss, 1 the exact EMD.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        Mean or sum over the samples, or the per-sample losses, shape
+        ``(...)``.
+    normalize : {None, "softmax", "l1"}, optional
+        Applied to ``input`` along the bin axis before the EMD, as torch
+        operations: a softmax of logits, or a division by the total.
+        A ``-inf`` logit masks its class (probability and gradient 0); ``+inf``, NaN and a
+        row of ``-inf`` only are errors naming the entry.
+    axis : int, default -1
+        The bin axis.
+    check_inputs : bool, default True
+        Check that masses are finite, non-negative and have equal totals.
+
+    Returns
+    -------
+    Tensor
+        A scalar, or shape ``(...)`` for ``reduction="none"``; the dtype of
+        ``input``.
+
+    Raises
+    ------
+    TypeError
+        For a non-tensor, a non-floating ``input`` or a target that is
+        neither floating point nor integer.
+    ValueError
+        For mismatched shapes, a bin axis that does not match the tree, a
+        class index out of range, negative or non-finite masses, or unequal
+        totals.
+
+    Examples
+    --------
+    >>> import torch, emdtree
+    >>> from emdtree.torch import emd_loss
+    >>> p = torch.tensor([[0.5, 0.5, 0.0]], requires_grad=True)
+    >>> q = torch.tensor([[0.0, 0.5, 0.5]])
+    >>> loss = emd_loss(p, q)  # rho=2: 0.5**2 + 0.5**2
+    >>> loss
+    tensor(0.5000, grad_fn=<MeanBackward0>)
+    >>> loss.backward()
+    >>> p.grad
+    tensor([[ 1.,  0., -1.]])
+    >>> logits = torch.zeros(2, 3)
+    >>> emd_loss(logits, torch.tensor([0, 2]), normalize="softmax", reduction="none")
+    tensor([0.5556, 0.5556])
+    """
+    _check_tensor(input, "input")
+    _check_tensor(target, "target")
+    rho = _losses.check_rho_value(rho)
+    reduction = _losses.check_reduction(reduction)
+    normalize = _losses.check_normalize(normalize)
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+    labels = not target.dtype.is_floating_point
+    if labels and (target.dtype == torch.bool or target.dtype.is_complex):
+        raise TypeError(f"target must hold probabilities or integer class indices, got dtype {target.dtype}")
+    ax = _losses.check_axis(axis, input.dim())
+    _losses.check_target_shape(input.shape, target.shape, ax, labels)
+    n_bins = input.shape[ax]
+    token = _tree_token(tree, n_bins)
+
+    out_dtype = input.dtype
+    if input.dtype not in (torch.float32, torch.float64):
+        input = input.float()
+    if check_inputs and normalize is not None:
+        _check_normalizable(input, normalize, ax)
+    p = input.movedim(ax, -1)
+    if normalize == "softmax":
+        p = torch.softmax(p, dim=-1)
+    elif normalize == "l1":
+        p = p / p.sum(dim=-1, keepdim=True)
+    batch_shape = p.shape[:-1]
+    p = p.reshape(-1, n_bins)
+    if labels:
+        q = target.reshape(-1).long()
+    else:
+        # a float32 target stays float32 next to float64 input, so that its mass is checked to
+        # float32's precision, as emdtree.emd does
+        q = target.movedim(ax, -1)
+        if not (q.dtype == torch.float32 and p.dtype == torch.float64):
+            q = q.to(p.dtype)
+        q = q.reshape(-1, n_bins)
+
+    if _torch_func.transforms_active():
+        function = _torch_func.emd_function(_value_grad_op, _hvp_op, _fold)
+        value = function.apply(p, q, token, rho, check_inputs)[0]
+    elif torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
+        value = _value_grad_op(p, q, token, rho, check_inputs)[0]
+    else:
+        value = _value_op(p, q, token, rho, check_inputs)
+    value = value.reshape(batch_shape).to(out_dtype)
+    if reduction == "mean":
+        return value.mean()
+    if reduction == "sum":
+        return value.sum()
+    return value
+
+
+class EMDLoss(torch.nn.Module):
+    """EMD^rho on a tree as a :class:`torch.nn.Module`; see :func:`emd_loss`.
+
+    The tree is host data shared by every device: ``.to(device)`` has nothing
+    to move, and CUDA inputs are handed to emdtree's CUDA kernels.
+
+    Parameters
+    ----------
+    tree, rho, reduction, normalize, axis, check_inputs
+        As in :func:`emd_loss`. Calling the module with ``(input, target)``
+        returns ``emd_loss(input, target, tree, rho, reduction, ...)``.
+
+    Examples
+    --------
+    >>> import torch, emdtree
+    >>> tree = emdtree.Tree.from_nested({"cat": None, "tiger": None, "vehicle": ["starship"]})
+    >>> loss_fn = emdtree.torch.EMDLoss(tree, normalize="softmax")
+    >>> loss_fn  # doctest: +NORMALIZE_WHITESPACE
+    EMDLoss(tree=Tree(n_nodes=5, n_bins=3, depth=2, names=['cat', 'tiger', 'starship']),
+            rho=2.0, reduction='mean', normalize='softmax')
+    >>> logits = torch.tensor([[4.0, 0.0, 0.0]], requires_grad=True)
+    >>> loss = loss_fn(logits, torch.tensor([1]))  # confusing cat with tiger costs little
+    >>> loss.backward()
+    >>> bool(loss < loss_fn(logits, torch.tensor([2])))
+    True
+    """
+
+    def __init__(
+        self,
+        tree: Tree | None = None,
+        rho: float = 2.0,
+        reduction: str = "mean",
+        normalize: str | None = None,
+        axis: int = -1,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        if tree is not None and not isinstance(tree, Tree):
+            raise TypeError(f"tree must be an emdtree.Tree or None, got {type(tree).__name__}")
+        self.tree = tree
+        self.rho = _losses.check_rho_value(rho)
+        self.reduction = _losses.check_reduction(reduction)
+        self.normalize = _losses.check_normalize(normalize)
+        self.axis = axis
+        self.check_inputs = check_inputs
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return emd_loss(input, target, self.tree, self.rho, self.reduction, self.normalize,
+                        self.axis, self.check_inputs)
+
+    def extra_repr(self) -> str:
+        parts = [f"tree={self.tree!r}", f"rho={self.rho!r}", f"reduction={self.reduction!r}"]
+        if self.normalize is not None:
+            parts.append(f"normalize={self.normalize!r}")
+        if self.axis != -1:
+            parts.append(f"axis={self.axis}")
+        return ", ".join(parts)
