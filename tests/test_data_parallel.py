@@ -134,7 +134,7 @@ JAX_SHARDED = f"""
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 import emdtree
-from emdtree import _jax_native
+from emdtree.frameworks import jax_native as _jax_native
 from emdtree.jax import emd_loss
 
 jax.config.update("jax_enable_x64", True)
