@@ -64,23 +64,13 @@ def cuda_status() -> tuple[str, str]:
 
 
 def cache_dir() -> str:
-    """Where Numba keeps emdtree's compiled kernels."""
-    from numba.core import config
-
-    env = os.environ.get("NUMBA_CACHE_DIR") or config.CACHE_DIR
+    """Where Numba keeps emdtree's compiled kernels in this process; never raises."""
     try:
-        from emdtree.kernels import cpu
+        from emdtree.kernels import jit
 
-        for obj in vars(cpu).values():
-            cache = getattr(obj, "_cache", None)
-            path = getattr(cache, "_cache_path", None)
-            if path:
-                writable = "writable" if os.access(path, os.W_OK) else "not writable"
-                source = "NUMBA_CACHE_DIR" if env else "next to the modules"
-                return f"{path} ({source}, {writable})"
-    except Exception:  # a description only: never fail the command for it
-        pass
-    return f"{env} (NUMBA_CACHE_DIR)" if env else "__pycache__ next to each module (Numba's default)"
+        return jit.cache_location()
+    except Exception as exc:  # a description only: never fail the command for it
+        return f"unknown ({exc})"
 
 
 def kernels_status() -> str:

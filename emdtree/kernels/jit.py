@@ -128,7 +128,7 @@ def cache_dir() -> Path:
     return cache_root() / key
 
 
-# Numba's classes (named with a leading underscore before Numba 0.62)
+# Numba's classes (older Numbas name some with a leading underscore)
 _Locator = _caching._CacheLocator
 _SourceBacked = _caching._SourceFileBackedLocatorMixin
 _UserProvided = getattr(_caching, "UserProvidedCacheLocator", None) or _caching._UserProvidedCacheLocator
