@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import emdtree
 from emdtree.kernels import jit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,8 @@ def _files(folder: Path) -> set[str]:
 
 
 def _env(tmp_path: Path, site: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH", "LOCALAPPDATA")}
     env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(site), EMDTREE_JIT="eager",
                PYTHONDONTWRITEBYTECODE="1")
     if sys.platform == "win32":
@@ -84,7 +86,7 @@ def test_kernels_write_nothing_under_the_package_and_cache_per_user(tmp_path):
     assert len(keyed) == 1, keyed
     version, python, where = keyed[0].name.split("-")
     assert python == f"py{sys.version_info[0]}{sys.version_info[1]}"
-    assert version == __import__("emdtree").__version__ and len(where) == 12
+    assert version == emdtree.__version__ and len(where) == 12
     assert any(n.startswith("chain.chain_value_grad_serial-") for n in _cache_files(keyed[0] / "kernels"))
     assert not (tmp_path / "home" / ".cache").exists()
     assert _hits(first) == 0 and str(keyed[0]) in first
@@ -114,7 +116,8 @@ def test_numba_cache_dir_wins(tmp_path):
     site = _copy_package(tmp_path / "site")
     (tmp_path / "home").mkdir()
     before = _files(site)
-    env = _env(tmp_path, site, XDG_CACHE_HOME=str(tmp_path / "xdg"), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    env = _env(tmp_path, site, XDG_CACHE_HOME=str(tmp_path / "xdg"),
+               NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     out = _call(site, env, tmp_path)
     assert _cache_files(tmp_path / "numba"), out
     assert not _cache_files(tmp_path / "xdg") and not _cache_files(tmp_path / "home")
@@ -148,8 +151,9 @@ def test_cache_root_follows_the_platform_rules(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
     assert jit.cache_root() == tmp_path / "local" / "emdtree" / "Cache" / "numba"
-    key = jit.cache_dir().name
-    assert key.startswith(f"{__import__('emdtree').__version__}-py{sys.version_info[0]}{sys.version_info[1]}-")
+    version, python, where = jit.cache_dir().name.split("-")
+    assert (version, python) == (emdtree.__version__, f"py{sys.version_info[0]}{sys.version_info[1]}")
+    assert jit.cache_dir().parent == jit.cache_root()
 
 
 def _build_wheel(tmp_path: Path) -> Path:
@@ -184,7 +188,8 @@ def test_uninstall_leaves_nothing_and_nothing_shadows_a_reinstall(tmp_path):
     _call(site, env, tmp_path)
 
     removable = {site / name for name in listed}
-    removable |= {Path(importlib.util.cache_from_source(str(p))) for p in list(removable) if p.suffix == ".py"}
+    removable |= {Path(importlib.util.cache_from_source(str(p)))
+                  for p in list(removable) if p.suffix == ".py"}
     for path in removable:
         path.unlink(missing_ok=True)
     left = sorted(str(p.relative_to(site)) for p in site.rglob("*") if p.is_file())

@@ -153,42 +153,58 @@ def test_rank_kernels_serial_and_parallel_agree(serial_and_parallel):
 
 
 def _unwritable_copy(tmp_path: Path) -> Path:
-    """A copy of the package where no Numba cache location can be created.
+    """A writable copy of the package, with a HOME where no cache folder can be created.
 
-    A ``__pycache__`` that is a plain file cannot hold a cache (nor can a HOME that
-    is a file), even for root, who may write to read-only directories.
+    A HOME that is a plain file cannot hold a cache folder, even for root, who may
+    write to read-only directories. The package's own folders stay writable: the
+    kernels must still not be cached there.
     """
     dest = tmp_path / "site"
     shutil.copytree(ROOT / "emdtree", dest / "emdtree",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc"))
-    for folder in [dest / "emdtree", *(p for p in (dest / "emdtree").rglob("*") if p.is_dir())]:
-        (folder / "__pycache__").write_text("")
     (tmp_path / "home").write_text("")
     return dest
 
 
-def test_read_only_install_computes_with_one_warning(tmp_path):
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+_READ_ONLY_SCRIPT = (
+    "import warnings, numpy as np\n"
+    "with warnings.catch_warnings(record=True) as caught:\n"
+    "    warnings.simplefilter('always')\n"
+    "    import emdtree\n"
+    "    from emdtree import metrics\n"
+    "    from emdtree.kernels import jit\n"
+    "    assert emdtree.__file__.startswith(%r), emdtree.__file__\n"
+    "    v = emdtree.emd([[1.0, 0, 0]], [[0, 0, 1.0]])\n"
+    "    d = emdtree.pairwise(np.eye(3))\n"
+    "    acc = metrics.topk_accuracy(np.eye(3), [0, 1, 2], k=1)\n"
+    "assert v[0] == 2.0 and d[0, 2] == 2.0 and acc == 1.0, (v, d, acc)\n"
+    "ours = [w for w in caught if 'emdtree' in str(w.message)]\n"
+    "print('warnings', len(ours), [w.category.__name__ for w in ours])\n"
+    "print(ours[0].message if ours else '')\n"
+    "print('location', jit.cache_location())\n"
+)
+
+
+@pytest.mark.parametrize("numba_cache_dir", [False, True], ids=["no NUMBA_CACHE_DIR", "unwritable one"])
+def test_read_only_install_computes_with_one_warning(tmp_path, numba_cache_dir):
     site = _unwritable_copy(tmp_path)
-    code = (
-        "import warnings, numpy as np\n"
-        "with warnings.catch_warnings(record=True) as caught:\n"
-        "    warnings.simplefilter('always')\n"
-        "    import emdtree\n"
-        "    from emdtree import metrics\n"
-        "    assert emdtree.__file__.startswith(%r), emdtree.__file__\n"
-        "    v = emdtree.emd([[1.0, 0, 0]], [[0, 0, 1.0]])\n"
-        "    d = emdtree.pairwise(np.eye(3))\n"
-        "    acc = metrics.topk_accuracy(np.eye(3), [0, 1, 2], k=1)\n"
-        "assert v[0] == 2.0 and d[0, 2] == 2.0 and acc == 1.0, (v, d, acc)\n"
-        "ours = [w for w in caught if 'emdtree' in str(w.message)]\n"
-        "print('warnings', len(ours), [w.category.__name__ for w in ours])\n"
-        "print(ours[0].message if ours else '')\n"
-    ) % str(site)
+    before = _files(site)
     env = {"HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "home"),
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(site)}
-    env_clean = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=site, env=dict(env_clean, **env),
-                            capture_output=True, text=True, timeout=300)
+    if not numba_cache_dir:
+        env["EMDTREE_JIT"] = "eager"  # the kernels themselves run, compiled in memory
+    else:
+        env["NUMBA_CACHE_DIR"] = str(tmp_path / "home" / "numba")  # under a file: cannot be created
+    env_clean = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "LOCALAPPDATA")}
+    result = subprocess.run([sys.executable, "-c", _READ_ONLY_SCRIPT % str(site)], cwd=site,
+                            env=dict(env_clean, **env), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "warnings 1 ['NoKernelCacheWarning']" in result.stdout, result.stdout
     assert "NUMBA_CACHE_DIR" in result.stdout
+    assert "location none: compiled in memory in each process" in result.stdout, result.stdout
+    # no fallback to the package's own folders, although they can be written
+    assert _files(site) == before, sorted(str(p) for p in _files(site) - before)
