@@ -200,3 +200,15 @@ def test_uninstall_leaves_nothing_and_nothing_shadows_a_reinstall(tmp_path):
     # a leftover folder would be found as a namespace package, ahead of a later install
     assert importlib.machinery.PathFinder.find_spec("emdtree", [str(site)]) is None
     assert _cache_files(tmp_path / "xdg" / "emdtree" / "numba")  # the kernels were cached, elsewhere
+
+
+def test_info_prints_the_cache_folder(tmp_path):
+    site = _copy_package(tmp_path / "site")
+    (tmp_path / "home").mkdir()
+    env = _env(tmp_path, site, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    result = subprocess.run([sys.executable, "-m", "emdtree", "info"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Numba cache"))
+    assert f"{tmp_path / 'xdg' / 'emdtree' / 'numba'}{os.sep}" in line and "per-user cache" in line, line
+    assert f"delete {tmp_path / 'xdg' / 'emdtree' / 'numba'} to clear it" in line, line
