@@ -339,3 +339,26 @@ def test_cli_refuses_a_store_that_holds_or_is_an_input(table, capsys):
                        "holds the input --tree")
     assert (out / "tree.nwk").read_text() == NEWICK
     assert zarr.open_group(str(store), mode="r")["counts"].shape == (3, 5)
+
+
+def test_cli_names_an_old_store_whose_removal_fails_after_the_swap(table, capsys, monkeypatch):
+    pytest.importorskip("zarr")
+    pytest.importorskip("dask")
+    out = table / "d.zarr"
+    argv = ["pairwise", table / "t.tsv", "--tree", table / "t.nwk", "-o", out, "-q"]
+    assert run(argv, capsys)[0] == 0
+    (table / "t.tsv").write_text("id\ta\tb\tc\td\te\nx\t1\t0\t0\t0\t0\ny\t0\t1\t0\t0\t0\n")
+
+    real = files.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if ".trash-" not in os.fspath(path):
+            return real(path, *args, **kwargs)
+        raise PermissionError(13, "Permission denied", os.path.join(path, "sample_ids"))
+
+    monkeypatch.setattr(files.shutil, "rmtree", rmtree)
+    code, _, err = run(argv, capsys)
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emdtree: warning: ") and "could not be removed" in lines[0]
+    assert _zarr_store(out, ["x", "y"])[0, 1] == 3.0

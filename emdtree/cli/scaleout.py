@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -113,14 +114,23 @@ def write_zarr(path: str, D: Any, sample_ids: list[str], attrs: dict, client: An
     the next run or read of ``path``.
     """
     try:
-        import zarr
+        import zarr  # noqa: F401
     except ImportError:
         raise ImportError("writing .zarr needs the zarr package: pip install emdtree[zarr]") from None
+    _check_target(path)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", UserWarning)
+        _write_store(path, D, sample_ids, attrs, client, show)
+    for note in notes:  # an old store that could not be removed after the swap: one line
+        print(f"emdtree: warning: {note.message}", file=sys.stderr)
+
+
+def _write_store(path: str, D: Any, sample_ids: list[str], attrs: dict, client: Any, show: bool) -> None:
+    import zarr
     import dask.array as da
 
     from ..trees import files
 
-    _check_target(path)
     with files.atomic_directory(path) as partial:
         group = zarr.open_group(partial, mode="w")
         ids = group.create_array("sample_ids", shape=(len(sample_ids),), dtype=str)

@@ -38,7 +38,8 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_directory", "recover_directory", "load_npy", "open_npz", "NpzArchive"]
+__all__ = ["atomic_write", "atomic_directory", "recover_directory", "DirectoryNotReplaced", "load_npy",
+           "open_npz", "NpzArchive"]
 
 # what np.load and NpzFile raise for a file that is empty, truncated or not NumPy's
 # (a damaged .npy header reaches ast.literal_eval: SyntaxError, tokenize.TokenError; zipfile
@@ -208,7 +209,8 @@ def _remove_dead_files(target: str, directory: str) -> None:
     """Remove the temporary files of :func:`atomic_write` left beside ``target`` by dead processes."""
     prefix, suffix = f".{os.path.basename(target)}.", ".tmp"
     try:
-        names = [e.name for e in os.scandir(directory) if e.name.startswith(prefix) and e.name.endswith(suffix)]
+        names = [e.name for e in os.scandir(directory)
+                 if e.name.startswith(prefix) and e.name.endswith(suffix)]
     except OSError:
         return
     for name in names:
@@ -317,10 +319,15 @@ def recover_directory(path: str | os.PathLike[str]) -> None:
 
 def _removal_blocker(path: str) -> str | None:
     """The first entry of the tree at ``path`` that this process may not remove, with the reason."""
-    for root, dirs, _ in os.walk(path, onerror=None):
+    errors: list[OSError] = []
+    for root, dirs, _ in os.walk(path, onerror=errors.append):
         if not os.access(root, os.W_OK | os.X_OK | os.R_OK):
             return f"{root!r} (Permission denied)"
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        if errors:
+            break
+    if errors:
+        return f"{errors[0].filename!r} ({errors[0].strerror or errors[0]})"
     return None
 
 
@@ -396,6 +403,17 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[str]:
     Leftovers of dead writers of ``path`` are removed first; those of live
     writers are never touched, so writers running at once each finish and
     ``path`` holds the last one's directory.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The directory to write; a symbolic link is followed and its target
+        replaced.
+
+    Yields
+    ------
+    str
+        The new directory, empty, to fill.
 
     Raises
     ------
