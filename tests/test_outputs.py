@@ -362,3 +362,9 @@ def test_cli_names_an_old_store_whose_removal_fails_after_the_swap(table, capsys
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("emdtree: warning: ") and "could not be removed" in lines[0]
     assert _zarr_store(out, ["x", "y"])[0, 1] == 3.0
+
+
+def test_missing_folders_above_a_store_are_made(tmp_path):
+    target = str(tmp_path / "a" / "b" / "d.zarr")
+    _write(target, "v")
+    assert _version(target) == "v" and _beside(target) == []

@@ -408,7 +408,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[str]:
     ----------
     path : str or path-like
         The directory to write; a symbolic link is followed and its target
-        replaced.
+        replaced. Missing folders above it are made.
 
     Yields
     ------
@@ -424,6 +424,10 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[str]:
     """
     name = os.fspath(path)
     target = _directory_target(name)
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)  # as a store's own folders are made
+    except OSError as exc:
+        raise _named(exc, name) from None
     recover_directory(target)
     _check_removable(target, name)
     token = _writer_token()
