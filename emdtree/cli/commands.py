@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import stat
 import sys
 import warnings
 from typing import Any, TextIO
@@ -103,6 +104,79 @@ def read_tree(spec: str | None):
 
 
 # ----------------------------------------------------------------------------- output
+
+# per command: the options that name inputs (with their names in messages) and outputs
+_INPUTS = {"distance": (("p", "P"), ("q", "Q"), ("tree", "--tree")),
+           "pairwise": (("table", "TABLE"), ("tree", "--tree")),
+           "evaluate": (("pred", "PRED"), ("labels", "LABELS"), ("tree", "--tree"))}
+_OUTPUTS = {"distance": (("output", "-o"),), "pairwise": (("output", "-o"),),
+            "evaluate": (("per_class", "--per-class"),)}
+
+
+def _input_paths(spec: str) -> list[str]:
+    """The existing files or directories that an input argument names (none for inline numbers)."""
+    paths = [spec]
+    if ":" in spec:
+        paths.append(spec.rsplit(":", 1)[0])  # FILE.npz:NAME
+    return [p for p in paths if os.path.exists(p)]
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and every directory above it, lexically and with symbolic links resolved."""
+    found = []
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        p = start
+        while True:
+            found.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+    return found
+
+
+def check_outputs(args) -> None:
+    """Refuse an output that is one of the command's inputs, holds one (a store) or lies inside one:
+    the same file, a hard or symbolic link to it, the same directory. Outputs that are devices or
+    pipes (``/dev/stdout``) are not checked."""
+    outputs = [(getattr(args, attr, None), option) for attr, option in _OUTPUTS.get(args.command, ())]
+    outputs = [(path, option) for path, option in outputs if path]
+    if not outputs:
+        return
+    for out, option in outputs:
+        try:
+            info = os.stat(out)
+        except OSError:
+            info = None
+        if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            continue
+        out_ids = {_identity(p) for p in _ancestors(out)} - {None}
+        own = _identity(out)
+        for attr, what in _INPUTS[args.command]:
+            spec = getattr(args, attr, None)
+            if not spec:
+                continue
+            for path in _input_paths(str(spec)):
+                ident = _identity(path)
+                if ident is None:
+                    continue
+                if ident in out_ids:
+                    relation = "is" if ident == own else "lies inside"
+                    raise InputError(f"{option} {out!r} {relation} the input {what} {str(spec)!r}: "
+                                     "choose another output")
+                if own is not None and own in {_identity(p) for p in _ancestors(path)}:
+                    raise InputError(f"{option} {out!r} holds the input {what} {str(spec)!r}, which "
+                                     "replacing it would delete: choose another output")
+
+
 
 
 def _stderr_is_terminal() -> bool:

@@ -172,6 +172,7 @@ def _run(args, out) -> None:
     from . import commands as _cli_commands, demo as _cli_demo, info as _cli_info, scaleout as _cli_scaleout
 
     # Zarr output, a cluster, or a table read by blocks go to the scale-out path
+    _cli_commands.check_outputs(args)  # before anything is read or written
     scaleout = args.command == "pairwise" and _cli_scaleout.wanted(args)
     run = {
         "demo": _cli_demo.run,

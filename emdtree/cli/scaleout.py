@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -91,35 +91,47 @@ def _compute(task: Any, client: Any, show: bool) -> None:
     running.compute()  # raises the first error of a task, in the caller's terms
 
 
-def _prepare_store(path: str) -> str:
-    """A fresh directory beside ``path``; an existing ``path`` must be a Zarr store (it is replaced)."""
-    target = os.path.abspath(path.rstrip("/\\"))
-    if os.path.exists(target):
+def _check_target(path: str) -> None:
+    """An existing ``path`` must be a Zarr store (it is replaced) that this process can remove."""
+    from ..trees import files
+
+    target = files._directory_target(path)
+    files.recover_directory(target)  # a swap that a killed run left half done
+    if os.path.lexists(target):
         is_store = os.path.isdir(target) and any(os.path.exists(os.path.join(target, name))
                                                   for name in ("zarr.json", ".zgroup", ".zarray"))
         if not is_store:
             raise _Input(f"-o {path!r} exists and is not a Zarr store: will not replace it")
-    partial = f"{target}.partial-{os.getpid()}"
-    if os.path.exists(partial):
-        shutil.rmtree(partial)
-    return partial
 
 
 def write_zarr(path: str, D: Any, sample_ids: list[str], attrs: dict, client: Any, show: bool) -> None:
     """Write the lazy matrix ``D`` to the Zarr group ``path`` block by block.
 
     The group holds ``distances`` (chunked as ``D``) and ``sample_ids``; the
-    store is written beside ``path`` and moved there once complete, so a
-    store at ``path`` is never a partial one.
+    store is written beside ``path`` and swapped in by renames once complete
+    (:func:`emdtree.trees.files.atomic_directory`), so ``path`` is always the
+    complete old or new store, and a run killed at any point is recovered by
+    the next run or read of ``path``.
     """
     try:
-        import zarr
+        import zarr  # noqa: F401
     except ImportError:
         raise ImportError("writing .zarr needs the zarr package: pip install emdtree[zarr]") from None
+    _check_target(path)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", UserWarning)
+        _write_store(path, D, sample_ids, attrs, client, show)
+    for note in notes:  # an old store that could not be removed after the swap: one line
+        print(f"emdtree: warning: {note.message}", file=sys.stderr)
+
+
+def _write_store(path: str, D: Any, sample_ids: list[str], attrs: dict, client: Any, show: bool) -> None:
+    import zarr
     import dask.array as da
 
-    partial = _prepare_store(path)
-    try:
+    from ..trees import files
+
+    with files.atomic_directory(path) as partial:
         group = zarr.open_group(partial, mode="w")
         ids = group.create_array("sample_ids", shape=(len(sample_ids),), dtype=str)
         if sample_ids:
@@ -129,13 +141,6 @@ def write_zarr(path: str, D: Any, sample_ids: list[str], attrs: dict, client: An
         group.create_array("distances", shape=D.shape, chunks=chunks, dtype=D.dtype, fill_value=0.0)
         target = zarr.open_array(partial, path="distances", mode="r+")
         _compute(da.store(D, target, lock=False, compute=False), client, show)
-        final = os.path.abspath(path.rstrip("/\\"))
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(partial, final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normalize: str | None) -> Any:
@@ -162,6 +167,10 @@ def pairwise(args, out: TextIO) -> None:
         raise InputError("give --scheduler ADDRESS or --workers N, not both")
     tree = read_tree(args.tree)
     block = args.block_size or default_block_rows(tree.n_nodes)
+    if _is_zarr(args.table):
+        from ..trees import files
+
+        files.recover_directory(args.table)  # a store that a killed run left between two names
     try:
         sample_ids, X = open_counts(args.table, tree, block_rows=block, drop_missing=args.drop_missing,
                                     transpose=args.transpose)
