@@ -192,6 +192,8 @@ def pairwise(args, out: TextIO) -> None:
         sample_ids, X = io.load_counts(args.table, tree, drop_missing=args.drop_missing, **options)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
+    except ImportError as exc:  # the package a format needs (biom-format for .biom): one line
+        raise InputError(str(exc)) from None
     normalize = None if args.normalize == "none" else args.normalize
     _check_counts(X, sample_ids, tree, args.table, normalize)
     if not args.quiet and _stderr_is_terminal():

@@ -26,10 +26,39 @@ class _Input(ValueError):
 
 
 def wanted(args) -> bool:
-    """Whether ``emdtree pairwise`` takes the dask path for these arguments."""
+    """Whether ``emdtree pairwise`` takes the dask path for these arguments.
+
+    A BIOM table needs only the ``biom`` extra: it is read by blocks when dask
+    is installed, and in memory otherwise (the same matrix).
+    """
     table = str(args.table).rstrip("/\\").lower()
-    return (_is_zarr(args.output) or table.endswith(LAZY_SUFFIXES)
-            or getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None)
+    if getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None:
+        return True
+    if _is_zarr(args.output):
+        return True
+    if table.endswith(".biom"):
+        return _has_dask()
+    return table.endswith(LAZY_SUFFIXES)
+
+
+def _has_dask() -> bool:
+    try:
+        import dask.array  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _needs_dask(args) -> str:
+    """What asked for dask, and the extra that brings it."""
+    if getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None:
+        option = "--scheduler" if getattr(args, "scheduler", None) is not None else "--workers"
+        return f"{option} needs dask.distributed: pip install emdtree[distributed]"
+    if _is_zarr(args.output):
+        return f"-o {args.output!r}: writing a Zarr store needs dask and zarr: pip install emdtree[zarr]"
+    table = str(args.table).rstrip("/\\").lower()
+    extra = "emdtree[zarr]" if table.endswith(".zarr") else "emdtree[dask] h5py"
+    return f"{args.table!r}: reading this table by blocks needs dask: pip install {extra}"
 
 
 def _is_zarr(path: str) -> bool:
@@ -55,8 +84,10 @@ def scheduler(address: str | None, workers: int | None, threads: int | None) -> 
     try:
         import distributed
     except ImportError:
-        raise ImportError("--scheduler and --workers need dask.distributed: "
-                          "pip install emdtree[distributed]") from None
+        from .commands import InputError
+
+        raise InputError("--scheduler and --workers need dask.distributed: "
+                         "pip install emdtree[distributed]") from None
     if address is not None:
         with distributed.Client(address, timeout="60s") as client:
             yield client
@@ -160,6 +191,8 @@ def pairwise(args, out: TextIO) -> None:
 
     if getattr(args, "scheduler", None) is not None and getattr(args, "workers", None) is not None:
         raise InputError("give --scheduler ADDRESS or --workers N, not both")
+    if not _has_dask():
+        raise InputError(_needs_dask(args))
     tree = read_tree(args.tree)
     block = args.block_size or default_block_rows(tree.n_nodes)
     try:
@@ -167,6 +200,8 @@ def pairwise(args, out: TextIO) -> None:
                                     transpose=args.transpose)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
+    except ImportError as exc:  # an optional package the table's format needs: one line
+        raise InputError(str(exc)) from None
     normalize = None if args.normalize == "none" else args.normalize
     X = _checked_counts(X, sample_ids, tree, args.table, normalize)
     show = not args.quiet and _stderr_is_terminal()

@@ -1,0 +1,80 @@
+"""Each documented input works with the extra named for it, and bad input is named in the caller's terms."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import emdtree
+from cli_helpers import assert_input_error, run
+
+_TREE = "(((t0:1,t1:2):0.5,(t2:1,t3:1):1):1,(t4:2,t5:1):0.5);"
+_NAMES = [f"t{i}" for i in range(6)]
+
+# `python -c` with dask (and dask.distributed) made unimportable, then the command line
+_NO_DASK = textwrap.dedent("""
+    import sys
+
+    class _NoDask:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("dask", "distributed"):
+                raise ImportError(f"No module named {name!r}")
+
+    sys.meta_path.insert(0, _NoDask())
+    from emdtree.cli.main import main
+
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _no_dask(args, cwd):
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(emdtree.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run([sys.executable, "-c", _NO_DASK, *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _write_biom(path, counts):
+    biom = pytest.importorskip("biom")
+    h5py = pytest.importorskip("h5py")
+    table = biom.Table(np.asarray(counts, dtype=float).T, _NAMES, [f"s{i}" for i in range(len(counts))])
+    with h5py.File(path, "w") as fh:
+        table.to_hdf5(fh, "emdtree tests")
+
+
+def _counts(n=7, seed=0):
+    return np.random.default_rng(seed).integers(0, 5, size=(n, len(_NAMES))).astype(float) + \
+        np.eye(n, len(_NAMES))
+
+
+# ----------------------------------------------------------------------------- inputs and extras
+
+
+def test_biom_through_the_cli_needs_no_dask(tmp_path):
+    X = _counts()
+    _write_biom(tmp_path / "t.biom", X)
+    (tmp_path / "tree.nwk").write_text(_TREE)
+    done = _no_dask(["pairwise", "t.biom", "--tree", "tree.nwk", "-o", "d.tsv"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    got = emdtree.io.read_matrix(tmp_path / "d.tsv")
+    tree = emdtree.io.read_tree(tmp_path / "tree.nwk")
+    assert list(got.row_ids) == [f"s{i}" for i in range(len(X))]
+    np.testing.assert_allclose(got.values, emdtree.pairwise(X, tree=tree, normalize="l1"),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_dask_options_without_dask_say_which_extra(tmp_path):
+    _write_biom(tmp_path / "t.biom", _counts())
+    (tmp_path / "tree.nwk").write_text(_TREE)
+    for extra, expected in ((["-o", "d.zarr"], "emdtree[zarr]"), (["-o", "d.tsv", "--workers", "2"],
+                                                                  "emdtree[distributed]")):
+        done = _no_dask(["pairwise", "t.biom", "--tree", "tree.nwk", *extra], tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith("emdtree: error: ") and expected in lines[0], lines[0]
