@@ -78,3 +78,41 @@ def test_dask_options_without_dask_say_which_extra(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert lines[0].startswith("emdtree: error: ") and expected in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- command-line options
+
+
+@pytest.fixture
+def table(tmp_path):
+    X = _counts(5)
+    path = tmp_path / "t.tsv"
+    path.write_text("id\t" + "\t".join(_NAMES) + "\n" + "".join(
+        f"s{i}\t" + "\t".join(str(v) for v in row) + "\n" for i, row in enumerate(X)))
+    (tmp_path / "tree.nwk").write_text(_TREE)
+    return tmp_path
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999999", str(2**63)])
+def test_a_count_option_beyond_int64_is_a_range_error(table, capsys, value):
+    pytest.importorskip("dask.array")
+    assert_input_error(["pairwise", table / "t.tsv", "--tree", table / "tree.nwk", "-o", table / "d.zarr",
+                        "--block-size", value], capsys, "--block-size", "at most 9223372036854775807", value)
+
+
+def test_the_largest_count_option_runs(table, capsys):
+    pytest.importorskip("zarr")
+    code, _, err = run(["pairwise", table / "t.tsv", "--tree", table / "tree.nwk", "-o", table / "d.zarr",
+                        "--block-size", str(2**63 - 1)], capsys)
+    assert code == 0, err
+
+
+def test_an_unreachable_scheduler_fails_fast_naming_it(table, capsys):
+    pytest.importorskip("distributed")
+    from emdtree.cli import scaleout
+
+    assert scaleout.CONNECT_TIMEOUT_S <= 10
+    address = "tcp://127.0.0.1:1"  # nothing listens on port 1
+    line = assert_input_error(["pairwise", table / "t.tsv", "--tree", table / "tree.nwk", "-o",
+                               table / "d.tsv", "--scheduler", address], capsys, address, "scheduler")
+    assert "Traceback" not in line

@@ -28,6 +28,10 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    from ..engine.semantics import COUNT_MAX, message
+
+    if value > COUNT_MAX:  # beyond int64, NumPy and dask take it for an object
+        raise argparse.ArgumentTypeError(message("count_range", top=COUNT_MAX, value=value))
     return value
 
 

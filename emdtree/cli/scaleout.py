@@ -65,6 +65,10 @@ def _is_zarr(path: str) -> bool:
     return str(path).rstrip("/\\").lower().endswith(".zarr")
 
 
+#: Seconds to wait for the scheduler of ``--scheduler`` to answer.
+CONNECT_TIMEOUT_S = 5.0
+
+
 def default_block_rows(n_nodes: int) -> int:
     """Samples per block: about 16 million phi values per block, in multiples of 64, 64 to 4096."""
     rows = (1 << 24) // max(n_nodes, 1) // 64 * 64
@@ -89,7 +93,14 @@ def scheduler(address: str | None, workers: int | None, threads: int | None) -> 
         raise InputError("--scheduler and --workers need dask.distributed: "
                          "pip install emdtree[distributed]") from None
     if address is not None:
-        with distributed.Client(address, timeout="60s") as client:
+        try:
+            client = distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except (OSError, TimeoutError):  # refused, unreachable or silent: one line, soon
+            from ..engine.semantics import message
+            from .commands import InputError
+
+            raise InputError(message("scheduler", address=address, seconds=CONNECT_TIMEOUT_S)) from None
+        with client:
             yield client
         return
     import logging

@@ -44,7 +44,13 @@ MESSAGES = {
     "whole_label": "{entry} = {value} is not a class index: class indices must be whole numbers",
     "distribution": ("{row} sums to {total!r}: with normalize='softmax' {logits} holds logits and {name} "
                      "must be a distribution (summing to 1)"),
+    "count_range": "expected a positive integer at most {top} (2**63 - 1), got {value}",
+    "scheduler": ("--scheduler {address}: no dask scheduler answered there within {seconds:g} s; "
+                  "check the address and that the scheduler is running"),
 }
+
+#: The largest value of a count option (rows, samples, workers): the range of int64.
+COUNT_MAX = 2**63 - 1
 
 _REAL = (numbers.Real, np.integer, np.floating)
 
