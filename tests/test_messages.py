@@ -116,3 +116,19 @@ def test_an_unreachable_scheduler_fails_fast_naming_it(table, capsys):
     line = assert_input_error(["pairwise", table / "t.tsv", "--tree", table / "tree.nwk", "-o",
                                table / "d.tsv", "--scheduler", address], capsys, address, "scheduler")
     assert "Traceback" not in line
+
+
+# ----------------------------------------------------------------------------- the NumPy API
+
+
+@pytest.mark.parametrize("args, culprit, other", [
+    ((np.zeros((3, 4)), np.ones((3, 5)), np.ones((2, 4))), "u_weights", "u_values"),
+    ((np.zeros((3, 4)), np.ones((3, 5)), None, np.ones((2, 5))), "v_weights", "u_values"),
+    ((np.zeros((3, 4)), np.ones((2, 5))), "v_values", "u_values"),
+    ((np.zeros((3, 4)), np.ones((3, 5)), np.ones((3, 4)), np.ones((4, 5))), "v_weights", "u_values"),
+])
+def test_wasserstein_1d_names_the_argument_whose_batch_shape_is_off(args, culprit, other):
+    with pytest.raises(ValueError) as info:
+        emdtree.wasserstein_1d(*args)
+    message = str(info.value)
+    assert message.startswith(f"{culprit} has the batch shape") and f"of {other}" in message, message

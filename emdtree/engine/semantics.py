@@ -44,6 +44,8 @@ MESSAGES = {
     "whole_label": "{entry} = {value} is not a class index: class indices must be whole numbers",
     "distribution": ("{row} sums to {total!r}: with normalize='softmax' {logits} holds logits and {name} "
                      "must be a distribution (summing to 1)"),
+    "batch_shapes": ("{name} has the batch shape {shape} (its shape without the sample axis), which does "
+                     "not broadcast with the batch shape {other_shape} of {other}"),
     "count_range": "expected a positive integer at most {top} (2**63 - 1), got {value}",
     "scheduler": ("--scheduler {address}: no dask scheduler answered there within {seconds:g} s; "
                   "check the address and that the scheduler is running"),
