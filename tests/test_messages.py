@@ -132,3 +132,35 @@ def test_wasserstein_1d_names_the_argument_whose_batch_shape_is_off(args, culpri
         emdtree.wasserstein_1d(*args)
     message = str(info.value)
     assert message.startswith(f"{culprit} has the batch shape") and f"of {other}" in message, message
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_two_byte_floats_are_computed_in_float32(dtype_name):
+    if dtype_name == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.float16
+    rng = np.random.default_rng(1)
+    tree = emdtree.Tree.from_newick(_TREE)
+    p = rng.integers(0, 4, size=(3, 6)).astype(dtype)
+    q = rng.integers(0, 4, size=(3, 6)).astype(dtype)
+    p32, q32 = p.astype(np.float32), q.astype(np.float32)  # the same values, exactly
+    value = emdtree.emd(p, q, tree, normalize="l1")
+    assert value.dtype == np.float32
+    np.testing.assert_array_equal(value, emdtree.emd(p32, q32, tree, normalize="l1"))
+    v, g = emdtree.emd_value_and_grad(p, q, tree, normalize="l1")
+    v32, g32 = emdtree.emd_value_and_grad(p32, q32, tree, normalize="l1")
+    assert g.dtype == np.float32
+    np.testing.assert_array_equal(g, g32)
+    w = emdtree.wasserstein_1d(np.arange(4).astype(dtype), np.array([1, 3, 2]).astype(dtype))
+    assert w.dtype == np.float32
+    assert w == emdtree.wasserstein_1d(np.arange(4, dtype=np.float32), np.array([1, 3, 2], np.float32))
+
+
+def test_bfloat16_masses_with_unequal_totals_are_named():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    p = np.array([[0.25, 0.75, 0, 0]], dtype=ml_dtypes.bfloat16)
+    with pytest.raises(ValueError, match="must have equal total mass"):
+        emdtree.emd(p, p * 3)
+    with pytest.raises(ValueError, match=r"p\[0, 0\] = nan is not finite"):
+        emdtree.emd(np.array([[np.nan, 1, 0, 0]], dtype=ml_dtypes.bfloat16), p)

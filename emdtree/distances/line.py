@@ -175,6 +175,8 @@ def _rows_parallel(u, wu, v, wv, ou, ov, steps, order, rho, mode, want_grad, out
 
 def _real(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x)
+    if semantics.narrow_float(arr.dtype) or arr.dtype == np.float16:  # computed in float32, as the masses
+        arr = arr.astype(np.float32)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim == 0:

@@ -276,7 +276,7 @@ def _eps(dtype: np.dtype) -> float:
     """Machine epsilon of a mass dtype (integers count as float64)."""
     eps = _EPS.get(dtype)
     if eps is None:
-        eps = float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+        eps = semantics.float_eps(dtype)
     return eps
 
 

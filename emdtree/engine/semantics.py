@@ -95,14 +95,33 @@ def check_axis(axis: Any, ndim: int, name: str = "inputs") -> int:
     return int(axis) % ndim
 
 
+def narrow_float(dtype: Any) -> bool:
+    """Whether ``dtype`` is one of the floats of ``ml_dtypes`` (bfloat16, float8, ...: what JAX and
+    TensorFlow arrays convert to), which NumPy stores but does not compute in."""
+    dtype = np.dtype(dtype)
+    return (dtype.kind == "V" and str(getattr(dtype.type, "__module__", "")).startswith("ml_dtypes")
+            and dtype.name.startswith(("bfloat", "float")))
+
+
+def float_eps(dtype: Any) -> float:
+    """Machine epsilon of a mass dtype: its own for floats (``ml_dtypes``' included), float64's for
+    integers."""
+    dtype = np.dtype(dtype)
+    if narrow_float(dtype):
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).eps)
+    return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+
+
 def working_dtype(*arrays: Any) -> np.dtype:
-    """The dtype of the computation: float32 stays float32, other floats and integers become
-    float64 (float16 inputs are computed in float32 by the adapters, which cast first)."""
-    kinds = {np.dtype(a.dtype).kind for a in arrays}
-    if kinds - set("biuf"):
-        bad = next(a.dtype for a in arrays if np.dtype(a.dtype).kind not in "biuf")
+    """The dtype of the computation: float32 stays float32, as do float16, bfloat16 and the other
+    floats of ``ml_dtypes`` (cast first, as the adapters do); float64 and integers become float64."""
+    dtypes = [np.dtype(a.dtype) for a in arrays]
+    bad = next((d for d in dtypes if d.kind not in "biuf" and not narrow_float(d)), None)
+    if bad is not None:
         raise TypeError(f"masses must be real numbers, got dtype {bad}")
-    if all(np.dtype(a.dtype).kind == "f" and np.dtype(a.dtype).itemsize <= 4 for a in arrays):
+    if all(narrow_float(d) or (d.kind == "f" and d.itemsize <= 4) for d in dtypes):
         return np.dtype(np.float32)
     return np.dtype(np.float64)
 
