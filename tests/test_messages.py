@@ -164,3 +164,19 @@ def test_bfloat16_masses_with_unequal_totals_are_named():
         emdtree.emd(p, p * 3)
     with pytest.raises(ValueError, match=r"p\[0, 0\] = nan is not finite"):
         emdtree.emd(np.array([[np.nan, 1, 0, 0]], dtype=ml_dtypes.bfloat16), p)
+
+
+def test_names_that_differ_in_unicode_normalisation_are_told_apart(tmp_path, capsys):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "caf\u00e9"), unicodedata.normalize("NFD", "caf\u00e9")
+    tree = emdtree.Tree.from_newick(f"(({nfc}:1,b:2):0.5,c:3);")
+    with pytest.raises(ValueError) as info:
+        emdtree.io.match_features([nfd, "b", "c"], tree)
+    message = str(info.value)
+    assert ascii(nfd) in message and ascii(nfc) in message and "Unicode normalisation" in message, message
+    assert nfd not in message  # the escaped form only: the two look alike when printed
+    (tmp_path / "tree.nwk").write_text(f"(({nfc}:1,b:2):0.5,c:3);", encoding="utf-8")
+    (tmp_path / "t.tsv").write_text(f"id\t{nfd}\tb\tc\ns0\t1\t2\t3\n", encoding="utf-8")
+    assert_input_error(["pairwise", tmp_path / "t.tsv", "--tree", tmp_path / "tree.nwk", "-o",
+                        tmp_path / "d.tsv"], capsys, ascii(nfd), "Unicode normalisation", "--drop-missing")

@@ -46,6 +46,10 @@ MESSAGES = {
                      "must be a distribution (summing to 1)"),
     "batch_shapes": ("{name} has the batch shape {shape} (its shape without the sample axis), which does "
                      "not broadcast with the batch shape {other_shape} of {other}"),
+    "not_bins": ("{count} of {total} features are not bins of the tree: {shown}{more}{hint}; pass "
+                 "drop_missing=True to leave them out"),
+    "unicode_hint": (" ({feature} differs from the tree's {tip} only in Unicode normalisation: normalise "
+                     "both names to one form, e.g. NFC)"),
     "count_range": "expected a positive integer at most {top} (2**63 - 1), got {value}",
     "scheduler": ("--scheduler {address}: no dask scheduler answered there within {seconds:g} s; "
                   "check the address and that the scheduler is running"),
@@ -153,6 +157,30 @@ def along(name: str, shape: tuple[int, ...], axis: int) -> tuple[Entry, Row]:
 def _value(x: Any) -> str:
     """A value as the caller would print it: a NumPy scalar to its own dtype's precision."""
     return str(x) if isinstance(x, np.generic) else repr(x)
+
+
+def shown_name(name: str) -> str:
+    """A name as a message shows it: ``repr``, with ``ascii`` escapes when the name is not printable
+    ASCII, so that names that look alike (NFC and NFD forms of 'é', a no-break space) differ."""
+    return repr(name) if name.isascii() and name.isprintable() else ascii(name)
+
+
+def not_bins_error(missing: list[str], total: int, tip_names: Any, listed: int = 10) -> str:
+    """The message for features ``missing`` from the tree (of ``total``), the first ``listed``
+    shown, with a hint when one differs from a tip name only in Unicode normalisation."""
+    import unicodedata
+
+    shown = ", ".join(shown_name(f) for f in missing[:listed])
+    more = f" and {len(missing) - listed} more" if len(missing) > listed else ""
+    hint = ""
+    if any(not f.isascii() for f in missing):
+        tips = {unicodedata.normalize("NFC", str(t)): str(t) for t in tip_names if not str(t).isascii()}
+        for f in missing:
+            tip = tips.get(unicodedata.normalize("NFC", f))
+            if tip is not None:
+                hint = message("unicode_hint", feature=shown_name(f), tip=shown_name(tip))
+                break
+    return message("not_bins", count=len(missing), total=total, shown=shown, more=more, hint=hint)
 
 
 # ----------------------------------------------------------------------------- the rules
