@@ -180,3 +180,48 @@ def test_names_that_differ_in_unicode_normalisation_are_told_apart(tmp_path, cap
     (tmp_path / "t.tsv").write_text(f"id\t{nfd}\tb\tc\ns0\t1\t2\t3\n", encoding="utf-8")
     assert_input_error(["pairwise", tmp_path / "t.tsv", "--tree", tmp_path / "tree.nwk", "-o",
                         tmp_path / "d.tsv"], capsys, ascii(nfd), "Unicode normalisation", "--drop-missing")
+
+
+# ----------------------------------------------------------------------------- the command line's samples
+
+_PATHS = {
+    "in memory": ["-o", "d.tsv"],
+    "dask, zarr": ["-o", "d.zarr", "--block-size", "2"],
+    "dask, workers": ["-o", "d.tsv", "--workers", "2", "--block-size", "3"],
+}
+
+
+def _path_args(path):
+    needs = {"in memory": None, "dask, zarr": "zarr", "dask, workers": "distributed"}[path]
+    if needs:
+        pytest.importorskip("dask.array")
+        pytest.importorskip(needs)
+    return _PATHS[path]
+
+
+@pytest.mark.parametrize("path", list(_PATHS))
+def test_unequal_totals_name_the_samples_on_every_path(table, capsys, monkeypatch, path):
+    extra = _path_args(path)
+    X = np.ones((7, len(_NAMES)))
+    X[5, 2] = 2.0
+    (table / "u.tsv").write_text("id\t" + "\t".join(_NAMES) + "\n" + "".join(
+        f"s{i}\t" + "\t".join(str(v) for v in row) + "\n" for i, row in enumerate(X)))
+    monkeypatch.chdir(table)
+    line = assert_input_error(["pairwise", "u.tsv", "--tree", "tree.nwk", "--normalize", "none", *extra],
+                              capsys, "sample 's5' sums to 7.0", "sample 's0'", "--normalize l1")
+    assert "X[" not in line
+
+
+@pytest.mark.parametrize("path", list(_PATHS))
+def test_a_nan_is_named_by_sample_and_feature_on_every_path(table, capsys, monkeypatch, path):
+    extra = _path_args(path)
+    X = _counts(7)
+    X[5, 4] = np.nan
+    # the table's columns in another order than the tree's bins
+    order = [4, 0, 5, 1, 3, 2]
+    (table / "n.tsv").write_text("id\t" + "\t".join(_NAMES[j] for j in order) + "\n" + "".join(
+        f"s{i}\t" + "\t".join(str(row[j]) for j in order) + "\n" for i, row in enumerate(X)))
+    monkeypatch.chdir(table)
+    line = assert_input_error(["pairwise", "n.tsv", "--tree", "tree.nwk", *extra], capsys,
+                              "the count of 't4' in sample 's5' = nan")
+    assert "X[" not in line

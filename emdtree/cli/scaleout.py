@@ -105,8 +105,9 @@ def scheduler(address: str | None, workers: int | None, threads: int | None) -> 
         return
     import logging
 
+    # a task that fails on bad input is reported once, on one line, by main: not also by the worker
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+                                  dashboard_address=None, silence_logs=logging.CRITICAL) as cluster:
         with distributed.Client(cluster) as client:
             yield client
 
@@ -188,8 +189,18 @@ def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normal
 
     ids = da.from_array(np.array(sample_ids, dtype=object)[:, None], chunks=(X.chunks[0], 1))
     names = da.from_array(np.array(tree.names, dtype=object)[None, :], chunks=-1)
-    return da.map_blocks(lambda x, i, f: check_table_block(x, normalize, table, i[:, 0], f[0]), X, ids, names,
-                         dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
+    if normalize is not None or not sample_ids:
+        return da.map_blocks(lambda x, i, f: check_table_block(x, normalize, table, i[:, 0], f[0]), X, ids,
+                             names, dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
+    # --normalize none: every sample has the first one's total, named by sample id as in memory
+    first_total = X[:1].sum(dtype=np.float64)
+    first_id = sample_ids[0]
+    ids = da.from_array(np.array(sample_ids, dtype=object), chunks=(X.chunks[0],))
+    names = da.from_array(np.array(tree.names, dtype=object), chunks=(X.chunks[1],))
+    return da.blockwise(
+        lambda x, i, f, t: check_table_block(x, normalize, table, i, f, (first_id, float(t))),
+        "ij", X, "ij", ids, "i", names, "j", first_total, "", dtype=X.dtype,
+        meta=np.empty((0, 0), dtype=X.dtype))
 
 
 def pairwise(args, out: TextIO) -> None:

@@ -50,6 +50,9 @@ MESSAGES = {
                  "drop_missing=True to leave them out"),
     "unicode_hint": (" ({feature} differs from the tree's {tip} only in Unicode normalisation: normalise "
                      "both names to one form, e.g. NFC)"),
+    "unequal_totals": ("{row} sums to {total!r} and {first} to {first_total!r}: samples must have equal "
+                       "total mass (the EMD between different totals is undefined); pass normalize='l1' to "
+                       "compare them as distributions"),
     "count_range": "expected a positive integer at most {top} (2**63 - 1), got {value}",
     "scheduler": ("--scheduler {address}: no dask scheduler answered there within {seconds:g} s; "
                   "check the address and that the scheduler is running"),
@@ -262,6 +265,20 @@ def masses_error(rows: np.ndarray, normalize: str | None, name: str, entry: Entr
     if error is None and normalize == "l1":
         error = total_error(np.asarray(rows).sum(axis=1, dtype=np.float64), row)
     return error
+
+
+def unequal_total_error(totals: np.ndarray, first_total: float, eps: float, n_bins: int, row: Row,
+                        first: str) -> str | None:
+    """The message for the first of the float64 row ``totals`` that differs from ``first_total``
+    (that of the row named ``first``) by more than rounding at precision ``eps`` allows; None if
+    none does."""
+    tol = max(n_bins, 64) * eps * np.maximum(np.abs(totals), abs(first_total))
+    off = np.flatnonzero(np.abs(totals - first_total) > tol)
+    if not off.size:
+        return None
+    r = int(off[0])
+    return message("unequal_totals", row=row(r), total=float(totals[r]), first=first,
+                   first_total=float(first_total))
 
 
 def check_masses(rows: np.ndarray, normalize: str | None, name: str, entry: Entry | None = None,
