@@ -225,3 +225,35 @@ def test_a_nan_is_named_by_sample_and_feature_on_every_path(table, capsys, monke
     line = assert_input_error(["pairwise", "n.tsv", "--tree", "tree.nwk", *extra], capsys,
                               "the count of 't4' in sample 's5' = nan")
     assert "X[" not in line
+
+
+# ----------------------------------------------------------------------------- an adapter's own softmax
+
+
+def _engine_value(p, q, applied):
+    from emdtree.engine import driver, inputs
+
+    rows = inputs.prepare({"y_pred": p, "y_true": q}, None, -1, True, masses=("y_pred", "y_true"), defer=True,
+                          applied=applied)
+    return driver.value_grad(rows, 2.0, want_grad=True, check=True)
+
+
+@pytest.mark.parametrize("n_rows", [2, 20])  # the few-rows check and the general one
+def test_after_an_adapters_softmax_the_target_must_be_a_distribution(n_rows):
+    from emdtree.engine.normalize import softmax
+
+    rng = np.random.default_rng(2)
+    p = softmax(np, rng.normal(size=(n_rows, 10)))
+    q = np.full((n_rows, 10), 0.1)
+    q[1, 0] = 0.09
+    with pytest.raises(ValueError) as info:
+        _engine_value(p, q, "softmax")
+    message = str(info.value)
+    assert "y_true at batch index (1,) sums to 0.98999" in message and "normalize='softmax'" in message, message
+    assert "normalize='l1'" not in message  # never an option other than the one given
+    # float32-made soft labels next to float64 probabilities: checked to float32's precision
+    q32 = np.full((n_rows, 10), np.float32(0.1), dtype=np.float32)
+    q32[:, 0] = np.float32(0.09999996)
+    assert abs(q32.sum(axis=1, dtype=np.float64)[0] - 1) > 1e-8
+    value, _ = _engine_value(p, q32, "softmax")
+    assert np.all(np.isfinite(value))

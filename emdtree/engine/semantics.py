@@ -53,6 +53,8 @@ MESSAGES = {
     "unequal_totals": ("{row} sums to {total!r} and {first} to {first_total!r}: samples must have equal "
                        "total mass (the EMD between different totals is undefined); pass normalize='l1' to "
                        "compare them as distributions"),
+    "l1_distribution": ("{row} sums to {total!r}: with normalize='l1' {first} is rescaled to sum to 1 and "
+                        "{name} must be a distribution (summing to 1)"),
     "count_range": "expected a positive integer at most {top} (2**63 - 1), got {value}",
     "scheduler": ("--scheduler {address}: no dask scheduler answered there within {seconds:g} s; "
                   "check the address and that the scheduler is running"),
