@@ -229,7 +229,7 @@ def test_gradient_points_downhill():
                                                          "not finite"),
     (([1.0, 2.0], [1.0], [0.0, 0.0]), {}, ValueError, "u_weights sums to 0.0: the weights must have a "
                                                      "positive, finite total"),
-    ((np.ones((2, 3)), np.ones((3, 3))), {}, ValueError, "the batch shapes do not broadcast"),
+    ((np.ones((2, 3)), np.ones((3, 3))), {}, ValueError, "does not broadcast with the batch shape"),
     (([1.0], [1.0]), {"rho": 0.5}, ValueError, "rho must be"),
     (([1.0], [1.0]), {"axis": 1}, ValueError, "axis 1 is out of bounds for u_values with 1 dimensions"),
     (([1.0], [1.0]), {"axis": 0.0}, TypeError, "axis must be an integer"),

@@ -266,6 +266,8 @@ def pairwise(args, out: TextIO) -> None:
         sample_ids, X = io.load_counts(args.table, tree, drop_missing=args.drop_missing, **options)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
+    except ImportError as exc:  # the package a format needs (biom-format for .biom): one line
+        raise InputError(str(exc)) from None
     normalize = None if args.normalize == "none" else args.normalize
     _check_counts(X, sample_ids, tree, args.table, normalize)
     if not args.quiet and _stderr_is_terminal():
@@ -279,15 +281,19 @@ def _check_counts(X: np.ndarray, sample_ids: list[str], tree: Any, table: str, n
     """Name a bad value by its sample id and feature, as in the file: a count that is not finite or
     negative, or (``--normalize softmax``) a logit that is NaN or +inf (the rules of
     :mod:`emdtree.engine.semantics`)."""
+    first = None
+    if normalize is None and X.shape[0]:
+        first = (sample_ids[0], float(np.asarray(X[0]).sum(dtype=np.float64)))
     for start in range(0, X.shape[0], 4096):  # in blocks: X may be memory-mapped
         check_table_block(np.asarray(X[start:start + 4096]), normalize, table, sample_ids[start:start + 4096],
-                          tree.names)
+                          tree.names, first)
 
 
 def check_table_block(block: np.ndarray, normalize: str | None, table: str, sample_ids: Any,
-                      features: Any) -> np.ndarray:
+                      features: Any, first: tuple[str, float] | None = None) -> np.ndarray:
     """``block`` (samples in rows) itself, or an InputError naming its first bad value by sample id
-    and feature; ``sample_ids`` are the block's own."""
+    and feature; ``sample_ids`` are the block's own. With ``first``, the id and the total of the
+    table's first sample (``--normalize none``), every sample must have that total."""
     from ..engine import semantics
 
     word = "value" if normalize == "softmax" else "count"
@@ -299,6 +305,12 @@ def check_table_block(block: np.ndarray, normalize: str | None, table: str, samp
         return f"{table!r}: sample {str(sample_ids[r])!r}"
 
     error = semantics.masses_error(block, normalize, "the table", entry, row)
+    if error is None and first is not None and normalize is None and block.size:
+        error = semantics.unequal_total_error(block.sum(axis=1, dtype=np.float64), first[1],
+                                              semantics.float_eps(block.dtype), block.shape[1],
+                                              lambda r: f"sample {str(sample_ids[r])!r}",
+                                              f"sample {str(first[0])!r}")
+        error = None if error is None else f"{table!r}: {error}"
     if error is not None:
         raise InputError(error)
     return block

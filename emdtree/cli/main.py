@@ -28,6 +28,10 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    from ..engine.semantics import COUNT_MAX, message
+
+    if value > COUNT_MAX:  # beyond int64, NumPy and dask take it for an object
+        raise argparse.ArgumentTypeError(message("count_range", top=COUNT_MAX, value=value))
     return value
 
 
@@ -99,9 +103,9 @@ def _build_parser() -> _Parser:
                     "feature names and sample ids in the first column, .npy, .npz or .biom), written "
                     "as a square TSV with the sample ids on both axes. Features are matched to the "
                     "tree's tip names. With rho=1 and the default l1 normalisation this is weighted "
-                    "UniFrac (unnormalised). With a .zarr output, a Zarr/HDF5/BIOM table (read by blocks "
-                    "of samples), --scheduler or --workers, the matrix is computed with dask block by "
-                    "block.")
+                    "UniFrac (unnormalised). With a .zarr output, a Zarr/HDF5 table (read by blocks "
+                    "of samples), a BIOM table when dask is installed, --scheduler or --workers, the matrix "
+                    "is computed with dask block by block; a BIOM table needs only biom-format.")
     pair.add_argument("table", metavar="TABLE")
     pair.add_argument("--tree", metavar="T", required=True, help=f"the tree: {tree_help}")
     pair.add_argument("-o", "--output", metavar="D.tsv", required=True,

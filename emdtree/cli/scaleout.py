@@ -26,14 +26,47 @@ class _Input(ValueError):
 
 
 def wanted(args) -> bool:
-    """Whether ``emdtree pairwise`` takes the dask path for these arguments."""
+    """Whether ``emdtree pairwise`` takes the dask path for these arguments.
+
+    A BIOM table needs only the ``biom`` extra: it is read by blocks when dask
+    is installed, and in memory otherwise (the same matrix).
+    """
     table = str(args.table).rstrip("/\\").lower()
-    return (_is_zarr(args.output) or table.endswith(LAZY_SUFFIXES)
-            or getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None)
+    if getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None:
+        return True
+    if _is_zarr(args.output):
+        return True
+    if table.endswith(".biom"):
+        return _has_dask()
+    return table.endswith(LAZY_SUFFIXES)
+
+
+def _has_dask() -> bool:
+    try:
+        import dask.array  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _needs_dask(args) -> str:
+    """What asked for dask, and the extra that brings it."""
+    if getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None:
+        option = "--scheduler" if getattr(args, "scheduler", None) is not None else "--workers"
+        return f"{option} needs dask.distributed: pip install emdtree[distributed]"
+    if _is_zarr(args.output):
+        return f"-o {args.output!r}: writing a Zarr store needs dask and zarr: pip install emdtree[zarr]"
+    table = str(args.table).rstrip("/\\").lower()
+    extra = "emdtree[zarr]" if table.endswith(".zarr") else "emdtree[dask] h5py"
+    return f"{args.table!r}: reading this table by blocks needs dask: pip install {extra}"
 
 
 def _is_zarr(path: str) -> bool:
     return str(path).rstrip("/\\").lower().endswith(".zarr")
+
+
+#: Seconds to wait for the scheduler of ``--scheduler`` to answer.
+CONNECT_TIMEOUT_S = 5.0
 
 
 def default_block_rows(n_nodes: int) -> int:
@@ -55,16 +88,26 @@ def scheduler(address: str | None, workers: int | None, threads: int | None) -> 
     try:
         import distributed
     except ImportError:
-        raise ImportError("--scheduler and --workers need dask.distributed: "
-                          "pip install emdtree[distributed]") from None
+        from .commands import InputError
+
+        raise InputError("--scheduler and --workers need dask.distributed: "
+                         "pip install emdtree[distributed]") from None
     if address is not None:
-        with distributed.Client(address, timeout="60s") as client:
+        try:
+            client = distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except (OSError, TimeoutError):  # refused, unreachable or silent: one line, soon
+            from ..engine.semantics import message
+            from .commands import InputError
+
+            raise InputError(message("scheduler", address=address, seconds=CONNECT_TIMEOUT_S)) from None
+        with client:
             yield client
         return
     import logging
 
+    # a task that fails on bad input is reported once, on one line, by main: not also by the worker
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+                                  dashboard_address=None, silence_logs=logging.CRITICAL) as cluster:
         with distributed.Client(cluster) as client:
             yield client
 
@@ -151,8 +194,18 @@ def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normal
 
     ids = da.from_array(np.array(sample_ids, dtype=object)[:, None], chunks=(X.chunks[0], 1))
     names = da.from_array(np.array(tree.names, dtype=object)[None, :], chunks=-1)
-    return da.map_blocks(lambda x, i, f: check_table_block(x, normalize, table, i[:, 0], f[0]), X, ids, names,
-                         dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
+    if normalize is not None or not sample_ids:
+        return da.map_blocks(lambda x, i, f: check_table_block(x, normalize, table, i[:, 0], f[0]), X, ids,
+                             names, dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
+    # --normalize none: every sample has the first one's total, named by sample id as in memory
+    first_total = X[:1].sum(dtype=np.float64)
+    first_id = sample_ids[0]
+    ids = da.from_array(np.array(sample_ids, dtype=object), chunks=(X.chunks[0],))
+    names = da.from_array(np.array(tree.names, dtype=object), chunks=(X.chunks[1],))
+    return da.blockwise(
+        lambda x, i, f, t: check_table_block(x, normalize, table, i, f, (first_id, float(t))),
+        "ij", X, "ij", ids, "i", names, "j", first_total, "", dtype=X.dtype,
+        meta=np.empty((0, 0), dtype=X.dtype))
 
 
 def pairwise(args, out: TextIO) -> None:
@@ -165,6 +218,8 @@ def pairwise(args, out: TextIO) -> None:
 
     if getattr(args, "scheduler", None) is not None and getattr(args, "workers", None) is not None:
         raise InputError("give --scheduler ADDRESS or --workers N, not both")
+    if not _has_dask():
+        raise InputError(_needs_dask(args))
     tree = read_tree(args.tree)
     block = args.block_size or default_block_rows(tree.n_nodes)
     if _is_zarr(args.table):
@@ -176,6 +231,8 @@ def pairwise(args, out: TextIO) -> None:
                                     transpose=args.transpose)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
+    except ImportError as exc:  # an optional package the table's format needs: one line
+        raise InputError(str(exc)) from None
     normalize = None if args.normalize == "none" else args.normalize
     X = _checked_counts(X, sample_ids, tree, args.table, normalize)
     show = not args.quiet and _stderr_is_terminal()

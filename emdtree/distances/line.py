@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from numba import prange
 
+from ..engine import semantics
 from ..engine.inputs import check_rho
 from ..kernels.jit import njit
 from ..engine.threads import parallel_launch, usable_threads
@@ -174,6 +175,8 @@ def _rows_parallel(u, wu, v, wv, ou, ov, steps, order, rho, mode, want_grad, out
 
 def _real(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x)
+    if semantics.narrow_float(arr.dtype) or arr.dtype == np.float16:  # computed in float32, as the masses
+        arr = arr.astype(np.float32)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim == 0:
@@ -211,9 +214,12 @@ class _Side:
         if self.values.shape[-1] == 0:
             raise ValueError(f"{name}_values is empty: a distribution needs at least one value")
 
-    def batch_shape(self) -> tuple[int, ...]:
-        shapes = [self.values.shape[:-1]] + ([self.weights.shape[:-1]] if self.weights is not None else [])
-        return np.broadcast_shapes(*shapes)
+    def batch_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The batch shape (the sample axis left out) of each array of this side, by name."""
+        shapes = [(f"{self.name}_values", self.values.shape[:-1])]
+        if self.weights is not None:
+            shapes.append((f"{self.name}_weights", self.weights.shape[:-1]))
+        return shapes
 
     def dtypes(self) -> list[np.dtype]:
         return [self.values.dtype] + ([self.weights.dtype] if self.weights is not None else [])
@@ -257,19 +263,35 @@ class _Side:
                              f"{float(totals[r])!r}: the weights must have a positive, finite total")
 
 
+def _broadcast_batches(named: list[tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
+    """The broadcast batch shape of the named arrays, or a ValueError naming the first array whose
+    batch shape does not broadcast with one before it."""
+    batch: tuple[int, ...] = ()
+    for i, (name, shape) in enumerate(named):
+        try:
+            batch = np.broadcast_shapes(batch, shape)
+        except ValueError:
+            other, theirs = next(((n, sh) for n, sh in named[:i] if not _broadcasts(sh, shape)), named[0])
+            raise ValueError(semantics.message("batch_shapes", name=name, shape=shape, other=other,
+                                               other_shape=theirs)) from None
+    return batch
+
+
+def _broadcasts(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    try:
+        np.broadcast_shapes(a, b)
+    except ValueError:
+        return False
+    return True
+
+
 def _run(u_values, v_values, u_weights, v_weights, rho, axis, want_grad):
     rho = check_rho(rho)
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
     u = _Side(u_values, u_weights, int(axis), "u")
     v = _Side(v_values, v_weights, int(axis), "v")
-    try:
-        batch = np.broadcast_shapes(u.batch_shape(), v.batch_shape())
-    except ValueError:
-        raise ValueError(
-            f"the batch shapes do not broadcast: u_values{u.values.shape}, v_values{v.values.shape} (with "
-            f"the sample axis moved last)"
-        ) from None
+    batch = _broadcast_batches(u.batch_shapes() + v.batch_shapes())
     dtypes = u.dtypes() + v.dtypes()
     out_dtype = np.float32 if all(d == np.float32 for d in dtypes) else np.float64
     n_rows = math.prod(batch)

@@ -57,6 +57,9 @@ class Rows(NamedTuple):
     shapes: tuple[tuple[int, ...], ...]  # the arguments' own shapes, for error messages
     mass_eps: float  # machine epsilon of the least precise mass argument
     normalize: str | None = None  # what was applied: arrays[0] then holds the normalised rows
+    # what the caller applied before (an adapter's own softmax): the checks compare the other masses to
+    # 1 and name the option the caller gave
+    applied: str | None = None
 
 
 def reject_masked(x: Any, name: str) -> None:
@@ -130,6 +133,7 @@ def prepare(
     normalize: str | None = None,
     masses: tuple[str, ...] = ("p", "q"),
     defer: bool = False,
+    applied: str | None = None,
 ) -> Rows:
     """Broadcast, flatten and validate the named arrays.
 
@@ -144,8 +148,14 @@ def prepare(
     or ``+inf``, a finite entry in each row; ``-inf`` stands for probability
     0) and replaces it by its softmax, while the other mass arguments must
     be distributions (totals 1).
+
+    ``applied`` is the normalisation the caller has already applied to the
+    first mass argument (an adapter's own softmax): the others must then be
+    distributions, and a message about them says so rather than suggest an
+    option.
     """
     normalize = check_normalize(normalize)
+    applied = check_normalize(applied)
     raw = {name: _as_array(x, name) for name, x in arrays.items()}
     dtype = working_dtype(*raw.values())
     shape, ax, n_bins, batch_shape = resolve_shape({n: a.shape for n, a in raw.items()}, axis)
@@ -165,7 +175,8 @@ def prepare(
         steps.append(step)
 
     rows = Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree,
-                (None,) * len(out), tuple(raw), tuple(a.shape for a in raw.values()), mass_eps)
+                (None,) * len(out), tuple(raw), tuple(a.shape for a in raw.values()), mass_eps,
+                applied=applied)
     if normalize == "softmax":
         return _softmax_rows(rows, masses, check)
     totals: dict[str, np.ndarray] = {}
@@ -276,7 +287,7 @@ def _eps(dtype: np.dtype) -> float:
     """Machine epsilon of a mass dtype (integers count as float64)."""
     eps = _EPS.get(dtype)
     if eps is None:
-        eps = float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+        eps = semantics.float_eps(dtype)
     return eps
 
 
@@ -289,7 +300,7 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     """
     if rows.n_rows == 0:
         return
-    if rows.n_rows <= _FEW_ROWS:
+    if rows.n_rows <= _FEW_ROWS and rows.applied is None:
         # a few samples: Python floats, without NumPy's per-call overhead; the
         # general path below names whatever is wrong
         tol = max(rows.tree.n_bins, 64) * rows.mass_eps
@@ -303,7 +314,7 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     if not (low.min() >= 0 and math.isfinite(total) and total <= np.finfo(rows.dtype).max):
         sp, sq = _mass_totals(rows, 0, True), _mass_totals(rows, 1, True)
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps
-    if np.any(np.abs(sp - sq) > tol * np.maximum(np.abs(sp), np.abs(sq))):
+    if rows.applied is not None or np.any(np.abs(sp - sq) > tol * np.maximum(np.abs(sp), np.abs(sq))):
         _check_totals(rows, sp, sq, rows.names[:2])
 
 
@@ -346,6 +357,14 @@ def check_labels(
 
 def _check_totals(rows: Rows, ta: np.ndarray, tb: np.ndarray, masses: tuple[str, str]) -> None:
     a, b = masses
+    if rows.applied is not None:  # the first argument is normalised: the other must be a distribution
+        tol = max(rows.tree.n_bins, 64) * rows.mass_eps * np.maximum(np.abs(tb), 1.0)
+        off = np.flatnonzero(np.abs(tb - 1.0) > tol)
+        if off.size:
+            r = int(off[0])
+            row = namers(rows, list(rows.names).index(b))[1] if b in rows.names else (lambda _r: b)
+            raise ValueError(_distribution_message(rows.applied, row(r), float(tb[r]), a, b))
+        return
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps * np.maximum(np.abs(ta), np.abs(tb))
     off = np.abs(ta - tb) > tol
     if np.any(off):
@@ -357,6 +376,12 @@ def _check_totals(rows: Rows, ta: np.ndarray, tb: np.ndarray, masses: tuple[str,
             f"{a} and {b} must have equal total mass{where}: sum({a}) = {float(ta[r_a])!r}, "
             f"sum({b}) = {float(tb[r_b])!r}; pass normalize='l1' to compare them as distributions"
         )
+
+
+def _distribution_message(normalize: str, row: str, total: float, first: str, name: str) -> str:
+    if normalize == "softmax":
+        return semantics.message("distribution", row=row, total=total, logits=first, name=name)
+    return semantics.message("l1_distribution", row=row, total=total, first=first, name=name)
 
 
 def check_result(rows: Rows, rho: float, value: np.ndarray, grad: np.ndarray | None) -> None:

@@ -44,7 +44,24 @@ MESSAGES = {
     "whole_label": "{entry} = {value} is not a class index: class indices must be whole numbers",
     "distribution": ("{row} sums to {total!r}: with normalize='softmax' {logits} holds logits and {name} "
                      "must be a distribution (summing to 1)"),
+    "batch_shapes": ("{name} has the batch shape {shape} (its shape without the sample axis), which does "
+                     "not broadcast with the batch shape {other_shape} of {other}"),
+    "not_bins": ("{count} of {total} features are not bins of the tree: {shown}{more}{hint}; pass "
+                 "drop_missing=True to leave them out"),
+    "unicode_hint": (" ({feature} differs from the tree's {tip} only in Unicode normalisation: normalise "
+                     "both names to one form, e.g. NFC)"),
+    "unequal_totals": ("{row} sums to {total!r} and {first} to {first_total!r}: samples must have equal "
+                       "total mass (the EMD between different totals is undefined); pass normalize='l1' to "
+                       "compare them as distributions"),
+    "l1_distribution": ("{row} sums to {total!r}: with normalize='l1' {first} is rescaled to sum to 1 and "
+                        "{name} must be a distribution (summing to 1)"),
+    "count_range": "expected a positive integer at most {top} (2**63 - 1), got {value}",
+    "scheduler": ("--scheduler {address}: no dask scheduler answered there within {seconds:g} s; "
+                  "check the address and that the scheduler is running"),
 }
+
+#: The largest value of a count option (rows, samples, workers): the range of int64.
+COUNT_MAX = 2**63 - 1
 
 _REAL = (numbers.Real, np.integer, np.floating)
 
@@ -87,14 +104,33 @@ def check_axis(axis: Any, ndim: int, name: str = "inputs") -> int:
     return int(axis) % ndim
 
 
+def narrow_float(dtype: Any) -> bool:
+    """Whether ``dtype`` is one of the floats of ``ml_dtypes`` (bfloat16, float8, ...: what JAX and
+    TensorFlow arrays convert to), which NumPy stores but does not compute in."""
+    dtype = np.dtype(dtype)
+    return (dtype.kind == "V" and str(getattr(dtype.type, "__module__", "")).startswith("ml_dtypes")
+            and dtype.name.startswith(("bfloat", "float")))
+
+
+def float_eps(dtype: Any) -> float:
+    """Machine epsilon of a mass dtype: its own for floats (``ml_dtypes``' included), float64's for
+    integers."""
+    dtype = np.dtype(dtype)
+    if narrow_float(dtype):
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).eps)
+    return float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+
+
 def working_dtype(*arrays: Any) -> np.dtype:
-    """The dtype of the computation: float32 stays float32, other floats and integers become
-    float64 (float16 inputs are computed in float32 by the adapters, which cast first)."""
-    kinds = {np.dtype(a.dtype).kind for a in arrays}
-    if kinds - set("biuf"):
-        bad = next(a.dtype for a in arrays if np.dtype(a.dtype).kind not in "biuf")
+    """The dtype of the computation: float32 stays float32, as do float16, bfloat16 and the other
+    floats of ``ml_dtypes`` (cast first, as the adapters do); float64 and integers become float64."""
+    dtypes = [np.dtype(a.dtype) for a in arrays]
+    bad = next((d for d in dtypes if d.kind not in "biuf" and not narrow_float(d)), None)
+    if bad is not None:
         raise TypeError(f"masses must be real numbers, got dtype {bad}")
-    if all(np.dtype(a.dtype).kind == "f" and np.dtype(a.dtype).itemsize <= 4 for a in arrays):
+    if all(narrow_float(d) or (d.kind == "f" and d.itemsize <= 4) for d in dtypes):
         return np.dtype(np.float32)
     return np.dtype(np.float64)
 
@@ -126,6 +162,30 @@ def along(name: str, shape: tuple[int, ...], axis: int) -> tuple[Entry, Row]:
 def _value(x: Any) -> str:
     """A value as the caller would print it: a NumPy scalar to its own dtype's precision."""
     return str(x) if isinstance(x, np.generic) else repr(x)
+
+
+def shown_name(name: str) -> str:
+    """A name as a message shows it: ``repr``, with ``ascii`` escapes when the name is not printable
+    ASCII, so that names that look alike (NFC and NFD forms of 'é', a no-break space) differ."""
+    return repr(name) if name.isascii() and name.isprintable() else ascii(name)
+
+
+def not_bins_error(missing: list[str], total: int, tip_names: Any, listed: int = 10) -> str:
+    """The message for features ``missing`` from the tree (of ``total``), the first ``listed``
+    shown, with a hint when one differs from a tip name only in Unicode normalisation."""
+    import unicodedata
+
+    shown = ", ".join(shown_name(f) for f in missing[:listed])
+    more = f" and {len(missing) - listed} more" if len(missing) > listed else ""
+    hint = ""
+    if any(not f.isascii() for f in missing):
+        tips = {unicodedata.normalize("NFC", str(t)): str(t) for t in tip_names if not str(t).isascii()}
+        for f in missing:
+            tip = tips.get(unicodedata.normalize("NFC", f))
+            if tip is not None:
+                hint = message("unicode_hint", feature=shown_name(f), tip=shown_name(tip))
+                break
+    return message("not_bins", count=len(missing), total=total, shown=shown, more=more, hint=hint)
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -207,6 +267,20 @@ def masses_error(rows: np.ndarray, normalize: str | None, name: str, entry: Entr
     if error is None and normalize == "l1":
         error = total_error(np.asarray(rows).sum(axis=1, dtype=np.float64), row)
     return error
+
+
+def unequal_total_error(totals: np.ndarray, first_total: float, eps: float, n_bins: int, row: Row,
+                        first: str) -> str | None:
+    """The message for the first of the float64 row ``totals`` that differs from ``first_total``
+    (that of the row named ``first``) by more than rounding at precision ``eps`` allows; None if
+    none does."""
+    tol = max(n_bins, 64) * eps * np.maximum(np.abs(totals), abs(first_total))
+    off = np.flatnonzero(np.abs(totals - first_total) > tol)
+    if not off.size:
+        return None
+    r = int(off[0])
+    return message("unequal_totals", row=row(r), total=float(totals[r]), first=first,
+                   first_total=float(first_total))
 
 
 def check_masses(rows: np.ndarray, normalize: str | None, name: str, entry: Entry | None = None,

@@ -441,11 +441,9 @@ def match_features(
     missing = np.flatnonzero(bins < 0)
     if not drop_missing:
         if missing.size:
-            shown = ", ".join(repr(names[j]) for j in missing[:_MAX_LISTED])
-            more = f" and {missing.size - _MAX_LISTED} more" if missing.size > _MAX_LISTED else ""
-            raise ValueError(f"{missing.size} of {len(names)} features are not bins of the tree: "
-                             f"{shown}{more}; "
-                             "pass drop_missing=True to leave them out")
+            from ..engine.semantics import not_bins_error
+
+            raise ValueError(not_bins_error([names[j] for j in missing], len(names), tree.names, _MAX_LISTED))
         return bins
     columns = np.flatnonzero(bins >= 0).astype(np.int64)
     return columns, bins[columns]
