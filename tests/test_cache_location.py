@@ -212,3 +212,18 @@ def test_info_prints_the_cache_folder(tmp_path):
     line = next(line for line in result.stdout.splitlines() if line.startswith("Numba cache"))
     assert f"{tmp_path / 'xdg' / 'emdtree' / 'numba'}{os.sep}" in line and "per-user cache" in line, line
     assert f"delete {tmp_path / 'xdg' / 'emdtree' / 'numba'} to clear it" in line, line
+
+
+def test_the_cuda_kernels_cache_outside_the_package_too():
+    """numba-cuda's kernels are given the same locations as the CPU kernels (not their module's folder)."""
+    pytest.importorskip("numba.cuda.dispatcher")
+    from numba import cuda
+
+    if cuda.config.ENABLE_CUDASIM:
+        pytest.skip("the CUDA simulator caches nothing")
+    from emdtree.kernels import cuda as kernels
+    from emdtree.kernels import jit
+
+    for name in ("fill_zero", "value_grad_shared_f32"):
+        path = Path(getattr(kernels, name)._cache._cache_path).resolve()
+        assert jit.PACKAGE_DIR not in path.parents, path

@@ -368,3 +368,19 @@ def test_missing_folders_above_a_store_are_made(tmp_path):
     target = str(tmp_path / "a" / "b" / "d.zarr")
     _write(target, "v")
     assert _version(target) == "v" and _beside(target) == []
+
+
+def test_reading_a_table_store_recovers_it_in_python_too(tmp_path):
+    """emdtree's own reader of Zarr count tables (not only the CLI) puts a store left beside its name
+    by a killed writer back in place before it opens it."""
+    zarr = pytest.importorskip("zarr")
+    pytest.importorskip("dask")
+    from emdtree.formats.lazy_tables import _open_zarr
+
+    path = tmp_path / "t.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("counts", data=np.arange(6.0).reshape(2, 3))
+    os.rename(path, tmp_path / f"t.zarr.new-{_dead_token()}")
+    counts, _, _ = _open_zarr(str(path))
+    np.testing.assert_array_equal(np.asarray(counts), np.arange(6.0).reshape(2, 3))
+    assert _beside(str(path)) == []

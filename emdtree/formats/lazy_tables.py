@@ -90,6 +90,9 @@ def _open_zarr(path: str) -> tuple[Any, list[str] | None, list[str] | None]:
         raise ImportError("reading .zarr tables needs the zarr package: pip install emdtree[zarr]") from None
     import dask.array as da
 
+    from ..trees.files import recover_directory
+
+    recover_directory(path)  # a store whose writer died while replacing it: its complete old or new self
     group = zarr.open_group(path, mode="r")
     keys = set(group.array_keys())
     if "counts" not in keys:

@@ -96,6 +96,7 @@ import math
 from numba import cuda, float32, float64
 
 from .cpu import MODE_ONE, MODE_TWO
+from .jit import relocate_cuda_cache
 
 # offsets of the blocks of the packed index array, in multiples of n_nodes
 START = 0  # first position of each position's subtree
@@ -442,10 +443,23 @@ def _hvp_rows(
 # bytes of L1-resident spills; below 64 the spills grow.
 # --------------------------------------------------------------------------- #
 
-_JIT = {"cache": True} if cuda.config.ENABLE_CUDASIM else {"cache": True, "max_registers": 64}
+_JIT = {} if cuda.config.ENABLE_CUDASIM else {"max_registers": 64}
 
 
-@cuda.jit(**_JIT)
+def _kernel(func=None, **options):
+    """``cuda.jit`` with the options above, cached where the CPU kernels are
+    (``NUMBA_CACHE_DIR`` or the per-user folder of :mod:`emdtree.kernels.jit`),
+    never beside this module."""
+    def decorate(f):
+        dispatcher = cuda.jit(**options)(f)
+        if not cuda.config.ENABLE_CUDASIM:  # the simulator caches nothing
+            relocate_cuda_cache(dispatcher)
+        return dispatcher
+
+    return decorate if func is None else decorate(func)
+
+
+@_kernel(**_JIT)
 def value_grad_shared_f32(
     p, q, p_step, q_step, n_rows, n_bins, weight, index, mode, want_grad, rho, rho_m1, value, grad, pd,
 ):
@@ -454,7 +468,7 @@ def value_grad_shared_f32(
                      grad, cuda.shared.array(0, float64), cuda.shared.array(0, float32), pd)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def value_grad_shared_f64(
     p, q, p_step, q_step, n_rows, n_bins, weight, index, mode, want_grad, rho, rho_m1, value, grad, pd,
 ):
@@ -463,7 +477,7 @@ def value_grad_shared_f64(
                      grad, cuda.shared.array(0, float64), cuda.shared.array(0, float64), pd)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def value_grad_global(
     p, q, p_step, q_step, n_rows, n_bins, weight, index, mode, want_grad, rho, rho_m1, value, grad,
     scratch, scratchd,
@@ -474,28 +488,28 @@ def value_grad_global(
                      grad, scratch[b], scratchd[b], 0)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def phi_shared_f32(p, q, p_step, q_step, n_rows, n_bins, index, out, pd):
     """phi of every row, ``out`` flat (n_rows * n_nodes,) in node order."""
     _phi_rows(p, q, p_step, q_step, n_rows, n_bins, index, out,
               cuda.shared.array(0, float64), cuda.shared.array(0, float32), pd)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def phi_shared_f64(p, q, p_step, q_step, n_rows, n_bins, index, out, pd):
     """As :func:`phi_shared_f32`, float64."""
     _phi_rows(p, q, p_step, q_step, n_rows, n_bins, index, out,
               cuda.shared.array(0, float64), cuda.shared.array(0, float64), pd)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def phi_global(p, q, p_step, q_step, n_rows, n_bins, index, out, scratch, scratchd):
     """As :func:`phi_shared_f32`, with global scratch rows."""
     b = cuda.blockIdx.x
     _phi_rows(p, q, p_step, q_step, n_rows, n_bins, index, out, scratch[b], scratchd[b], 0)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def hvp_shared_f32(
     p, q, v, p_step, q_step, v_step, n_rows, n_bins, weight, below, index, mode, project_out,
     rho_rho_m1, rho_m2, out, pd,
@@ -505,7 +519,7 @@ def hvp_shared_f32(
               rho_rho_m1, rho_m2, out, cuda.shared.array(0, float64), cuda.shared.array(0, float32), pd)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def hvp_shared_f64(
     p, q, v, p_step, q_step, v_step, n_rows, n_bins, weight, below, index, mode, project_out,
     rho_rho_m1, rho_m2, out, pd,
@@ -515,7 +529,7 @@ def hvp_shared_f64(
               rho_rho_m1, rho_m2, out, cuda.shared.array(0, float64), cuda.shared.array(0, float64), pd)
 
 
-@cuda.jit(**_JIT)
+@_kernel(**_JIT)
 def hvp_global(
     p, q, v, p_step, q_step, v_step, n_rows, n_bins, weight, below, index, mode, project_out,
     rho_rho_m1, rho_m2, out, scratch, scratchd,
@@ -526,7 +540,7 @@ def hvp_global(
               rho_rho_m1, rho_m2, out, scratch[b], scratchd[b], 0)
 
 
-@cuda.jit(cache=True)
+@_kernel
 def fill_zero(out):
     """out[:] = 0 (the Hessian-vector product at rho = 1)."""
     i = cuda.grid(1)

@@ -161,6 +161,29 @@ class _KernelCache(_caching.FunctionCache):
     _impl_class = _KernelCacheImpl
 
 
+def relocate_cuda_cache(dispatcher) -> None:
+    """Give a numba-cuda kernel the CPU kernels' cache locations (``NUMBA_CACHE_DIR``, then
+    :func:`cache_dir`; never the package's ``__pycache__``), or no cache where neither can be
+    written or this numba-cuda has no cache classes to extend."""
+    try:
+        from numba.cuda.dispatcher import CUDACache, CUDACacheImpl
+    except ImportError:  # another numba-cuda: compiled in each process
+        return
+
+    class _CUDAKernelCacheImpl(CUDACacheImpl):
+        _locator_classes = [_UserProvided, _UserCacheLocator]
+
+    class _CUDAKernelCache(CUDACache):
+        _impl_class = _CUDAKernelCacheImpl
+
+    try:
+        dispatcher._cache = _CUDAKernelCache(dispatcher.py_func)
+    except RuntimeError as exc:
+        if "no locator available" not in str(exc):
+            raise
+        _warn_once(exc)
+
+
 def _probe():  # a function of this module, to ask the locator where it would cache
     pass
 
