@@ -257,3 +257,35 @@ def test_after_an_adapters_softmax_the_target_must_be_a_distribution(n_rows):
     assert abs(q32.sum(axis=1, dtype=np.float64)[0] - 1) > 1e-8
     value, _ = _engine_value(p, q32, "softmax")
     assert np.all(np.isfinite(value))
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_the_losses_hint_fits_the_normalisation_given(framework):
+    """A target that is not a distribution after the loss's own softmax is named as such (never with a hint
+    to pass normalize='l1'), and float32-made soft labels beside float64 logits pass."""
+    pytest.importorskip(framework)
+    q = np.full((3, 10), 0.1)
+    q[1, 0] = 0.09
+    q32 = np.full((3, 10), np.float32(0.1), dtype=np.float32)
+    q32[:, 0] = np.float32(0.09999996)
+    z = np.zeros((3, 10))
+    if framework == "torch":
+        import torch
+
+        from emdtree.torch import emd_loss
+
+        def call(target):
+            return emd_loss(torch.tensor(z), torch.tensor(target), normalize="softmax").numpy()
+    else:
+        import tensorflow as tf
+
+        from emdtree.tensorflow import emd_loss
+
+        def call(target):
+            return emd_loss(tf.constant(target), tf.constant(z), normalize="softmax").numpy()
+    with pytest.raises(ValueError) as info:
+        call(q)
+    message = str(info.value)
+    assert "at batch index (1,) sums to 0.98999" in message and "normalize='softmax'" in message, message
+    assert "normalize='l1'" not in message
+    assert np.all(np.isfinite(call(q32)))

@@ -208,6 +208,7 @@ def value_grad(
     check: bool = True,
     batch_shape: tuple[int, ...] | None = None,
     names: tuple[str, str] = _LOSS_NAMES,
+    applied: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """EMD^rho of each row and, with ``want_grad``, its dirt-conserving gradient.
 
@@ -229,6 +230,9 @@ def value_grad(
         The caller's batch shape, to name a bad class index in its terms.
     names : (str, str)
         The caller's names of ``p`` and ``target``, for error messages.
+    applied : {None, "l1", "softmax"}, optional
+        The normalisation the adapter has already applied to ``p``: a
+        distribution target must then sum to 1, and the message says so.
 
     Returns
     -------
@@ -248,7 +252,7 @@ def value_grad(
         value, grad = _driver.value_grad(rows, rho, want_grad=want_grad, check=check, labels=labels)
     else:
         q = _target_rows(target, n_bins, p.dtype, names[1])
-        rows = prepare({names[0]: p, names[1]: q}, tree, -1, check, masses=names, defer=True)
+        rows = prepare({names[0]: p, names[1]: q}, tree, -1, check, masses=names, defer=True, applied=applied)
         value, grad = _driver.value_grad(rows, rho, want_grad=want_grad, check=check)
     value = value.astype(p.dtype, copy=False)
     return value, (None if grad is None else grad.astype(p.dtype, copy=False))

@@ -46,7 +46,8 @@ def _is_sparse_target(y_true: tf.Tensor, y_pred: tf.Tensor, ax: int) -> bool:
     return rank_true == rank_pred and y_true.shape[ax] == 1 and n_bins is not None and n_bins != 1
 
 
-def _emd_rows(p: tf.Tensor, q: tf.Tensor, token: int, rho: float, check: bool, sparse: bool) -> tf.Tensor:
+def _emd_rows(p: tf.Tensor, q: tf.Tensor, token: int, rho: float, check: bool, sparse: bool,
+              applied: str | None = None) -> tf.Tensor:
     """EMD^rho of each row of ``p`` (rows, n_bins) against ``q``, with its gradient."""
 
     tree = _losses.tree_of(token)  # held by the closure, so by the graph that calls it
@@ -55,7 +56,7 @@ def _emd_rows(p: tf.Tensor, q: tf.Tensor, token: int, rho: float, check: bool, s
         if sparse and q_np.dtype.kind == "f":  # Keras hands class indices over as floats
             q_np = _losses.float_labels(q_np, p_np.shape[-1], "y_true")
         return _losses.value_grad(p_np, q_np, tree, rho, want_grad=True, check=check,
-                                  names=("y_pred", "y_true"))
+                                  names=("y_pred", "y_true"), applied=applied)
 
     def forward(p, q):
         value, grad = tf.numpy_function(kernels, [p, q], [p.dtype, p.dtype], stateful=False)
@@ -202,16 +203,22 @@ def emd_loss(
         q_rows = tf.reshape(y_true if y_true.dtype.is_floating else tf.cast(y_true, tf.int64), [-1])
     else:
         q = y_true if ax == rank - 1 else tf.transpose(y_true, perm)
-        q_rows = tf.reshape(tf.cast(q, p.dtype), [-1, n_bins])
+        # a float32 target stays float32 next to float64 predictions, so that its mass is checked to
+        # float32's precision, as emdtree.emd and the torch loss do
+        if not (q.dtype == tf.float32 and p.dtype == tf.float64):
+            q = tf.cast(q, p.dtype)
+        q_rows = tf.reshape(q, [-1, n_bins])
     if _in_xla_context() or _tf_native.is_preferred(p_rows):
         if check_inputs and tf.executing_eagerly():
             _losses.value_grad(p_rows.numpy(), q_rows.numpy(), tree, rho, want_grad=False, check=True,
-                               names=("y_pred", "y_true"))
+                               names=("y_pred", "y_true"), applied=normalize)
         if sparse and q_rows.dtype.is_floating:  # checked above when eager; traced: cast as Keras does
             q_rows = tf.cast(q_rows, tf.int64)
+        elif not sparse:
+            q_rows = tf.cast(q_rows, p_rows.dtype)
         value = _tf_native.emd_rows(p_rows, q_rows, resolve_tree(tree, n_bins), rho, sparse)
     else:
-        value = _emd_rows(p_rows, q_rows, token, rho, check_inputs, sparse)
+        value = _emd_rows(p_rows, q_rows, token, rho, check_inputs, sparse, normalize)
     value = tf.reshape(value, batch_shape)
     value.set_shape(p.shape[:-1])
     return tf.cast(value, out_dtype)

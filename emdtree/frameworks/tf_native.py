@@ -76,7 +76,7 @@ def differentiable(forward: Callable, hvp: Callable, rho: float, sparse: bool) -
         def op(p, q, v):
             def backward(d_out):
                 d_p = third(p)
-                return d_p, (None if sparse else -d_p), hessian_times(p, q, d_out)
+                return d_p, (None if sparse else tf.cast(-d_p, q.dtype)), hessian_times(p, q, d_out)
 
             return hvp(p, q, v), backward
 
@@ -90,13 +90,15 @@ def differentiable(forward: Callable, hvp: Callable, rho: float, sparse: bool) -
         def gradient(p, q):
             def backward(d_grad):
                 h = hessian_times(p, q, d_grad)
-                return h, (None if sparse else -h)
+                return h, (None if sparse else tf.cast(-h, q.dtype))
 
             return tf.identity(grad), backward
 
         def backward(d_value):
             d_p = d_value[:, None] * gradient(p, q)
-            return d_p, (None if sparse else -d_p)
+            # a float32 target beside float64 predictions keeps its dtype (its totals are checked
+            # to float32's precision): its gradient comes back in it
+            return d_p, (None if sparse else tf.cast(-d_p, q.dtype))
 
         return value, backward
 

@@ -227,6 +227,23 @@ def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
         _losses.check_normalizable(np.asarray(x.cpu().tolist(), dtype=np.float64), normalize, ax)
 
 
+def _check_distribution_target(p: Tensor, q: Tensor, tree: Tree | None, rho: float, normalize: str) -> None:
+    """After the loss's own normalisation the target must sum to 1 (to its dtype's precision):
+    the engine's check and message (which names the normalisation given), eagerly and under
+    ``torch.func``, when a row is off."""
+    if torch.compiler.is_compiling() or q.numel() == 0:
+        return
+    qu, _ = _unwrapped(q, q.dim() - 1)
+    pu, _ = _unwrapped(p, p.dim() - 1)
+    totals = qu.detach().sum(dim=-1, dtype=torch.float64)
+    eps = torch.finfo(qu.dtype).eps
+    if bool(((totals - 1.0).abs() <= max(q.shape[-1], 64) * eps).all()):
+        return
+    as_numpy = lambda x: np.asarray(x.detach().cpu().tolist(), dtype=str(x.dtype).split(".")[-1])  # noqa: E731
+    _losses.value_grad(as_numpy(pu).reshape(-1, q.shape[-1]), as_numpy(qu).reshape(-1, q.shape[-1]), tree,
+                       rho, want_grad=False, check=True, applied=normalize)
+
+
 def _check_tensor(x: Any, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -347,6 +364,8 @@ def emd_loss(
             q = q.to(p.dtype)
         q = q.reshape(-1, n_bins)
 
+    if check_inputs and normalize is not None and not labels:
+        _check_distribution_target(p, q, tree, rho, normalize)
     if _torch_func.transforms_active():
         function = _torch_func.emd_function(_value_grad_op, _hvp_op, _fold)
         value = function.apply(p, q, token, rho, check_inputs)[0]
