@@ -45,45 +45,60 @@ value, grad = emdtree.emd_value_and_grad(p, q, tree, rho=2)
 assert np.isfinite(value).all() and np.isfinite(grad).all()
 torch.nn.functional.cross_entropy(model(x), y).backward()
 try:
-    started = bool(numba.threading_layer())
+    layer = numba.threading_layer()
 except ValueError:  # no parallel region has run
-    started = False
-print("threads", before, planned, started, torch.get_num_threads(), flush=True)
+    layer = "none"
+print("threads", before, planned, layer, torch.get_num_threads(), flush=True)
 """
 
 
-def _run(torch_threads: int, env: dict[str, str], tmp_path: Path) -> tuple[int, int, bool, int]:
+def _run(torch_threads: int, env: dict[str, str], tmp_path: Path) -> tuple[int, int, str, int]:
     pytest.importorskip("torch")
     script = tmp_path / "neighbour.py"
     script.write_text(_SCRIPT)
     full = dict(os.environ, PYTHONPATH=str(ROOT), EMDTREE_JIT="eager", EMDTREE_PARALLEL_MIN_WORK="0")
-    for name in ("EMDTREE_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+    for name in ("EMDTREE_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_THREADING_LAYER",
+                 "NUMBA_THREADING_LAYER_PRIORITY"):
         full.pop(name, None)
     full.update(env)
     result = subprocess.run([sys.executable, str(script), str(torch_threads)], env=full, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [s for s in result.stdout.splitlines() if s.startswith("threads ")][-1].split()
-    return int(line[1]), int(line[2]), line[3] == "True", int(line[4])
+    return int(line[1]), int(line[2]), line[3], int(line[4])
+
+
+_OMP = {"NUMBA_THREADING_LAYER": "omp"}
 
 
 @pytest.mark.parametrize("torch_threads, env, emdtree_threads", [
-    (1, {"EMDTREE_NUM_THREADS": "2"}, 2),  # emdtree asked for more threads than torch has
-    (2, {"NUMBA_NUM_THREADS": "3"}, 3),    # Numba's layer starts with a count torch does not have
+    (1, {**_OMP, "EMDTREE_NUM_THREADS": "2"}, 2),  # emdtree asked for more threads than torch has
+    (2, {**_OMP, "NUMBA_NUM_THREADS": "3"}, 3),    # Numba's layer starts with a count torch does not have
 ])
-def test_parallel_kernels_leave_torch_thread_count(torch_threads, env, emdtree_threads, tmp_path):
-    before, planned, started, after = _run(torch_threads, env, tmp_path)
+def test_openmp_layer_leaves_torch_thread_count(torch_threads, env, emdtree_threads, tmp_path):
+    before, planned, layer, after = _run(torch_threads, env, tmp_path)
     assert before == torch_threads
-    assert planned == emdtree_threads and started, "the call must take the parallel path"
+    assert planned == emdtree_threads and layer == "omp", "the call must take the parallel path on OpenMP"
     assert after == torch_threads
+
+
+def test_unchosen_layer_is_not_torchs_openmp(tmp_path):
+    try:
+        from numba.np.ufunc import tbbpool  # noqa: F401
+        expected = "tbb"
+    except ImportError:
+        expected = "workqueue"
+    before, planned, layer, after = _run(1, {"EMDTREE_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "3"}, tmp_path)
+    assert (before, planned, after) == (1, 2, 1)
+    assert layer == expected
 
 
 def test_default_threads_follow_torch_set_below_the_cores(tmp_path):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs")
-    before, planned, started, after = _run(1, {}, tmp_path)
+    before, planned, layer, after = _run(1, {}, tmp_path)
     assert (before, planned, after) == (1, 1, 1)
-    assert not started, "a call sized to one thread runs serially and leaves Numba's layer unstarted"
+    assert layer == "none", "a call sized to one thread runs serially and leaves Numba's layer unstarted"
 
 
 @pytest.fixture

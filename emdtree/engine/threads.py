@@ -5,8 +5,9 @@ without disturbing the framework that shares the process.
 Numba runs ``parallel=True`` kernels on one process-wide threading layer, picked
 at the first parallel launch: TBB, OpenMP or its own workqueue
 (``numba.threading_layer()``; ``NUMBA_THREADING_LAYER`` chooses). emdtree
-leaves that choice to Numba and to the user, and instead avoids the ways a
-layer fails a library user who never asked for threads:
+leaves that choice to Numba and to the user, except that it does not put
+Numba on a framework's OpenMP runtime, and avoids the ways a layer fails a
+library user who never asked for threads:
 
 * **the host's thread count.** Numba's OpenMP layer, when it starts, calls
   ``omp_set_num_threads(NUMBA_NUM_THREADS)`` on the calling thread. Where
@@ -16,7 +17,9 @@ layer fails a library user who never asked for threads:
   run on threads that fight for the cores. emdtree starts the layer itself
   (:func:`start_layer`), reads the OpenMP thread count of the runtime in the
   process's global symbol scope before, and sets it back after; every parallel
-  launch checks it again on exit.
+  launch checks it again on exit. Where such a runtime is loaded and nobody
+  chose a layer, emdtree starts Numba's workqueue rather than OpenMP (see
+  :func:`start_layer`).
 * **sizing.** With no count given, a parallel kernel uses what the host leaves
   (:func:`default_threads`): ``EMDTREE_NUM_THREADS`` when set; else Numba's
   count when the user chose it (``NUMBA_NUM_THREADS``, or a
@@ -95,6 +98,20 @@ def _global_openmp() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     return get, put
 
 
+def _prefer_workqueue() -> bool:
+    """Whether Numba, left to itself, would run its layer on an OpenMP runtime that another
+    library already uses, and nobody chose a layer: then emdtree starts the workqueue instead."""
+    if os.environ.get("NUMBA_THREADING_LAYER", "").strip() or os.environ.get("NUMBA_THREADING_LAYER_PRIORITY"):
+        return False
+    if str(numba.config.THREADING_LAYER).lower() != "default":
+        return False
+    try:  # Numba takes TBB first where it is installed; it shares nothing with OpenMP
+        from numba.np.ufunc import tbbpool  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
 def layer_started() -> bool:
     """Whether Numba's threading layer has been started in this process (by anyone)."""
     if _layer_started:
@@ -112,7 +129,11 @@ def start_layer() -> None:
     Numba's OpenMP layer sets the calling thread's OpenMP thread count to
     ``NUMBA_NUM_THREADS`` when it starts; where a framework's OpenMP runtime is
     already loaded (PyTorch's), that is the framework's setting. It is read
-    before and restored after.
+    before and restored after. Where such a runtime is loaded and nobody chose
+    a layer (``NUMBA_THREADING_LAYER``, ``NUMBA_THREADING_LAYER_PRIORITY``,
+    ``numba.config.THREADING_LAYER``) and TBB is not installed, the workqueue
+    layer is started instead of OpenMP: its idle threads sleep at once rather
+    than spin on cores the framework needs.
     """
     global _layer_started, _openmp
     if _layer_started:
@@ -123,7 +144,13 @@ def start_layer() -> None:
         already = layer_started()
         openmp = None if already else _global_openmp()
         before = openmp[0]() if openmp is not None else None
-        numba.get_num_threads()  # starts the layer
+        chosen = numba.config.THREADING_LAYER
+        if openmp is not None and _prefer_workqueue():
+            numba.config.THREADING_LAYER = "workqueue"
+        try:
+            numba.get_num_threads()  # starts the layer
+        finally:
+            numba.config.THREADING_LAYER = chosen
         if openmp is not None and openmp[0]() != before:
             openmp[1](before)
         if numba.threading_layer() == "omp":
