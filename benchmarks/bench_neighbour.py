@@ -134,13 +134,15 @@ def run_case(name: str, torch_threads: int, steps: int, rows: int) -> dict:
     extra = dict(CASES[name])
     start = extra.pop("_START", "emdtree")
     env.update(extra, EMDTREE_PARALLEL_MIN_WORK="0", EMDTREE_JIT="eager")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", str(torch_threads), str(steps), str(rows), start]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", str(torch_threads), str(steps), str(rows),
+           start]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"case {name!r}, torch {torch_threads}: {out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r.update(case=name, torch_threads=torch_threads,
-             before_median_ms=float(np.median(r["before_ms"])), after_median_ms=float(np.median(r["after_ms"])),
+             before_median_ms=float(np.median(r["before_ms"])),
+             after_median_ms=float(np.median(r["after_ms"])),
              after_first10_median_ms=float(np.median(r["after_ms"][:10])))
     r["ratio"] = r["after_median_ms"] / r["before_median_ms"]
     r["interleaved_ratio"] = float(np.median(r["interleaved_ms"])) / r["before_median_ms"]

@@ -101,7 +101,8 @@ def _global_openmp() -> tuple[Callable[[], int], Callable[[int], None]] | None:
 def _prefer_workqueue() -> bool:
     """Whether Numba, left to itself, would run its layer on an OpenMP runtime that another
     library already uses, and nobody chose a layer: then emdtree starts the workqueue instead."""
-    if os.environ.get("NUMBA_THREADING_LAYER", "").strip() or os.environ.get("NUMBA_THREADING_LAYER_PRIORITY"):
+    if any(os.environ.get(name, "").strip()
+           for name in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")):
         return False
     if str(numba.config.THREADING_LAYER).lower() != "default":
         return False
