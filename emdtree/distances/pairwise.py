@@ -157,8 +157,9 @@ def pairwise(
         ``normalize``) have equal totals. ``False`` skips the checks; the
         result for invalid masses is then undefined.
     n_threads : int, optional
-        Numba threads for the pair sums. By default ``numba.get_num_threads()``
-        for large matrices and one thread when the pairs times the columns
+        Numba threads for the pair sums. By default the threads the host
+        leaves (``EMDTREE_NUM_THREADS``, Numba's count, the affinity mask,
+        torch's count: see docs/deployment.rst) for large matrices and one thread when the pairs times the columns
         are fewer than ``emdtree.engine.driver.PARALLEL_MIN_WORK`` (a parallel region
         costs milliseconds when another core is busy). In a process forked
         from one that ran OpenMP parallel regions, one thread (see
@@ -277,7 +278,7 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
         out, kind = np.zeros(n_a * n_a, dtype=dtype), kernels.OUT_SQUARE
     n_cols = a.shape[1]
     if n_threads is None:
-        n_threads = numba.get_num_threads() if out.size * n_cols >= _driver.PARALLEL_MIN_WORK else 1
+        n_threads = usable_threads() if out.size * n_cols >= _driver.PARALLEL_MIN_WORK else 1
     n_threads = usable_threads(n_threads)
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU

@@ -24,6 +24,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..engine.threads import start_layer
 from .inputs import check_chunk_size
 
 __all__ = ["update_dask"]
@@ -39,6 +40,7 @@ def _fresh(acc: Any) -> Any:
 def _chunk_state(template: Any, start: int, is_labels: bool, scores: np.ndarray, target: np.ndarray) -> Any:
     """The partial state of one chunk, computed on one thread of the worker that holds it."""
     acc = _fresh(template)
+    start_layer()  # emdtree starts Numba's layer, leaving the host's OpenMP thread count as it was
     previous = numba.get_num_threads()
     numba.set_num_threads(1)  # the scheduler runs chunks side by side: no nested thread pools
     try:
