@@ -89,10 +89,9 @@ def numpy_value_grad(
         d[np.arange(n_rows), labels] -= d.dtype.type(1.0)
     plan = plan_of(rows.tree)
     inner = backends.subtree_sums_as_kernels(plan, d).astype(np.float64)
-    ops = backends.numpy_ops._replace(subtree=lambda _d, _plan: inner)
     d64 = np.asfortranarray(d.T, dtype=np.float64)  # node-major, (n_bins, rows): each row's bins together
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the result check
-        value, grad = reference.value_grad(ops, d64, plan, rho, want_grad)
+        value, grad = reference.value_grad(backends.numpy_ops, d64, plan, rho, want_grad, inner=inner)
     value = value.astype(dtype)
     if grad is None:
         return value, np.empty(0, dtype=dtype), totals, low

@@ -141,16 +141,19 @@ def phi(ops: Ops, d: Any, plan: TreePlan, source: Any = None) -> Any:
     return ops.take(every, ops.index(plan, "node_source", d) if source is None else source)
 
 
-def value_grad(ops: Ops, d: Any, plan: TreePlan, rho: float, want_grad: bool) -> tuple[Any, Any | None]:
+def value_grad(ops: Ops, d: Any, plan: TreePlan, rho: float, want_grad: bool,
+               inner: Any = None) -> tuple[Any, Any | None]:
     """EMD^rho of every column of ``d = p - q`` (n_bins, rows), and its dirt-conserving gradient.
 
     Returns the values, (rows,), and the gradient, (n_bins, rows) (None
     without ``want_grad``): the sum over ancestors-or-self of
     ``rho w sign(phi) |phi|^(rho-1)`` (paper eq. 9-10, ``sign(0) = 0``) minus
-    its mean over the bins, as the kernels compute it.
+    its mean over the bins, as the kernels compute it. ``inner``: phi at the
+    inner positions, (n_inner, rows), where the caller has formed it (the
+    NumPy pass, in the kernels' order).
     """
     nm = plan.node_major
-    inner = _subtree(ops, d, plan)[:-1, ...]
+    inner = (_subtree(ops, d, plan) if inner is None else inner)[:-1, ...]
     value_b, slope_b = _edges(ops, _bin_rows(ops, d, plan), ops.constant(nm.bin_weight, d), rho)
     value_i, slope_i = _edges(ops, inner, ops.constant(nm.inner_weight, d), rho)
     value = value_b + value_i

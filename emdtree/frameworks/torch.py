@@ -207,6 +207,12 @@ def _unwrapped(x: Tensor, ax: int) -> tuple[Tensor, int]:
     return x, ax
 
 
+def _host(x: Tensor) -> np.ndarray:
+    """A NumPy copy of a plain tensor in its own float dtype, through Python lists: under
+    ``torch.func`` no new tensor has storage for ``.numpy()``. For error paths only."""
+    return np.asarray(x.detach().cpu().tolist(), dtype=np.float64 if x.dtype == torch.float64 else np.float32)
+
+
 def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
     """Name the raw entry that the normalisation would turn into NaN (eagerly and under
     ``torch.func`` transforms; a compiled call gets the kernels' message about the
@@ -223,8 +229,7 @@ def _check_normalizable(input: Tensor, normalize: str, ax: int) -> None:
     else:
         ok = torch.isfinite(x).all() & (x >= 0).all() & (x.sum(dim=ax) > 0).all()
     if not bool(ok):
-        # through Python lists: under torch.func no new tensor has storage for .numpy()
-        _losses.check_normalizable(np.asarray(x.cpu().tolist(), dtype=np.float64), normalize, ax)
+        _losses.check_normalizable(_host(x).astype(np.float64), normalize, ax)
 
 
 def _check_distribution_target(p: Tensor, q: Tensor, tree: Tree | None, rho: float, normalize: str) -> None:
@@ -239,8 +244,7 @@ def _check_distribution_target(p: Tensor, q: Tensor, tree: Tree | None, rho: flo
     eps = torch.finfo(qu.dtype).eps
     if bool(((totals - 1.0).abs() <= max(q.shape[-1], 64) * eps).all()):
         return
-    as_numpy = lambda x: np.asarray(x.detach().cpu().tolist(), dtype=str(x.dtype).split(".")[-1])  # noqa: E731
-    _losses.value_grad(as_numpy(pu).reshape(-1, q.shape[-1]), as_numpy(qu).reshape(-1, q.shape[-1]), tree,
+    _losses.value_grad(_host(pu).reshape(-1, q.shape[-1]), _host(qu).reshape(-1, q.shape[-1]), tree,
                        rho, want_grad=False, check=True, applied=normalize)
 
 

@@ -161,14 +161,14 @@ class _KernelCache(_caching.FunctionCache):
     _impl_class = _KernelCacheImpl
 
 
-def relocate_cuda_cache(dispatcher) -> None:
-    """Give a numba-cuda kernel the CPU kernels' cache locations (``NUMBA_CACHE_DIR``, then
-    :func:`cache_dir`; never the package's ``__pycache__``), or no cache where neither can be
-    written or this numba-cuda has no cache classes to extend."""
+@functools.lru_cache(maxsize=1)
+def _cuda_cache_class() -> type | None:
+    """numba-cuda's kernel cache with the CPU kernels' locators, or None for a numba-cuda
+    without those classes."""
     try:
         from numba.cuda.dispatcher import CUDACache, CUDACacheImpl
-    except ImportError:  # another numba-cuda: compiled in each process
-        return
+    except ImportError:
+        return None
 
     class _CUDAKernelCacheImpl(CUDACacheImpl):
         _locator_classes = [_UserProvided, _UserCacheLocator]
@@ -176,8 +176,18 @@ def relocate_cuda_cache(dispatcher) -> None:
     class _CUDAKernelCache(CUDACache):
         _impl_class = _CUDAKernelCacheImpl
 
+    return _CUDAKernelCache
+
+
+def relocate_cuda_cache(dispatcher) -> None:
+    """Give a numba-cuda kernel the CPU kernels' cache locations (``NUMBA_CACHE_DIR``, then
+    :func:`cache_dir`; never the package's ``__pycache__``), or no cache where neither can be
+    written or this numba-cuda has no cache classes to extend."""
+    cache_class = _cuda_cache_class()
+    if cache_class is None:  # another numba-cuda: compiled in each process
+        return
     try:
-        dispatcher._cache = _CUDAKernelCache(dispatcher.py_func)
+        dispatcher._cache = cache_class(dispatcher.py_func)
     except RuntimeError as exc:
         if "no locator available" not in str(exc):
             raise

@@ -352,18 +352,10 @@ def tile_stats(typingctx, xf, off, n_tiles, out):
 
 
 if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the kernels run as Python, intrinsics cannot
-    from .pure import (
-    row_accumulate,
-    row_add,
-    row_axpy,
-    row_down_linear,
-    row_down_sign,
-    row_up_abs,
-    row_up_sq,
-    tile_in,
-    tile_out,
-    tile_stats,
-)
+    from .pure import (  # noqa: E402,F811
+        row_accumulate, row_add, row_axpy, row_down_linear, row_down_sign, row_up_abs, row_up_sq, tile_in,
+        tile_out, tile_stats,
+    )
 
 
 __all__ = [

@@ -69,7 +69,6 @@ class Door:
     softmax: bool = True  # takes normalize="softmax"
     keeps_dtype: bool = True  # float32 in, float32 out
     names_entries: bool = True  # reports a bad entry by its index in the arrays the door was given
-    entry: str = "[1, 2]"  # how it names the bad entry [1, 2] of the bad cases
     run: str = "main"  # the process that runs it: "main" or a key of RUNS
 
     def missing(self) -> str | None:
