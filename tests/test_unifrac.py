@@ -398,3 +398,21 @@ def test_cli_help_lists_unifrac(capsys):
     assert code == 0 and "unifrac" in out
     code, out, _ = run(["unifrac", "--help"], capsys)
     assert code == 0 and "--normalized" in out and "--rho" not in out and "--workers" in out
+
+
+def test_output_is_qiime2_distance_matrix_format(tmp_path, capsys):
+    """QIIME 2 imports a DistanceMatrix from scikit-bio's lsmat format: its sniffer recognises the file
+    (older q2-types) and scikit-bio reads it back as a valid DistanceMatrix (newer q2-types)."""
+    skbio = _skbio()
+    (tmp_path / "t.nwk").write_text(NEWICK)
+    (tmp_path / "table.tsv").write_text("sample\ta\tb\tc\n001\t1\t2\t0\n1e3\t0\t5\t1\nNaN\t3\t0\t1\n")
+    for flag in ([], ["--normalized"]):
+        code, _, err = run(["unifrac", tmp_path / "table.tsv", "--tree", tmp_path / "t.nwk",
+                            "-o", tmp_path / "dm.tsv"] + flag, capsys)
+        assert code == 0, err
+        assert skbio.io.io_registry.get_sniffer("lsmat")(str(tmp_path / "dm.tsv"))[0]
+        dm = skbio.DistanceMatrix.read(str(tmp_path / "dm.tsv"), format="lsmat")
+        assert list(dm.ids) == ["001", "1e3", "NaN"]
+        want = emdtree.weighted_unifrac(np.array([[1, 2, 0], [0, 5, 1], [3, 0, 1]]), Tree.from_newick(NEWICK),
+                                        normalized=bool(flag))
+        np.testing.assert_array_equal(dm.data, want)
