@@ -176,8 +176,9 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     unrooted = tree_qza(tmp_path, "unrooted.qza", "Phylogeny[Unrooted]")
     assert_input_error(["unifrac", table, "--tree", unrooted, "-o", tmp_path / "D.tsv"], capsys,
                        "unrooted.qza", "Phylogeny[Unrooted]", "midpoint-root")
-    assert_input_error(["unifrac", tree_qza(tmp_path), "--tree", tree_qza(tmp_path), "-o", tmp_path / "D.tsv"],
-                       capsys, "is a Phylogeny[Rooted] artifact, but a count table must be")
+    tree = tree_qza(tmp_path)
+    assert_input_error(["unifrac", tree, "--tree", tree, "-o", tmp_path / "D.tsv"], capsys,
+                       "is a Phylogeny[Rooted] artifact, but a count table must be")
     monkeypatch.setitem(sys.modules, "biom", None)
     assert_input_error(["unifrac", table, "--tree", tree_qza(tmp_path), "-o", tmp_path / "D.tsv"], capsys,
                        "emdtree[biom]")

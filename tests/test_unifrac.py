@@ -1,4 +1,4 @@
-"""emdtree.weighted_unifrac and ``emdtree unifrac``: scikit-bio's weighted UniFrac, unnormalised and normalised."""
+"""emdtree.weighted_unifrac and ``emdtree unifrac``: scikit-bio's weighted UniFrac, both variants."""
 
 import io as text_io
 import os
@@ -306,7 +306,8 @@ def test_public_name():
 @pytest.fixture
 def files(tmp_path):
     (tmp_path / "t.nwk").write_text(NEWICK)
-    (tmp_path / "table.tsv").write_text("sample\tc\ta\tb\ns1\t1\t2\t0\ns2\t0\t5\t1\ns3\t3\t0\t0\nempty\t0\t0\t0\n")
+    (tmp_path / "table.tsv").write_text("sample\tc\ta\tb\ns1\t1\t2\t0\ns2\t0\t5\t1\ns3\t3\t0\t0\n"
+                                        "empty\t0\t0\t0\n")
     return tmp_path
 
 

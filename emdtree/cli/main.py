@@ -145,10 +145,11 @@ def _build_parser() -> _Parser:
         description="Weighted UniFrac (Lozupone et al. 2007) between every pair of samples of a count "
                     "table, as scikit-bio and QIIME 2 compute it: counts are compared as relative "
                     "abundances, branch lengths are the costs. TABLE is a TSV/CSV (sample ids in the first "
-                    "column, or '#OTU ID' for one feature per row), .npy, .npz, .biom, Zarr/HDF5 or a QIIME 2 "
-                    "FeatureTable[Frequency] .qza; --tree a Newick file or a Phylogeny[Rooted] .qza. The "
-                    "matrix is written as a square TSV (QIIME 2 imports it as a DistanceMatrix) or a Zarr "
-                    "store; the Dask options are those of 'emdtree pairwise'.")
+                    "column, or '#OTU ID' for one feature per row), .npy, .npz, .biom, Zarr/HDF5 or a "
+                    "QIIME 2 FeatureTable[Frequency] .qza; --tree a Newick file or a Phylogeny[Rooted] "
+                    ".qza. The matrix is written as a square TSV (QIIME 2 imports it as a DistanceMatrix), "
+                    "to stdout with -o -, or to a Zarr store; the Dask options are those of 'emdtree "
+                    "pairwise'.")
     _table_arguments(uni, tree_help)
     uni.add_argument("--normalized", action="store_true",
                      help="weighted normalised UniFrac: divide by the two samples' mean root-to-tip "

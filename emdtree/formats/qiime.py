@@ -60,8 +60,8 @@ def _read_member(path: pathlib.Path, expected: tuple[str, ...], member: str, wha
         roots = sorted({name.split("/", 1)[0] for name in names if "/" in name})
         metadata = [f"{root}/metadata.yaml" for root in roots if f"{root}/metadata.yaml" in names]
         if len(roots) != 1 or not metadata:
-            raise ValueError(f"{str(path)!r} is not a QIIME 2 artifact: no <uuid>/metadata.yaml at the top of "
-                             "the archive")
+            raise ValueError(f"{str(path)!r} is not a QIIME 2 artifact: no <uuid>/metadata.yaml at the top "
+                             "of the archive")
         root = roots[0]
         found = _artifact_type(archive.read(metadata[0]).decode("utf-8", errors="replace"))
         if found is None:
