@@ -204,7 +204,9 @@ def weighted_unifrac(
     if empty.any():  # l1 has no total to divide by: any sample stands in, its distances are replaced
         safe = np.array(counts, copy=True)
         safe[empty] = 1
-    D = pairwise(safe, tree=tree, normalize="l1", block_size=block_size, n_threads=n_threads)
+    # the counts are checked above (finite, >= 0, a finite total): pairwise need not read them again
+    D = pairwise(safe, tree=tree, normalize="l1", block_size=block_size, n_threads=n_threads,
+                 check_inputs=False)
     if empty.any():
         D[empty, :] = u[None, :]
         D[:, empty] = u[:, None]
@@ -224,7 +226,8 @@ def _dask(counts: Any, tree: Tree, d: np.ndarray, normalized: bool, block_size: 
     stats = counts.map_blocks(_stats_block, d, dtype=np.float64, chunks=(counts.chunks[0], (2,)))
     u, empty = stats[:, 0], stats[:, 1] > 0
     safe = da.where(empty[:, None], counts.dtype.type(1), counts)
-    D = pairwise(safe, tree=tree, normalize="l1", block_size=block_size)
+    # each block is checked by its stats task, which its pair tasks wait for
+    D = pairwise(safe, tree=tree, normalize="l1", block_size=block_size, check_inputs=False)
     dtype = D.dtype
     D = da.where(empty[:, None], u[None, :], da.where(empty[None, :], u[:, None], D))
     if normalized:
