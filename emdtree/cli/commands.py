@@ -243,7 +243,7 @@ def distance(args, out: TextIO) -> None:
     p, q = read_array(args.p, "P"), read_array(args.q, "Q")
     normalize = None if args.normalize == "none" else args.normalize
     value = np.asarray(emdtree.emd(p, q, tree, args.rho, args.axis, normalize=normalize))
-    if args.output:
+    if args.output and not is_stdout(args.output):
         _write_values(args.output, value)
         return
     if value.ndim == 0:

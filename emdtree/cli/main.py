@@ -120,7 +120,7 @@ def _build_parser() -> _Parser:
     dist.add_argument("--normalize", choices=("l1", "softmax", "none"), default="none",
                       help="'l1': divide P and Q by their totals first; 'softmax': P holds logits, Q "
                            "distributions (default none: equal totals needed)")
-    dist.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .tsv or text)")
+    dist.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .tsv or text); '-' or none: stdout")
 
     pair = sub.add_parser(
         "pairwise", parents=common, help="distance matrix between the samples of a count table",
