@@ -191,8 +191,8 @@ def _hvp_vmap(info, in_dims, input, target, v, tree, rho):
 # Up to this many entries (rows x bins), a softmax loss on a chain runs as torch's own operations:
 # a cumulative sum and a sum of squares cost less than the custom operator's dispatch, checks and
 # copies. Measured by benchmarks/bench_ordinal.py (one thread, forward + backward): the kernels
-# win from about 2^18 entries on.
-ORDINAL_OPS_MAX = 1 << 18
+# win from about 2^17 entries on (1,300 rows of 100 bins).
+ORDINAL_OPS_MAX = 1 << 17
 _STEPS_MAX_BINS = 1024  # a cached (n_bins, n_bins - 1) table of the targets' cumulative sums
 
 
