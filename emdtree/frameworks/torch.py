@@ -186,7 +186,7 @@ def _hvp_vmap(info, in_dims, input, target, v, tree, rho):
     return out.reshape(size, -1, out.shape[-1]), 0
 
 
-# ----------------------------------------------------------------------------- ordinal bins as torch operations
+# ----------------------------------------------------------------------------- ordinal bins, torch operations
 
 # Up to this many entries (rows x bins), a softmax loss on a chain runs as torch's own operations:
 # a cumulative sum and a sum of squares cost less than the custom operator's dispatch, checks and
