@@ -202,3 +202,19 @@ def test_softmax_check_deferred_names_raw_entry(route):
     x[2, 3] = float("inf")
     msg = _message(route, "kernels", x, t)
     assert "input[2, 3]" in msg and "inf" in msg
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 1100])
+def test_ops_route_sizes(route, n_bins):
+    """One bin (no edge), two, and more bins than the cached table of label steps holds."""
+    out = {}
+    for name in ROUTES:
+        calls = route(name)
+        x, t = _case(9, 4, n_bins, torch.float64, labels=True, mask=False)
+        out[name] = _derivatives(x, t, None, 2.0, labels=True)
+        assert bool(calls) == (name == "kernels")
+    for a, b in zip(out["ops"], out["kernels"]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
+    x, t = _case(9, 4, n_bins, torch.float64, labels=True, mask=False)
+    t[1] = n_bins
+    assert _message(route, "ops", x, t) == _message(route, "kernels", x, t)

@@ -253,7 +253,7 @@ def _ordinal(p: Tensor, q: Tensor, tree: Tree | None, rho: float, check: bool) -
     elif n_bins <= _STEPS_MAX_BINS:
         try:
             c = cdf - _label_steps(n_bins, p.dtype).index_select(0, q)
-        except IndexError:  # a class index out of range
+        except (IndexError, RuntimeError):  # a class index out of range (RuntimeError: one bin)
             return None
     else:
         if check:
