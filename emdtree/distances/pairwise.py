@@ -37,6 +37,7 @@ from ..kernels import cpu
 from ..kernels import pairwise as kernels
 from ..engine.normalize import check_normalize
 from ..engine.threads import parallel_launch, usable_threads
+from . import sparse_rows as _sparse
 from .rows import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ..trees.tree import Tree
 from ..engine.plan import plan_of
@@ -243,6 +244,11 @@ def pairwise(
     # small matrices are computed with NumPy and SciPy, whatever is compiled (emdtree.engine.tiers)
     work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
     cold = _tiers.use_numpy(work, _COLD_MAX_WORK, counted=False) and plan_of(tree).suits_numpy_pass()
+    if not cold:
+        sparse = _sparse_pairs(xs, ys, dtype, tree, rho, positions, scale, normalize, check_inputs, condensed,
+                               n_threads)
+        if sparse is not None:
+            return sparse
     return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
                   n_threads, cold)
 
@@ -304,6 +310,25 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
     if check_inputs:
         _check_finite(out, kind, n_a, n_b, rho)
     return out if condensed else out.reshape(n_a, n_b)
+
+
+def _sparse_pairs(xs: np.ndarray, ys: np.ndarray | None, dtype: np.dtype, tree: Tree, rho: float,
+                  positions: np.ndarray, scale: np.ndarray, normalize: str | None, check_inputs: bool,
+                  condensed: bool, n_threads: int | None) -> np.ndarray | None:
+    """:func:`pairwise` on sparse rows (:mod:`emdtree.distances.sparse_rows`), or None when the
+    samples are too dense for them (or invalid: the dense route names the entry)."""
+    rows = _sparse.in_memory([xs] if ys is None else [xs, ys], dtype, tree, positions, scale, normalize,
+                             check_inputs)
+    if rows is None:
+        return None
+    out = _sparse.distances(rows[0], None if ys is None else rows[1], rho, n_threads)
+    n_a, n_b = out.shape
+    if condensed:
+        out = out[np.triu_indices(n_a, 1)]
+    kind = kernels.OUT_CONDENSED if condensed else kernels.OUT_RECT
+    if check_inputs:
+        _check_finite(out.reshape(-1), kind, n_a, n_b, rho)
+    return out
 
 
 def _check_finite(out: np.ndarray, kind: int, n_a: int, n_b: int, rho: float) -> None:

@@ -28,6 +28,7 @@ from ..engine.inputs import working_dtype
 from ..kernels import pairwise as kernels
 from ..kernels.checks import row_totals
 from ..kernels.pairwise import listed_pairs_serial, pair_sums_serial
+from . import sparse_rows
 from .rows import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ..trees.tree import Tree
 from ..engine import semantics
@@ -62,9 +63,10 @@ def _first_total(block: np.ndarray, dtype: np.dtype) -> float:
     return float(totals[0])
 
 
-def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float | None) -> np.ndarray:
+def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float | None) -> Any:
     """Rows ``x`` of one block of samples, ``(rows, n_cols)``, after checking them
-    (:mod:`emdtree.engine.semantics`, as in memory: logits for ``normalize="softmax"``)."""
+    (:mod:`emdtree.engine.semantics`, as in memory: logits for ``normalize="softmax"``); sparse
+    samples give :class:`~emdtree.distances.sparse_rows.SparseRows`."""
     s = settings
     rows = np.ascontiguousarray(block, dtype=s.dtype)
     entry, row = semantics.indexed(s.name, offset, s.axis)
@@ -93,6 +95,11 @@ def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float
                     f"{float(totals[r])!r}: the EMD between different totals is undefined; pass "
                     "normalize='l1' to compare them as distributions"
                 )
+    if s.normalize != "softmax":
+        sparse = sparse_rows.block(rows, totals if s.normalize == "l1" else None, s.tree, s.positions, s.scale,
+                                   s.dtype)
+        if sparse is not None:
+            return sparse
     transformed = _Rows(rows, s.name, 1, s.dtype, s.tree, s.positions, s.scale, s.normalize, False,
                         max(1, rows.shape[0]))
     return transformed.x
@@ -116,6 +123,11 @@ def block_distances(a: np.ndarray, b: np.ndarray | None, rho: float) -> np.ndarr
     ndarray, shape (n_a, n_b)
         In ``a``'s dtype, computed on the calling thread only.
     """
+    if isinstance(a, sparse_rows.SparseRows) or isinstance(b, sparse_rows.SparseRows):
+        if b is None or (isinstance(a, sparse_rows.SparseRows) and isinstance(b, sparse_rows.SparseRows)):
+            return sparse_rows.distances(a, b, rho, 1)
+        # a block too dense for the sparse route beside a sparse one: both dense
+        a, b = (x.to_dense() if isinstance(x, sparse_rows.SparseRows) else x for x in (a, b))
     square = b is None
     dtype = a.dtype
     low = a.min(axis=0, initial=np.inf)
