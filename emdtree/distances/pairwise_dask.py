@@ -68,6 +68,10 @@ def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float
     (:mod:`emdtree.engine.semantics`, as in memory: logits for ``normalize="softmax"``); sparse
     samples give :class:`~emdtree.distances.sparse_rows.SparseRows`."""
     s = settings
+    sparse = sparse_rows.block(block, s.normalize, t0 if s.check else None, s.mass_eps, s.tree, s.positions,
+                               s.scale, s.dtype)
+    if sparse is not None:
+        return sparse
     rows = np.ascontiguousarray(block, dtype=s.dtype)
     entry, row = semantics.indexed(s.name, offset, s.axis)
     if s.normalize == "softmax":
@@ -95,11 +99,6 @@ def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float
                     f"{float(totals[r])!r}: the EMD between different totals is undefined; pass "
                     "normalize='l1' to compare them as distributions"
                 )
-    if s.normalize != "softmax":
-        sparse = sparse_rows.block(rows, totals if s.normalize == "l1" else None, s.tree, s.positions, s.scale,
-                                   s.dtype)
-        if sparse is not None:
-            return sparse
     transformed = _Rows(rows, s.name, 1, s.dtype, s.tree, s.positions, s.scale, s.normalize, False,
                         max(1, rows.shape[0]))
     return transformed.x

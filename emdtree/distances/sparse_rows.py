@@ -26,11 +26,11 @@ from .rows import _MIN_TAU
 
 # Rows whose stored entries are at most this fraction of rows x columns are summed
 # sparsely; measured crossover against the dense kernels (benchmarks/bench_emp.py --crossover).
-SPARSE_MAX_DENSITY = 0.05
+SPARSE_MAX_DENSITY = 0.1
 
 # Inputs with more non-zero masses than this fraction of their entries are not tried
 # (their rows would be denser still: every ancestor of an observed bin is stored).
-INPUT_MAX_DENSITY = 0.02
+INPUT_MAX_DENSITY = 0.05
 
 # Pair terms (pairs x mean stored entries per row) from which the parallel kernel runs.
 _PARALLEL_MIN_TERMS = 4_000_000
@@ -42,7 +42,7 @@ class SparseRows:
     Attributes
     ----------
     ptr : ndarray of int64, shape (n + 1,)
-    idx : ndarray of int64, shape (nnz,)
+    idx : ndarray of int32, shape (nnz,)
         Column of each stored value.
     val : ndarray, shape (nnz,)
         The values ``x_k``, in the working dtype.
@@ -68,8 +68,8 @@ class SparseRows:
     def nbytes(self) -> int:
         return self.ptr.nbytes + self.idx.nbytes + self.val.nbytes
 
-    def __sizeof__(self) -> int:  # what dask counts against a worker's memory
-        return self.nbytes + 64
+    def __sizeof__(self) -> int:  # what dask counts against a worker's memory, with the CSC to come
+        return 2 * self.nbytes + 64
 
     def __getstate__(self) -> tuple:
         return self.ptr, self.idx, self.val, self.n_cols
@@ -81,15 +81,29 @@ class SparseRows:
         n, c = self.shape
         return self.idx.shape[0] / max(n * c, 1)
 
-    def csc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The rows by column (``ptr``, row, value), rows ascending; built once."""
-        if self._csc is None:
-            t_ptr = np.empty(self.n_cols + 1, dtype=np.int64)
-            t_row = np.empty(self.idx.shape[0], dtype=np.int64)
-            t_val = np.empty_like(self.val)
-            kernels.transpose(self.ptr, self.idx, self.val, self.n_cols, t_ptr, t_row, t_val)
+    def order(self) -> np.ndarray:
+        """The rows by the middle column of their support: rows in the same clades come together."""
+        sizes = np.diff(self.ptr)
+        middle = np.full(sizes.shape[0], -1, dtype=np.int64)
+        has = sizes > 0
+        middle[has] = self.idx[self.ptr[:-1][has] + sizes[has] // 2]
+        return np.argsort(middle, kind="stable").astype(np.int64)
+
+    def csc(self, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows by column (``ptr``, label, value), the rows labelled by their place in ``order``
+        (default: their index), labels ascending. The one by index is built once and kept (the
+        blocks of a Dask graph serve several tasks, maybe at once: a task never reads another's)."""
+        if order is None and self._csc is not None:
+            return self._csc
+        n = self.shape[0]
+        t_ptr = np.empty(self.n_cols + 1, dtype=np.int64)
+        t_row = np.empty(self.idx.shape[0], dtype=np.int32)
+        t_val = np.empty_like(self.val)
+        kernels.transpose(self.ptr, self.idx, self.val, self.n_cols,
+                          np.arange(n, dtype=np.int64) if order is None else order, t_ptr, t_row, t_val)
+        if order is None:
             self._csc = (t_ptr, t_row, t_val)
-        return self._csc
+        return t_ptr, t_row, t_val
 
     def to_dense(self) -> np.ndarray:
         n, c = self.shape
@@ -106,29 +120,65 @@ def column_of(tree: Tree, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-def input_density(rows: np.ndarray) -> float:
-    """Fraction of non-zero entries of a 2-D block of masses."""
-    return float(np.count_nonzero(rows)) / max(rows.size, 1)
+def masses(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The non-zero masses of the dense rows ``(n, n_bins)`` as CSR (``ptr``, ``idx``, float64 ``val``)
+    and the row totals; None when more than :data:`INPUT_MAX_DENSITY` of the entries are non-zero
+    or an entry is NaN, infinite or negative (the dense route then names it)."""
+    rows = np.ascontiguousarray(rows)
+    if rows.dtype.kind not in "biuf":
+        return None
+    ptr = np.empty(rows.shape[0] + 1, dtype=np.int64)
+    kernels.count_nonzero_rows(rows, ptr)
+    if ptr[-1] > INPUT_MAX_DENSITY * rows.size:
+        return None
+    idx = np.empty(ptr[-1], dtype=np.int64)
+    val = np.empty(ptr[-1], dtype=np.float64)
+    totals = np.empty(rows.shape[0], dtype=np.float64)
+    if not kernels.dense_to_csr(rows, ptr, idx, val, totals):
+        return None
+    return ptr, idx, val, totals
 
 
-def build(rows: np.ndarray, divisor: np.ndarray | None, tree: Tree, columns: np.ndarray, scale: np.ndarray,
-          dtype: np.dtype) -> SparseRows:
-    """Sparse rows of the checked masses ``rows`` (n, n_bins), divided by ``divisor`` (row totals for
-    ``normalize="l1"``; None: unscaled). ``columns`` from :func:`column_of`."""
+def build(in_ptr: np.ndarray, in_idx: np.ndarray, in_val: np.ndarray, divisor: np.ndarray | None, tree: Tree,
+          columns: np.ndarray, scale: np.ndarray, dtype: np.dtype) -> SparseRows:
+    """Sparse rows of the masses in CSR form (bins ``in_idx``, float64 ``in_val``), divided by
+    ``divisor`` (row totals for ``normalize="l1"``; None: unscaled). ``columns`` from :func:`column_of`."""
     lay = tree.layout
-    n = rows.shape[0]
-    in_ptr = np.empty(n + 1, dtype=np.int64)
-    in_idx, in_val = kernels.dense_to_csr(np.ascontiguousarray(rows), in_ptr)
+    n = in_ptr.shape[0] - 1
     sizes = np.empty(n, dtype=np.int64)
     kernels.support_sizes(in_ptr, in_idx, lay.parent, lay.bin_position, columns, sizes)
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(sizes, out=ptr[1:])
-    idx = np.empty(ptr[-1], dtype=np.int64)
+    idx = np.empty(ptr[-1], dtype=np.int32)
     val = np.empty(ptr[-1], dtype=dtype)
     div = np.ones(n) if divisor is None else np.asarray(divisor, dtype=np.float64)
     kernels.phi_rows(in_ptr, in_idx, in_val, div, lay.parent, lay.bin_position, columns,
                      np.asarray(scale, dtype=np.float64), ptr, idx, val)
     return SparseRows(ptr, idx, val, scale.shape[0])
+
+
+def block(raw: np.ndarray, normalize: str | None, t0: float | None, mass_eps: float, tree: Tree,
+          positions: np.ndarray, scale: np.ndarray, dtype: np.dtype) -> SparseRows | None:
+    """The sparse rows of one block of masses (as given: any real dtype), or None for the dense route:
+    rows too dense, or masses the dense route refuses (it names the entry). ``t0``: the total every
+    row must have (without ``normalize``; None: unchecked)."""
+    if normalize not in (None, "l1"):
+        return None
+    found = masses(raw)
+    if found is None:
+        return None
+    ptr, idx, val, totals = found
+    if totals.size and totals.max() > np.finfo(dtype).max:
+        return None
+    if normalize == "l1" and not np.all(totals > 0):
+        return None
+    if normalize is None and t0 is not None:
+        tol = max(tree.n_bins, 64) * mass_eps
+        if np.any(np.abs(totals - t0) > tol * np.maximum(np.abs(totals), abs(t0))):
+            return None
+    out = build(ptr, idx, val, totals if normalize == "l1" else None, tree, column_of(tree, positions), scale,
+                dtype)
+    return out if out.density() <= SPARSE_MAX_DENSITY else None
 
 
 def _mode(rho: float, a: SparseRows, b: SparseRows) -> int:
@@ -153,12 +203,14 @@ def distances(a: SparseRows, b: SparseRows | None, rho: float, n_threads: int | 
     else:
         sum_b = np.empty(n_b)
         kernels.power_sums(other.ptr, other.val, mode, float(rho), sum_b)
-    t_ptr, t_row, t_val = other.csc()
     out = np.zeros((n_a, n_b), dtype=a.val.dtype)
     if out.size == 0:
         return out
-    args = (a.ptr, a.idx, a.val, sum_a, other.ptr, other.idx, other.val, sum_b, t_ptr, t_row, t_val, square,
-            mode, float(rho), _MIN_TAU, out.reshape(-1))
+    order = a.order()
+    label_row = order if square else np.arange(n_b, dtype=np.int64)
+    t_ptr, t_row, t_val = other.csc(order if square else None)
+    args = (a.ptr, a.idx, a.val, sum_a, other.ptr, other.idx, other.val, sum_b, t_ptr, t_row, t_val, label_row,
+            square, mode, float(rho), _MIN_TAU, order, out.reshape(-1))
     if n_threads is None:
         terms = n_a * n_b * (a.idx.shape[0] / max(n_a, 1))
         n_threads = usable_threads() if terms >= _PARALLEL_MIN_TERMS else 1
@@ -172,60 +224,24 @@ def distances(a: SparseRows, b: SparseRows | None, rho: float, n_threads: int | 
     return out
 
 
-def _checked_totals(samples: np.ndarray, dtype: np.dtype, block: int) -> np.ndarray | None:
-    """Row totals (float64) of finite, non-negative masses; None when an entry is not (the dense
-    route then raises the error that names it)."""
-    from ..kernels.checks import row_totals
-
-    totals = np.empty(samples.shape[0])
-    for r0 in range(0, samples.shape[0], block):
-        rows = np.ascontiguousarray(samples[r0:r0 + block], dtype=dtype)
-        if row_totals(rows, totals[r0:r0 + block]) != -1:
-            return None
-    return totals
-
-
 def in_memory(inputs: list[np.ndarray], dtype: np.dtype, tree: Tree, positions: np.ndarray,
               scale: np.ndarray, normalize: str | None, check: bool) -> list[SparseRows] | None:
-    """The sparse rows of each input (n, n_bins) when they are sparse enough; None for the dense route.
-
-    Inputs that the checks of the dense route would refuse (an invalid mass, a zero total
-    with ``normalize="l1"``, unequal totals without ``normalize``) get None too: the dense
-    route names the entry.
-    """
-    if normalize not in (None, "l1"):
+    """The sparse rows of each input (n, n_bins) when they are sparse enough; None for the dense route
+    (also for masses that the dense route refuses: it names the entry)."""
+    if normalize not in (None, "l1") or any(x.shape[0] == 0 for x in inputs):
         return None
-    if sum(np.count_nonzero(x) for x in inputs) > INPUT_MAX_DENSITY * sum(x.size for x in inputs):
-        return None
-    block = max(1, (1 << 22) // max(tree.n_bins, 1))
-    totals = []
-    for x in inputs:
-        t = _checked_totals(x, dtype, block) if check or normalize == "l1" else None
-        if (check or normalize == "l1") and t is None:
-            return None
-        if normalize == "l1" and not np.all(t > 0):
-            return None
-        totals.append(t)
-    if check and normalize is None:
-        every = np.concatenate(totals)
-        if every.size:
-            eps = max(float(np.finfo(x.dtype if x.dtype.kind == "f" else np.float64).eps) for x in inputs)
-            t0 = every[0]
-            if np.any(np.abs(every - t0) > max(tree.n_bins, 64) * eps * np.maximum(np.abs(every), abs(t0))):
-                return None
-    columns = column_of(tree, positions)
+    eps = max(float(np.finfo(x.dtype if x.dtype.kind == "f" else np.float64).eps) for x in inputs)
+    t0 = float(np.sum(inputs[0][0], dtype=np.float64)) if check and normalize is None else None
+    step = max(1, (1 << 24) // max(tree.n_bins, 1))
     out = []
-    cells = 0
-    for x, t in zip(inputs, totals):
+    for x in inputs:
         parts = []
-        for r0 in range(0, x.shape[0], block):
-            rows = np.ascontiguousarray(x[r0:r0 + block], dtype=dtype)
-            div = t[r0:r0 + block] if normalize == "l1" else None
-            parts.append(build(rows, div, tree, columns, scale, dtype))
+        for r0 in range(0, x.shape[0], step):
+            part = block(x[r0:r0 + step], normalize, t0, eps, tree, positions, scale, dtype)
+            if part is None:
+                return None
+            parts.append(part)
         out.append(concatenate(parts, positions.shape[0], dtype))
-        cells += x.shape[0] * positions.shape[0]
-    if sum(r.idx.shape[0] for r in out) > SPARSE_MAX_DENSITY * cells:
-        return None
     return out
 
 
@@ -234,18 +250,10 @@ def concatenate(parts: list[SparseRows], n_cols: int, dtype: np.dtype) -> Sparse
     if len(parts) == 1:
         return parts[0]
     if not parts:
-        return SparseRows(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=dtype),
+        return SparseRows(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=dtype),
                           n_cols)
     offsets = np.cumsum([0] + [p.idx.shape[0] for p in parts[:-1]])
     ptr = np.concatenate([[0]] + [p.ptr[1:] + o for p, o in zip(parts, offsets)])
     return SparseRows(ptr.astype(np.int64), np.concatenate([p.idx for p in parts]),
                       np.concatenate([p.val for p in parts]), n_cols)
 
-
-def block(rows: np.ndarray, divisor: np.ndarray | None, tree: Tree, positions: np.ndarray, scale: np.ndarray,
-          dtype: np.dtype) -> SparseRows | None:
-    """The sparse rows of one checked block of masses (a Dask task), or None when it is too dense."""
-    if input_density(rows) > INPUT_MAX_DENSITY:
-        return None
-    out = build(rows, divisor, tree, column_of(tree, positions), scale, dtype)
-    return out if out.density() <= SPARSE_MAX_DENSITY else None

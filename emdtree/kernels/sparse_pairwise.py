@@ -41,9 +41,8 @@ MODE_TWO = 2  # rho = 2: t = 2 x y
 # ----------------------------------------------------------------------------- building the rows
 
 @njit(cache=True, nogil=True)
-def dense_to_csr(rows, ptr):  # pragma: no cover
-    """Non-zero entries of the dense rows ``(n, n_bins)`` as CSR: fills ``ptr`` (n + 1) and
-    returns ``(indices, values)`` (int64, float64)."""
+def count_nonzero_rows(rows, ptr):  # pragma: no cover
+    """CSR offsets of the non-zero entries of the dense rows ``(n, n_bins)`` into ``ptr`` (n + 1)."""
     n, m = rows.shape
     ptr[0] = 0
     for r in range(n):
@@ -52,17 +51,29 @@ def dense_to_csr(rows, ptr):  # pragma: no cover
             if rows[r, k] != 0:
                 c += 1
         ptr[r + 1] = ptr[r] + c
-    idx = np.empty(ptr[n], dtype=np.int64)
-    val = np.empty(ptr[n], dtype=np.float64)
-    t = 0
+
+
+@njit(cache=True, nogil=True)
+def dense_to_csr(rows, ptr, idx, val, totals):  # pragma: no cover
+    """The non-zero entries of the dense rows (``ptr`` from :func:`count_nonzero_rows``) into ``idx``,
+    ``val`` (float64), and the row sums into ``totals`` (float64). Returns False when an entry is NaN,
+    infinite or negative (NaN counts as non-zero)."""
+    n, m = rows.shape
+    fine = True
     for r in range(n):
+        t = ptr[r]
+        s = 0.0
         for k in range(m):
-            v = rows[r, k]
+            v = np.float64(rows[r, k])
             if v != 0:
                 idx[t] = k
                 val[t] = v
+                s += v
                 t += 1
-    return idx, val
+                if not (v > 0 and v < np.inf):
+                    fine = False
+        totals[r] = s
+    return fine
 
 
 @njit(cache=True)
@@ -152,18 +163,20 @@ def power_sums(ptr, val, mode, rho, out):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def transpose(ptr, idx, val, n_cols, t_ptr, t_row, t_val):  # pragma: no cover
-    """CSC of a CSR matrix: ``t_ptr`` (n_cols + 1), rows ascending within each column."""
+def transpose(ptr, idx, val, n_cols, order, t_ptr, t_row, t_val):  # pragma: no cover
+    """CSC of a CSR matrix whose rows are labelled by their place in ``order`` (a permutation):
+    ``t_ptr`` (n_cols + 1), ``t_row`` the labels, ascending within each column."""
     t_ptr[:] = 0
     for t in range(idx.shape[0]):
         t_ptr[idx[t] + 1] += 1
     for k in range(n_cols):
         t_ptr[k + 1] += t_ptr[k]
     fill = t_ptr[:-1].copy()
-    for r in range(ptr.shape[0] - 1):
+    for label in range(order.shape[0]):
+        r = order[label]
         for t in range(ptr[r], ptr[r + 1]):
             k = idx[t]
-            t_row[fill[k]] = r
+            t_row[fill[k]] = label
             t_val[fill[k]] = val[t]
             fill[k] += 1
 
@@ -209,17 +222,29 @@ def _first_at_least(rows, lo, hi, j):  # pragma: no cover
 
 
 @njit(cache=True)
-def _row(i, a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row, t_val, j0, mode, rho,
-         tau, acc, out, out_stride, mirror):  # pragma: no cover
-    """The pairs ``(i, j)``, ``j >= j0``, into ``out[i * out_stride + j]`` (and ``out[j * out_stride + i]``
-    with ``mirror``); ``acc`` (float64, n_b) is zero on entry and on exit."""
+def _row(i, rank, a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row, t_val, label_row,
+         square, cursor, mode, rho, tau, acc, out, out_stride):  # pragma: no cover
+    """The pairs of row ``i`` of ``a`` into ``out[i * out_stride + j]``: with every row ``j`` of ``b``,
+    or with ``square`` with the rows labelled above ``rank`` (mirrored into ``out[j * out_stride + i]``).
+
+    ``label_row[label]`` is the row of ``b`` that a label of ``t_row`` stands for. ``cursor[k]``
+    (square only) is where column ``k``'s labels above the last row's rank start, -1 before its
+    first use: the rows of a part come in increasing rank, so it only moves forward. ``acc``
+    (float64, n_b, by label) is zero on entry and on exit.
+    """
     n_b = sum_b.shape[0]
     for t in range(a_ptr[i], a_ptr[i + 1]):
         k = a_idx[t]
         x = np.float64(a_val[t])
         lo, hi = t_ptr[k], t_ptr[k + 1]
-        if j0 > 0:
-            lo = _first_at_least(t_row, lo, hi, j0)
+        if square:
+            c = cursor[k]
+            if c < 0:
+                c = _first_at_least(t_row, lo, hi, rank + 1)
+            while c < hi and t_row[c] <= rank:
+                c += 1
+            cursor[k] = c
+            lo = c
         if mode == MODE_ONE_MIN:
             for s in range(lo, hi):
                 acc[t_row[s]] += min(x, np.float64(t_val[s]))
@@ -231,14 +256,15 @@ def _row(i, a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row
             for s in range(lo, hi):
                 y = np.float64(t_val[s])
                 acc[t_row[s]] += 0.5 * (ax + abs(y) ** rho - abs(x - y) ** rho)
-    for j in range(j0, n_b):
+    for label in range(rank + 1 if square else 0, n_b):
+        j = label_row[label]
         total = sum_a[i] + sum_b[j]
-        v = total - 2.0 * acc[j]
-        acc[j] = 0.0
+        v = total - 2.0 * acc[label]
+        acc[label] = 0.0
         if not v > tau * total:  # cancellation (or NaN): sum the pair directly
             v = _direct(a_ptr, a_idx, a_val, i, b_ptr, b_idx, b_val, j, mode, rho)
         out[i * out_stride + j] = v
-        if mirror:
+        if square:
             out[j * out_stride + i] = v
 
 
@@ -246,8 +272,13 @@ _DOC = """``D[i, j] = sum_k |x_ik - y_jk|^rho`` between the sparse rows of ``a``
 
     ``a`` and ``b`` are CSR (``*_ptr``, ``*_idx`` ascending within a row, ``*_val``
     of one dtype), ``sum_*`` their :func:`power_sums`, ``t_*`` the CSC of ``b``
-    (:func:`transpose`). ``out`` is the flat ``(n_a, n_b)`` result; with
-    ``square`` (``b`` is ``a``) only ``i < j`` is summed and mirrored, and the
+    (:func:`transpose`) with the rows of ``b`` labelled by ``label_row`` (``label_row[label]``
+    is a row). ``out`` is the flat ``(n_a, n_b)`` result. The rows of ``a`` are
+    taken in the ``order`` given (a permutation): rows that share columns one
+    after another read the same columns of ``b`` while they are in the cache;
+    each pair's sum does not depend on the order. With ``square`` (``b`` is
+    ``a``, labelled by ``order``: ``label_row`` is ``order``) only the pairs of
+    each row with the rows after it in ``order`` are summed, and mirrored; the
     diagonal is left untouched. ``tau`` is the cancellation threshold (module
     docstring).
     """
@@ -255,26 +286,28 @@ _DOC = """``D[i, j] = sum_k |x_ik - y_jk|^rho`` between the sparse rows of ``a``
 
 @njit(cache=True, nogil=True)
 def sparse_pair_sums_serial(a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row, t_val,
-                            square, mode, rho, tau, out):  # pragma: no cover
-    n_a, n_b = sum_a.shape[0], sum_b.shape[0]
+                            label_row, square, mode, rho, tau, order, out):  # pragma: no cover
+    n_b = sum_b.shape[0]
     acc = np.zeros(n_b, dtype=np.float64)
-    for i in range(n_a):
-        _row(i, a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row, t_val,
-             i + 1 if square else 0, mode, rho, tau, acc, out, n_b, square)
+    cursor = np.full(t_ptr.shape[0] - 1 if square else 0, -1, dtype=np.int64)
+    for rank in range(order.shape[0]):
+        _row(order[rank], rank, a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row, t_val,
+             label_row, square, cursor, mode, rho, tau, acc, out, n_b)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def sparse_pair_sums(a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row, t_val,
-                     square, mode, rho, tau, out, n_parts):  # pragma: no cover
-    n_a, n_b = sum_a.shape[0], sum_b.shape[0]
-    # rows dealt out in turn: the rows of a square matrix get shorter towards the end
+                     label_row, square, mode, rho, tau, order, out, n_parts):  # pragma: no cover
+    n_a, n_b = order.shape[0], sum_b.shape[0]
+    # ranks dealt out in turn: a square matrix's rows get shorter with the rank
     for part in prange(n_parts):
         acc = np.zeros(n_b, dtype=np.float64)
-        for i in range(part, n_a, n_parts):
-            _row(i, a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row, t_val,
-                 i + 1 if square else 0, mode, rho, tau, acc, out, n_b, square)
+        cursor = np.full(t_ptr.shape[0] - 1 if square else 0, -1, dtype=np.int64)
+        for rank in range(part, n_a, n_parts):
+            _row(order[rank], rank, a_ptr, a_idx, a_val, sum_a, b_ptr, b_idx, b_val, sum_b, t_ptr, t_row,
+                 t_val, label_row, square, cursor, mode, rho, tau, acc, out, n_b)
 
 
 sparse_pair_sums_serial.__doc__ = _DOC + "\n    On the calling thread, without the GIL.\n"
 sparse_pair_sums.__doc__ = _DOC + (
-    "\n    Rows are dealt to ``n_parts`` parts in turn, run across Numba's threads.\n")
+    "\n    The ranks of ``order`` are dealt to ``n_parts`` parts in turn, run across Numba's threads.\n")
