@@ -245,8 +245,8 @@ def pairwise(
     work = n_a * n_b * positions.shape[0] // (2 if ys is None else 1)
     cold = _tiers.use_numpy(work, _COLD_MAX_WORK, counted=False) and plan_of(tree).suits_numpy_pass()
     if not cold:
-        sparse = _sparse_pairs(xs, ys, dtype, tree, rho, positions, scale, normalize, check_inputs, condensed,
-                               n_threads)
+        sparse = _sparse_pairs(xs, ys, dtype, tree, rho, positions, scale, normalize, check_inputs, block,
+                               condensed, n_threads)
         if sparse is not None:
             return sparse
     return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
@@ -314,11 +314,11 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
 
 def _sparse_pairs(xs: np.ndarray, ys: np.ndarray | None, dtype: np.dtype, tree: Tree, rho: float,
                   positions: np.ndarray, scale: np.ndarray, normalize: str | None, check_inputs: bool,
-                  condensed: bool, n_threads: int | None) -> np.ndarray | None:
+                  block: int, condensed: bool, n_threads: int | None) -> np.ndarray | None:
     """:func:`pairwise` on sparse rows (:mod:`emdtree.distances.sparse_rows`), or None when the
     samples are too dense for them (or invalid: the dense route names the entry)."""
     rows = _sparse.in_memory([xs] if ys is None else [xs, ys], dtype, tree, positions, scale, normalize,
-                             check_inputs)
+                             check_inputs, block)
     if rows is None:
         return None
     out = _sparse.distances(rows[0], None if ys is None else rows[1], rho, n_threads)

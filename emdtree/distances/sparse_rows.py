@@ -225,14 +225,13 @@ def distances(a: SparseRows, b: SparseRows | None, rho: float, n_threads: int | 
 
 
 def in_memory(inputs: list[np.ndarray], dtype: np.dtype, tree: Tree, positions: np.ndarray,
-              scale: np.ndarray, normalize: str | None, check: bool) -> list[SparseRows] | None:
-    """The sparse rows of each input (n, n_bins) when they are sparse enough; None for the dense route
-    (also for masses that the dense route refuses: it names the entry)."""
+              scale: np.ndarray, normalize: str | None, check: bool, step: int) -> list[SparseRows] | None:
+    """The sparse rows of each input (n, n_bins), read ``step`` rows at a time, when they are sparse
+    enough; None for the dense route (also for masses that the dense route refuses: it names the entry)."""
     if normalize not in (None, "l1") or any(x.shape[0] == 0 for x in inputs):
         return None
     eps = max(float(np.finfo(x.dtype if x.dtype.kind == "f" else np.float64).eps) for x in inputs)
     t0 = float(np.sum(inputs[0][0], dtype=np.float64)) if check and normalize is None else None
-    step = max(1, (1 << 24) // max(tree.n_bins, 1))
     out = []
     for x in inputs:
         parts = []
