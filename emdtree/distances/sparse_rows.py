@@ -231,7 +231,8 @@ def in_memory(inputs: list[np.ndarray], dtype: np.dtype, tree: Tree, positions: 
     if normalize not in (None, "l1") or any(x.shape[0] == 0 for x in inputs):
         return None
     eps = max(float(np.finfo(x.dtype if x.dtype.kind == "f" else np.float64).eps) for x in inputs)
-    t0 = float(np.sum(inputs[0][0], dtype=np.float64)) if check and normalize is None else None
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing total goes to the dense route
+        t0 = float(np.sum(inputs[0][0], dtype=np.float64)) if check and normalize is None else None
     out = []
     for x in inputs:
         parts = []
