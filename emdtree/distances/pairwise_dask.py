@@ -9,6 +9,12 @@ a square matrix only the blocks on and above the diagonal are computed; a
 block below is the transpose of its mirror image, so the result is exactly
 symmetric with an exactly zero diagonal, as the in-memory matrix.
 
+A block of sparse samples (few observed bins on a large tree) becomes
+:class:`~emdtree.distances.sparse_rows.SparseRows` instead of dense rows: it
+is read from the masses as given, without a dense copy in the working dtype,
+and its pairs are summed over shared columns; a block pair with one dense
+block is summed densely.
+
 Within a block pair, the columns that are constant over both blocks are left
 out when they are many (they contribute exactly zero): with small blocks of
 sparse samples on a large tree many nodes carry no mass in either block. Tasks run the one-thread kernels
