@@ -19,8 +19,10 @@ on dask arrays, written to a Zarr store, on a ``LocalCluster``:
 * the run: the Zarr table as a dask array, ``emdtree.pairwise`` (its sparse
   route: each sample's transformed row is stored on the ancestors of its
   tips only), the matrix written with ``dask.array.to_zarr``. Wall time
-  (cluster start apart), pairs per second, peak resident memory of each
-  worker and of the client (each configuration in a fresh interpreter);
+  (cluster start apart), pairs per second, the CPU seconds of the workers
+  (on a shared machine the wall time counts other programs' turns too), peak
+  resident memory of each worker and of the client (each configuration in a
+  fresh interpreter);
 * the check: a random set of rows and columns of the stored matrix against
   the in-memory ``emdtree.pairwise`` of those samples with the dense route
   forced (relative error).
@@ -170,6 +172,14 @@ def row_stats(folder: str, n: int) -> dict:
 
 # ----------------------------------------------------------------------------- runs (subprocesses)
 
+def _cpu_s() -> float:
+    """CPU seconds (user and system) of the calling process so far."""
+    import resource as res
+
+    usage = res.getrusage(res.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cluster(folder: str, n: int, workers: int, threads: int, block: int, n_check: int) -> dict:
     import logging
 
@@ -192,6 +202,7 @@ def run_cluster(folder: str, n: int, workers: int, threads: int, block: int, n_c
     warm = emdtree.pairwise(X[:16 * workers * threads], tree=tree, normalize="l1", block_size=8)
     client.compute(warm).result()
     start_s = time.perf_counter() - t0
+    warm_cpu = client.run(_cpu_s)
     out = os.path.join(folder, f"d-{n}-{workers}x{threads}.zarr")
     load_before = os.getloadavg()
     try:
@@ -200,6 +211,7 @@ def run_cluster(folder: str, n: int, workers: int, threads: int, block: int, n_c
         da.to_zarr(D, out, overwrite=True)
         seconds = time.perf_counter() - t0
         worker_peaks = sorted(client.run(_worker_peak_mb).values())
+        worker_cpu = client.run(_cpu_s)
     finally:
         client.close()
         cluster.close()
@@ -222,7 +234,9 @@ def run_cluster(folder: str, n: int, workers: int, threads: int, block: int, n_c
     shutil.rmtree(out, ignore_errors=True)
     pairs = n * (n - 1) // 2
     return {"seconds": seconds, "cluster_start_s": start_s, "client_peak_mb": client_peak,
-            "worker_peak_mb": worker_peaks, "max_rel_err": err, "checked_entries": int(got.size),
+            "worker_peak_mb": worker_peaks,
+            "worker_cpu_s": [worker_cpu[w] - warm_cpu[w] for w in sorted(worker_cpu)],
+            "max_rel_err": err, "checked_entries": int(got.size),
             "first_rows_finite": bool(np.isfinite(full).all()), "pairs": pairs,
             "pairs_per_s": pairs / seconds, "us_per_pair_core": seconds * workers * threads / pairs * 1e6,
             "load_before": list(load_before), "load_after": list(load_after)}
@@ -328,8 +342,8 @@ def main() -> int:
     scratch = os.path.join(folder, "result.json")
     try:
         if args.crossover:
-            r = child("crossover", {"folder": folder, "n": 100 if smoke else 600, "repeat": 1 if smoke else 3},
-                      scratch)
+            params = {"folder": folder, "n": 100 if smoke else 600, "repeat": 1 if smoke else 3}
+            r = child("crossover", params, scratch)
             results["crossover"] = r
             print(f"\nIn-memory routes on one thread, {r['n']} samples, {r['n_tips']:,}-tip tree "
                   "(seconds, median):")
@@ -341,7 +355,8 @@ def main() -> int:
         else:
             n_table = max(n, args.layout_samples if args.compare_layouts else 0)
             t0 = time.perf_counter()
-            results["inputs"] = make_inputs(folder, n_tips, n_table, args.environments, tips, block, args.seed)
+            results["inputs"] = make_inputs(folder, n_tips, n_table, args.environments, tips, block,
+                                            args.seed)
             results["rows"] = row_stats(folder, min(n_table, 500))
             print(f"inputs ({time.perf_counter() - t0:.1f} s): {results['inputs']}")
             print(f"transformed rows (first 500 samples): {results['rows']}\n")
@@ -357,14 +372,17 @@ def main() -> int:
                 runs.append(r)
                 print(f"uptime after: {os.getloadavg()}", flush=True)
                 table.append([f"{workers} worker(s) x {threads} thread(s)", f"{size:,}", f"{r['pairs']:,}",
-                              f"{r['seconds']:.1f}", f"{r['cluster_start_s']:.1f}", f"{r['pairs_per_s'] / 1e6:.2f}",
-                              f"{r['us_per_pair_core']:.2f}", f"{r['client_peak_mb']:.0f}",
+                              f"{r['seconds']:.1f}", f"{r['cluster_start_s']:.1f}",
+                              f"{r['pairs_per_s'] / 1e6:.2f}",
+                              f"{r['us_per_pair_core']:.2f}", f"{sum(r['worker_cpu_s']):.0f}",
+                              f"{r['client_peak_mb']:.0f}",
                               " ".join(f"{m:.0f}" for m in r["worker_peak_mb"]), f"{r['max_rel_err']:.1e}",
                               f"{r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}"])
             results["runs"] = runs
             print(f"\nWeighted UniFrac, Zarr table -> Zarr matrix, blocks of {block} samples, float64:")
             print_table(["cluster", "samples", "pairs", "seconds", "start s", "Mpairs/s", "core-us/pair",
-                         "client MB", "worker MB", "max rel err", "load"], table, right=set(range(1, 10)))
+                         "worker CPU s", "client MB", "worker MB", "max rel err", "load"], table,
+                        right=set(range(1, 11)))
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -209,8 +209,8 @@ def distances(a: SparseRows, b: SparseRows | None, rho: float, n_threads: int | 
     order = a.order()
     label_row = order if square else np.arange(n_b, dtype=np.int64)
     t_ptr, t_row, t_val = other.csc(order if square else None)
-    args = (a.ptr, a.idx, a.val, sum_a, other.ptr, other.idx, other.val, sum_b, t_ptr, t_row, t_val, label_row,
-            square, mode, float(rho), _MIN_TAU, order, out.reshape(-1))
+    args = (a.ptr, a.idx, a.val, sum_a, other.ptr, other.idx, other.val, sum_b, t_ptr, t_row, t_val,
+            label_row, square, mode, float(rho), _MIN_TAU, order, out.reshape(-1))
     if n_threads is None:
         terms = n_a * n_b * (a.idx.shape[0] / max(n_a, 1))
         n_threads = usable_threads() if terms >= _PARALLEL_MIN_TERMS else 1
