@@ -30,6 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .jit import njit
+from .lanes import VECTOR_BYTES
 from .simd import _call, _splat_n, tile_lanes
 
 
@@ -208,7 +209,7 @@ def _chain_rows(
     r0, r1, pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n = weight.shape[0]
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     n_tiles = n // m
     tail = n_tiles * m
     scratch = np.empty(n, dtype=pf.dtype)

@@ -44,6 +44,7 @@ from numba import prange
 from .jit import njit
 from .simd import (
     BLOCK,
+    VECTOR_BYTES,
     row_accumulate,
     row_add,
     row_axpy,
@@ -71,7 +72,7 @@ def _load_diff(
 ):  # pragma: no cover
     """Scalar path of :func:`tile_in` for bins ``k_start:`` (and partial blocks)."""
     n_bins = bin_position.shape[0]
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     lo = low[0]
     for k in range(k_start, n_bins):
         base = bin_position[k] * BLOCK
@@ -93,7 +94,7 @@ def _load_block(
 ):  # pragma: no cover
     """buf[bin node, s] = p[r0 + s] - q[r0 + s], zero elsewhere; row sums and minimum on the way."""
     n_bins = bin_position.shape[0]
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     sums_p[:] = 0.0
     sums_q[:] = 0.0
     low[:] = 0.0
@@ -112,7 +113,7 @@ def _load_block(
 def _store_block(buf, outf, r0, n_valid, bin_position, mean):  # pragma: no cover
     """out[r0 + s, k] = buf[bin node k, s] - mean[s]."""
     n_bins = bin_position.shape[0]
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     k_start = 0
     if n_valid == BLOCK:
         k_start = n_bins - n_bins % m
@@ -243,7 +244,7 @@ def _value_grad_blocks(
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     dt = consts.dtype
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     buf = np.empty(n_nodes * BLOCK, dtype=dt)
     acc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
     vacc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
@@ -343,7 +344,7 @@ def _phi_blocks(
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     dt = outf.dtype
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     buf = np.empty(n_nodes * BLOCK, dtype=dt)
     sums_p = np.empty(BLOCK * m, dtype=dt)
     sums_q = np.empty(BLOCK * m, dtype=dt)
@@ -391,7 +392,7 @@ def _hvp_blocks(
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     dt = consts.dtype
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     phi = np.empty(n_nodes * BLOCK, dtype=dt)
     psi = np.empty(n_nodes * BLOCK, dtype=dt)
     acc64 = np.empty(ACC_ROWS * BLOCK, dtype=np.float64)
