@@ -44,23 +44,24 @@ def _width_of_assembly(asm: str) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _detect() -> tuple[int, str]:
-    """``(bytes, how)``: the widest vector register that Numba's code generator uses here."""
+def _detect() -> tuple[int, str, str]:
+    """``(bytes, cpu name, architecture)``: the widest vector register that Numba's code
+    generator uses for a 16-lane float32 add, for the CPU it compiles for."""
     try:
         import llvmlite.binding as ll
         from numba.core.registry import cpu_target
 
         codegen = cpu_target.target_context.codegen()
         triple, cpu_name = codegen.magic_tuple()[:2]
-        if not triple.startswith(("x86_64", "i386", "i686")):
+        arch = triple.split("-")[0]
+        if arch not in ("x86_64", "i386", "i686"):
             # NEON (and SVE, whose fixed-width vectors LLVM lowers to NEON), POWER VSX: 128 bits
-            return 16, f"{cpu_name} ({triple.split('-')[0]})"
+            return 16, cpu_name, arch
         module = ll.parse_assembly(_PROBE)
         module.triple = triple
-        width = _width_of_assembly(codegen._tm.emit_assembly(module))
-        return width, cpu_name
+        return _width_of_assembly(codegen._tm.emit_assembly(module)), cpu_name, arch
     except Exception as exc:  # an unexpected Numba: the tile that suits every x86 and ARM
-        return 16, f"unknown ({type(exc).__name__})"
+        return 16, f"unknown ({type(exc).__name__})", "unknown"
 
 
 def vector_bytes() -> int:
@@ -86,7 +87,7 @@ def vector_bytes() -> int:
 
 def vector_isa() -> str:
     """The vector registers the kernels are compiled for, in words, with the CPU name
-    Numba compiles for: ``"AVX-512 (512-bit), cpu sapphirerapids"``.
+    Numba compiles for: ``"AVX-512 (512-bit vectors), cpu sapphirerapids"``.
 
     Returns
     -------
@@ -99,9 +100,14 @@ def vector_isa() -> str:
     >>> "bit" in lanes.vector_isa()
     True
     """
-    width, cpu_name = _detect()
-    names = {64: "AVX-512", 32: "AVX/AVX2", 16: "128-bit (SSE, NEON)"}
-    return f"{names[width]} ({8 * width}-bit), cpu {cpu_name}"
+    width, cpu_name, arch = _detect()
+    if arch in ("x86_64", "i386", "i686"):
+        name = {64: "AVX-512", 32: "AVX2", 16: "SSE"}[width]
+    elif arch in ("aarch64", "arm64"):
+        name = "NEON"
+    else:
+        name = arch
+    return f"{name} ({8 * width}-bit vectors), cpu {cpu_name}"
 
 
 VECTOR_BYTES = vector_bytes()
