@@ -4,7 +4,8 @@ On a chain (bin ``k`` on node ``k``, parent ``k + 1``) phi is the prefix sum of
 ``p - q`` and the gradient before projection is the suffix sum of
 ``c_k = d(w_k |phi_k|^rho)/d(phi_k)``. Both are scans along the row, so the
 chain needs no transpose into a node-major buffer: each row is read in tiles
-of one vector (16 float32 or 8 float64), scanned inside the register by
+of one vector register (:func:`~emdtree.kernels.lanes.vector_bytes`: 16 float32 lanes with
+AVX-512, 8 with AVX2), scanned inside the register by
 ``log2(lanes)`` shift-and-add steps, and offset by the running total of the
 previous tiles. Only that carry is a dependency between tiles. For ``rho = 1``
 phi is instead summed bin after bin (``phi_k = phi_(k-1) + (p_k - q_k)`` in
@@ -105,7 +106,8 @@ def _make_up(power):
                     phi = builder.fadd(scan, prev)
                     # the next carry is phi's last lane, carry + the tile's sum: the same
                     # rounding, added as a vector so that the chain from tile to tile is one add
-                    tile_sum = _splat_n(builder, builder.extract_element(scan, ir.Constant(i32, m - 1)), vty, m)
+                    tile_sum = builder.extract_element(scan, ir.Constant(i32, m - 1))
+                    tile_sum = _splat_n(builder, tile_sum, vty, m)
                     builder.store(builder.fadd(tile_sum, prev), carry)
                 else:  # c = w sign(phi): phi summed bin after bin, as in the tree kernels
                     first = builder.extract_element(builder.load(carry), ir.Constant(i32, 0))

@@ -17,8 +17,9 @@ latency. Instead the kernels take ``BLOCK`` samples at once and transpose them
 into a node-major scratch buffer ``buf[node * BLOCK + s]``; every node visit is
 then ``BLOCK`` independent lanes, stated as vector operations in
 :mod:`emdtree.kernels.simd`; the scratch buffer of one block stays in the
-L1/L2 cache, and the input and output are each read or written once, in tiles
-transposed in registers.
+L1/L2 cache, and the input and output are each read or written once, in square
+tiles transposed in registers, one vector register per tile row (16 float32
+lanes with AVX-512, 8 with AVX2: :func:`emdtree.kernels.lanes.vector_bytes`).
 
 Inputs ``p`` and ``q`` may have a single row that is broadcast against the
 other's rows: ``p_step`` / ``q_step`` are 1 for a full array and 0 for a
