@@ -6,7 +6,8 @@ square tiles of one machine vector per row (:func:`vector_bytes` bytes: 16 float
 lanes with AVX-512, 8 with AVX2, 4 with SSE or NEON), transposed in registers;
 the chain kernels scan their rows in tiles of one vector too. A tile of wider
 vectors than the machine has does not fit its registers: on AVX2, tiles of 16
-float32 lanes spill and take twice the time of the whole sweep.
+float32 lanes (two ymm registers per row) spilled to the stack and took 1.5-2x
+the time to move the samples in and out of the buffer.
 
 The width is read once, at import, from the code generator that compiles the
 kernels: it follows ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES`` where they
@@ -21,17 +22,19 @@ import functools
 
 BLOCK = 32
 
-# the widths the tiles are built for: 64 bytes (AVX-512), 32 (AVX, AVX2), 16 (SSE, NEON)
-_WIDTHS = (64, 32, 16)
 
-_PROBE = """
-define void @emdtree_probe(<16 x float>* %p) {
-  %v = load <16 x float>, <16 x float>* %p
+# a 16-lane float32 add, in typed-pointer IR (older LLVMs) and opaque-pointer IR (newer ones)
+_PROBES = tuple(
+    f"""
+define void @emdtree_probe({ptr} %p) {{
+  %v = load <16 x float>, {ptr} %p
   %w = fadd <16 x float> %v, %v
-  store <16 x float> %w, <16 x float>* %p
+  store <16 x float> %w, {ptr} %p
   ret void
-}
+}}
 """
+    for ptr in ("<16 x float>*", "ptr")
+)
 
 
 def _width_of_assembly(asm: str) -> int:
@@ -57,9 +60,14 @@ def _detect() -> tuple[int, str, str]:
         if arch not in ("x86_64", "i386", "i686"):
             # NEON (and SVE, whose fixed-width vectors LLVM lowers to NEON), POWER VSX: 128 bits
             return 16, cpu_name, arch
-        module = ll.parse_assembly(_PROBE)
-        module.triple = triple
-        return _width_of_assembly(codegen._tm.emit_assembly(module)), cpu_name, arch
+        for probe in _PROBES:
+            try:
+                module = ll.parse_assembly(probe)
+            except RuntimeError:  # this LLVM reads the other pointer syntax
+                continue
+            module.triple = triple
+            return _width_of_assembly(codegen._tm.emit_assembly(module)), cpu_name, arch
+        return 16, cpu_name, arch
     except Exception as exc:  # an unexpected Numba: the tile that suits every x86 and ARM
         return 16, f"unknown ({type(exc).__name__})", "unknown"
 
