@@ -54,7 +54,9 @@ nitpicky = False
 
 # API pages (``api/<page>.rst``), the framework adapters' included: every build
 # has them all, whatever is installed.
-API_PAGES = ["core", "tree", "datasets", "sinkhorn", "pairwise", "io", "metrics", "torch", "tensorflow", "jax"]
+API_PAGES = [
+    "core", "tree", "datasets", "sinkhorn", "pairwise", "io", "metrics", "torch", "tensorflow", "jax",
+]
 
 # The frameworks the adapters ``emdtree.torch``, ``emdtree.tensorflow`` and
 # ``emdtree.jax`` import. Those that are not installed are replaced by

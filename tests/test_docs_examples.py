@@ -30,7 +30,8 @@ EXAMPLES = {
 def named_blocks(text: str) -> dict[str, str]:
     """``{name: code}`` of the ``.. code-block:: python`` blocks with a ``:name:`` option."""
     blocks = {}
-    pattern = re.compile(r"^(?P<indent>[ ]*)\.\. code-block:: python\n(?P<options>(?:(?P=indent)   :\w+:.*\n)+)\n"
+    pattern = re.compile(r"^(?P<indent>[ ]*)\.\. code-block:: python\n"
+                         r"(?P<options>(?:(?P=indent)   :\w+:.*\n)+)\n"
                          r"(?P<body>(?:(?:(?P=indent)   .*)?\n)+)", re.MULTILINE)
     for match in pattern.finditer(text):
         name = re.search(r":name: *(\S+)", match["options"])
@@ -44,7 +45,8 @@ def named_blocks(text: str) -> dict[str, str]:
 
 def test_named_blocks():
     text = ("x\n\n.. code-block:: python\n   :name: one\n\n   a = 1\n\n   b = a\n\nafter\n"
-            "   .. code-block:: python\n      :name: two\n\n      c = 2\n\n.. code-block:: python\n\n   d = 3\n")
+            "   .. code-block:: python\n      :name: two\n\n      c = 2\n\n"
+            ".. code-block:: python\n\n   d = 3\n")
     assert named_blocks(text) == {"one": "a = 1\n\nb = a\n", "two": "c = 2\n"}
 
 
@@ -75,7 +77,7 @@ def test_example_runs(name):
     with open(os.path.join(DOCS, page), encoding="utf-8") as fh:
         code = named_blocks(fh.read())[name]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps([code, check]), capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps([code, check]),
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) is True, check
