@@ -10,6 +10,7 @@ import numpy as np
 
 try:
     import torch
+    from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'emdtree.torch needs PyTorch: pip install "emdtree[torch]"'
@@ -357,15 +358,119 @@ def _check_distribution_target(p: Tensor, q: Tensor, tree: Tree | None, rho: flo
                        rho, want_grad=False, check=True, applied=normalize)
 
 
-def _call(p: Tensor, q: Tensor, token: int, rho: float, check: bool, applied: str) -> Tensor:
+def _eager(*tensors: Tensor) -> bool:
+    """Whether this call runs eagerly on plain tensors: not compiled, traced, under a ``torch.func``
+    transform or a dispatch mode (``make_fx``, fake tensors), where only the operators will do."""
+    return not (torch.compiler.is_compiling() or _torch_func.transforms_active() or torch.jit.is_tracing()
+                or _dispatch_mode() is not None or torch.overrides.has_torch_function(tensors))
+
+
+def _call(p: Tensor, q: Tensor, token: int, rho: float, check: bool, applied: str, fused: str = "") -> Tensor:
     """EMD^rho of each row of 2-D ``p`` through the operator that fits the mode: the
-    ``autograd.Function`` under ``torch.func``, value and gradient when a gradient is wanted."""
+    ``autograd.Function`` under ``torch.func``, value and gradient when a gradient is wanted.
+
+    With ``fused`` (a reduction), ``p`` holds logits and :class:`_SoftmaxEMD` takes their
+    softmax and returns the reduced loss (an eager CPU call that wants a gradient).
+    """
+    if fused:
+        return _SoftmaxEMD.apply(p, q, token, rho, check, applied, fused)
     if _torch_func.transforms_active():
         function = _torch_func.emd_function(_value_grad_op, _hvp_op, _fold)
         return function.apply(p, q, token, rho, check, applied)[0]
     if torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
         return _value_grad_op(p, q, token, rho, check, applied)[0]
+    if p.device.type == "cpu" and _eager(p, q):
+        return _run(p, q, token, rho, False, check, applied)[0]  # nothing to record: no dispatch
     return _value_op(p, q, token, rho, check, applied)
+
+
+# ----------------------------------------------------------------------------- softmax and kernels, fused
+
+
+def _softmax_route(z: Tensor, q: Tensor) -> bool:
+    """Whether :class:`_SoftmaxEMD` serves a softmax loss of logits ``z`` (rows, n_bins):
+    eagerly, on a CPU, when a gradient is wanted."""
+    return (z.device.type == "cpu" and z.numel() > 0 and torch.is_grad_enabled()
+            and (z.requires_grad or q.requires_grad) and _eager(z, q))
+
+
+def _softmax_value_grad(z: Tensor, q: Tensor, tree: int, rho: float, check: bool, applied: str,
+                        scale: float, keep_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(value, dz, g)``: EMD^rho of each row of ``softmax(z)``; ``scale`` times its gradient
+    with respect to the logits ``z``; with ``keep_grad``, the dirt-conserving gradient ``g``
+    with respect to the probabilities (else None).
+
+    ``dz = scale J g = scale p * (g - <p, g>)`` is formed in place in the kernels' output, in
+    two passes after the row sums ``<p, g>``, where the softmax's backward would allocate and
+    take three, and the scaling by the upstream gradient a fourth.
+    """
+    with torch.no_grad():
+        p = torch.softmax(z, dim=-1)
+        value, g = _run(p, q, tree, rho, True, check, applied)
+        # the row sums in NumPy: half the time of torch.linalg.vecdot (which multiplies, then sums)
+        inner = torch.from_numpy(np.einsum("rk,rk->r", p.numpy(), g.numpy()))[:, None]
+        dz = g.clone() if keep_grad else g
+        if scale == 1.0:
+            dz.sub_(inner)
+        else:
+            torch.add(inner.mul_(-scale), dz, alpha=scale, out=dz)  # scale (g - <p, g>)
+        return value, dz.mul_(p), g
+
+
+def _batched(x: Tensor) -> bool:
+    """Whether ``x`` is vmapped: by ``torch.func`` or by ``is_grads_batched`` (the legacy kind)."""
+    return _torch_func.transforms_active() or torch._C._functorch.is_legacy_batchedtensor(x)
+
+
+class _SoftmaxEMD(torch.autograd.Function):
+    """The reduced EMD^rho of the rows of ``softmax(z)`` (rows, n_bins), for eager CPU calls
+    that want a gradient: the forward pass gives the value and the gradient with respect to
+    the logits, and the backward pass only scales it by the upstream gradient (not at all for
+    the usual 1), in place: no softmax backward, no custom operator's dispatch.
+
+    The backward pass hands its buffer over to the caller: a second backward through a
+    retained graph computes it again, and a differentiable backward (``create_graph=True``)
+    goes through ``torch.softmax`` and the ``emdtree::emd_value_grad`` operator, whose
+    derivative is ``P H P``.
+    """
+
+    @staticmethod
+    def forward(ctx, z, q, tree, rho, check, applied, reduction):
+        keep = ctx.needs_input_grad[1] and q.dtype.is_floating_point
+        scale = 1.0 / z.shape[0] if reduction == "mean" else 1.0
+        value, dz, g = _softmax_value_grad(z, q, tree, rho, check, applied, scale, keep)
+        ctx.tree, ctx.rho, ctx.scale, ctx.per_row = tree, rho, scale, reduction == "none"
+        ctx.tree_object = _losses.tree_of(tree)  # alive until the backward pass: the registry holds it weakly
+        ctx.buffers = (dz, g if keep else None)
+        ctx.save_for_backward(z, q)
+        return _reduce(value, reduction)
+
+    @staticmethod
+    def backward(ctx, d_value):
+        z, q = ctx.saved_tensors
+        want_z = ctx.needs_input_grad[0]
+        want_q = ctx.needs_input_grad[1] and q.dtype.is_floating_point
+        d = d_value.unsqueeze(-1) if ctx.per_row else d_value
+        if torch.is_grad_enabled():
+            # differentiable: the softmax's Jacobian and the operator, whose derivative is P H P
+            p = torch.softmax(z, dim=-1)
+            dg = (d * ctx.scale) * _value_grad_op(p, q, ctx.tree, ctx.rho, False, "")[1]
+            dz = p * (dg - torch.linalg.vecdot(p, dg).unsqueeze(-1)) if want_z else None
+            return dz, (-dg if want_q else None), None, None, None, None, None
+        dz, g = ctx.buffers
+        if _batched(d_value):  # vmapped upstream gradients (is_grads_batched, vmap): nothing in place
+            if dz is None:
+                _, dz, g = _softmax_value_grad(z, q, ctx.tree, ctx.rho, False, "", ctx.scale, want_q)
+            return (dz * d if want_z else None), (g * (d * -ctx.scale) if want_q else None), \
+                None, None, None, None, None
+        ctx.buffers = (None, None)
+        if dz is None:  # a second backward through a retained graph
+            _, dz, g = _softmax_value_grad(z, q, ctx.tree, ctx.rho, False, "", ctx.scale, want_q)
+        if want_z and (ctx.per_row or d.item() != 1.0):
+            dz.mul_(d)
+        if want_q:
+            g.mul_(d * -ctx.scale)
+        return (dz if want_z else None), (g if want_q else None), None, None, None, None, None
 
 
 def _check_tensor(x: Any, name: str) -> Tensor:
@@ -479,43 +584,55 @@ def emd_loss(
         _check_normalizable(input, normalize, ax)
     # no-op views are skipped: each is a node of the autograd graph, which small batches notice
     last = ax == input.dim() - 1
-    p = input if last else input.movedim(ax, -1)
-    if normalize == "softmax":
-        p = torch.softmax(p, dim=-1)
-    elif normalize == "l1":
-        p = p / p.sum(dim=-1, keepdim=True)
-    batch_shape = p.shape[:-1]
-    if p.dim() != 2:
-        p = p.reshape(-1, n_bins)
+    x = input if last else input.movedim(ax, -1)
+    batch_shape = x.shape[:-1]
+    if x.dim() != 2:
+        x = x.reshape(-1, n_bins)
     if labels:
         q = (target if target.dim() == 1 else target.reshape(-1)).long()
     else:
         # a float32 target stays float32 next to float64 input, so that its mass is checked to
         # float32's precision, as emdtree.emd does
         q = target if last else target.movedim(ax, -1)
-        if not (q.dtype == torch.float32 and p.dtype == torch.float64):
-            q = q.to(p.dtype)
+        if not (q.dtype == torch.float32 and x.dtype == torch.float64):
+            q = q.to(x.dtype)
         if q.dim() != 2:
             q = q.reshape(-1, n_bins)
 
+    p = x
+    if normalize == "l1":
+        p = x / x.sum(dim=-1, keepdim=True)
+    applied = (normalize or "") if check_inputs and on_cpu else ""
+    ordinal = _ordinal_route(x, tree, rho, normalize)
+    # the softmax and the kernels fused (the gradient with respect to the logits in the forward
+    # pass), which reduce the values themselves: not where they change dtype first (their
+    # reduction then follows the cast, as on the other routes)
+    fusable = normalize == "softmax" and out_dtype == x.dtype
+    fused = fusable and not ordinal and _softmax_route(x, q)
+    if normalize == "softmax" and not fused:
+        p = torch.softmax(x, dim=-1)
     if check_inputs and normalize is not None and not labels and not on_cpu:
         _check_distribution_target(p, q, tree, rho, normalize)
-    applied = (normalize or "") if check_inputs and on_cpu else ""
-    if _ordinal_route(p, tree, rho, normalize):
+    if ordinal:
         value = _ordinal(p, q, tree, rho, check_inputs)
         if value is not None:
             out = _reduce(_restore(value, batch_shape, out_dtype), reduction)
             # not finite: a bad logit (or an overflow), which the operators name
             if not check_inputs or _finite(out):
                 return out
+        fused = fusable and _softmax_route(x, q)  # the kernels name the problem
+    args = (x, q, token, rho, check_inputs, applied, reduction) if fused else \
+        (p, q, token, rho, check_inputs, applied)
     if deferred and not torch.compiler.is_compiling():
         try:
-            value = _call(p, q, token, rho, check_inputs, applied)
+            value = _call(*args)
         except ValueError:
             _check_normalizable(input, normalize, ax)  # names a bad logit, if that was the cause
             raise
     else:
-        value = _call(p, q, token, rho, check_inputs, applied)
+        value = _call(*args)
+    if fused:
+        return value if reduction != "none" or value.shape == batch_shape else value.reshape(batch_shape)
     return _reduce(_restore(value, batch_shape, out_dtype), reduction)
 
 
