@@ -7,7 +7,8 @@ the default ``rho=2``), often added to the cross-entropy.
 
 The EMD is a ``torch.library.custom_op`` (``emdtree::emd_value_grad``) with a
 fake implementation and an autograd formula, so it runs eagerly and under
-``torch.compile(fullgraph=True)``. Its backward is the dirt-conserving
+``torch.compile(fullgraph=True)`` (for the cheaper eager routes of softmax
+losses, see below). Its backward is the dirt-conserving
 gradient (it sums to zero over the bins; with respect to a distribution target
 it is the negative), scaled by the upstream gradient of each sample. The
 gradient is itself differentiable: its derivative is ``P H P`` with
@@ -27,10 +28,26 @@ with a registered autograd formula, the same operators are called through a
 of ``jacfwd`` raises (PyTorch runs a ``jvp`` rule without the enclosing
 forward transform).
 
-CPU tensors are handed to the kernels without a copy. CUDA tensors go to
-:func:`emdtree.emd_value_and_grad` (and the Hessian-vector product of
-:func:`emdtree.emd_hvp`) as they are, which run them in emdtree's CUDA
-kernels on torch's current stream.
+Eagerly on a CPU, a softmax loss (``normalize="softmax"``) takes one of two
+cheaper routes, with the same values, gradients and second derivatives:
+
+* on a chain (:meth:`emdtree.Tree.chain`, unit or uneven spacing) with ``rho`` 1 or 2
+  and up to ``ORDINAL_OPS_MAX`` entries (rows x bins, ``2**17``; module
+  :mod:`emdtree.frameworks.torch`), torch's own operations: a cumulative sum
+  and a sum of squares, which cost less than the operator's dispatch for small
+  batches (``benchmarks/bench_ordinal.py``);
+* otherwise, when a gradient is wanted, the softmax and the kernels fused: the
+  forward pass also forms the gradient with respect to the logits,
+  ``p * (g - <p, g>)``, in the kernels' output, and the backward pass only
+  scales it by the upstream gradient (``benchmarks/bench_losses.py``). A
+  differentiable backward (``create_graph=True``) goes through the operators.
+
+A call that wants no gradient calls the kernels without the operators'
+dispatch. ``torch.compile``, ``torch.func`` transforms, tracing and dispatch
+modes always use the operators. CPU tensors are handed to the kernels without a
+copy. CUDA tensors go to :func:`emdtree.emd_value_and_grad` (and the
+Hessian-vector product of :func:`emdtree.emd_hvp`) as they are, which run
+them in emdtree's CUDA kernels on torch's current stream.
 """
 
 from __future__ import annotations
