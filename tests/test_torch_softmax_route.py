@@ -163,18 +163,20 @@ def test_gradgradcheck(route, tree, rho):
     assert calls and all(calls)
 
 
-def test_axis_and_batch_shape(route, tree):
+@pytest.mark.parametrize("shape", [(3, 4), (12,)])
+def test_axis_and_batch_shape(route, tree, shape):
+    """A bin axis in the middle (a copy when flattened) or first (a strided view of rows)."""
     x, t = _case(tree, 8, 12, torch.float32, labels=True, mask=False)
-    x, t = x.reshape(3, 4, -1).movedim(-1, 1), t.reshape(3, 4)
+    x, t = x.reshape(*shape, -1).movedim(-1, 1 if len(shape) == 2 else 0), t.reshape(shape)
     out = {}
     for name in ("fused", "operators"):
         calls = route(name)
         z = x.clone().requires_grad_()
-        loss = emd_loss(z, t, tree, reduction="none", normalize="softmax", axis=1)
+        loss = emd_loss(z, t, tree, reduction="none", normalize="softmax", axis=1 if len(shape) == 2 else 0)
         loss.backward(torch.ones_like(loss))
         out[name] = (loss.detach(), z.grad)
         assert calls == [name == "fused"]
-    assert out["fused"][0].shape == (3, 4)
+    assert out["fused"][0].shape == shape
     for a, b in zip(out["fused"], out["operators"]):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-6, atol=2e-7)
 

@@ -404,17 +404,18 @@ def _softmax_value_grad(z: Tensor, q: Tensor, tree: int, rho: float, check: bool
     two passes after the row sums ``<p, g>``, where the softmax's backward would allocate and
     take three, and the scaling by the upstream gradient a fourth.
     """
-    with torch.no_grad():
-        p = torch.softmax(z, dim=-1)
-        value, g = _run(p, q, tree, rho, True, check, applied)
-        # the row sums in NumPy: half the time of torch.linalg.vecdot (which multiplies, then sums)
-        inner = torch.from_numpy(np.einsum("rk,rk->r", p.numpy(), g.numpy()))[:, None]
-        dz = g.clone() if keep_grad else g
-        if scale == 1.0:
-            dz.sub_(inner)
-        else:
-            torch.add(inner.mul_(-scale), dz, alpha=scale, out=dz)  # scale (g - <p, g>)
-        return value, dz.mul_(p), g
+    # called where autograd records nothing: in the forward pass, and in a backward pass
+    # without create_graph
+    p = torch.softmax(z.detach(), dim=-1)
+    value, g = _run(p, q, tree, rho, True, check, applied)
+    # the row sums in NumPy: half the time of torch.linalg.vecdot (which multiplies, then sums)
+    inner = torch.from_numpy(np.einsum("rk,rk->r", p.numpy(), g.numpy()))[:, None]
+    dz = g.clone() if keep_grad else g
+    if scale == 1.0:
+        dz.sub_(inner)
+    else:
+        torch.add(inner.mul_(-scale), dz, alpha=scale, out=dz)  # scale (g - <p, g>)
+    return value, dz.mul_(p), (g if keep_grad else None)
 
 
 def _batched(x: Tensor) -> bool:
