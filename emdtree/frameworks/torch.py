@@ -408,8 +408,14 @@ def _softmax_value_grad(z: Tensor, q: Tensor, tree: int, rho: float, check: bool
     # without create_graph
     p = torch.softmax(z.detach(), dim=-1)
     value, g = _run(p, q, tree, rho, True, check, applied)
-    # the row sums in NumPy: half the time of torch.linalg.vecdot (which multiplies, then sums)
-    inner = torch.from_numpy(np.einsum("rk,rk->r", p.numpy(), g.numpy()))[:, None]
+    if q.dtype.is_floating_point:
+        # the row sums in NumPy: half the time of torch.linalg.vecdot (which multiplies, then sums)
+        inner = torch.from_numpy(np.einsum("rk,rk->r", p.numpy(), g.numpy()))[:, None]
+    else:
+        # <p - q, g> = rho EMD^rho (sum over the nodes of rho w |phi|^(rho - 1) sign(phi) phi; g's
+        # projection adds a multiple of sum(p - q) = 0), so with q a unit mass on bin t,
+        # <p, g> = rho EMD^rho + g_t: no pass over the rows
+        inner = g.gather(1, q[:, None]).add_(value[:, None], alpha=rho)
     dz = g.clone() if keep_grad else g
     if scale == 1.0:
         dz.sub_(inner)
