@@ -81,7 +81,7 @@ def _first(x, t, tree, reduction="mean", upstream=None, dtype_t=None):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("labels", [True, False])
-@pytest.mark.parametrize("rho", [1.5, 2.0])
+@pytest.mark.parametrize("rho", [1.0, 1.5, 2.0, 3.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_equals_operators(route, tree, reduction, labels, rho, dtype):
     x, t = _case(tree, 3, 6, dtype, labels)
@@ -259,3 +259,20 @@ def test_bad_distribution_target_same_message(route, tree, bad):
     t = BAD_DIST[bad](t)
     fused, operators = _message(route, "fused", x, t, tree), _message(route, "operators", x, t, tree)
     assert fused == operators and "target" in fused
+
+
+def test_float32_target_next_to_float64_logits(route, tree):
+    """The target keeps its dtype (its mass is checked to float32's precision), and so does its gradient."""
+    x, t = _case(tree, 13, 4, torch.float64, labels=False, mask=False)
+    out = {}
+    for name in ("fused", "operators"):
+        calls = route(name)
+        z, tt = x.clone().requires_grad_(), t.float().requires_grad_()
+        loss = emd_loss(z, tt, tree, normalize="softmax")
+        loss.backward()
+        out[name] = (loss.detach(), z.grad, tt.grad)
+        assert calls == [name == "fused"]
+    assert out["fused"][2].dtype == torch.float32
+    for a, b in zip(out["fused"], out["operators"]):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-15)
