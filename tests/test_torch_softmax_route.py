@@ -72,10 +72,11 @@ def _derivatives(x, t, tree, rho, labels, reduction):
     return [loss.detach(), *(g.detach() for g in grads), second]
 
 
-def _first(x, t, tree, reduction="mean", upstream=None, dtype_t=None):
+def _first(x, t, tree):
+    """The mean loss and its gradient with respect to the logits."""
     z = x.clone().requires_grad_()
-    loss = emd_loss(z, t, tree, 2.0, reduction=reduction, normalize="softmax")
-    loss.backward(upstream)
+    loss = emd_loss(z, t, tree, normalize="softmax")
+    loss.backward()
     return loss.detach(), z.grad
 
 
