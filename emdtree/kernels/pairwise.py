@@ -17,8 +17,8 @@ lanes that LLVM vectorises (``fastmath`` reassociation is allowed for these
 sums only). Chunk sums are formed in the working dtype and added to float64
 accumulators, so the rounding error grows with ``CHUNK + n_cols / CHUNK``.
 
-Work items are super tiles; ``prange`` runs contiguous runs of them, and for
-a square matrix only super tiles on or above the diagonal are computed.
+Work items are super tiles (for a square matrix only those on or above the
+diagonal); the parallel kernel hands them to the threads one at a time.
 """
 
 from __future__ import annotations
@@ -330,22 +330,50 @@ def pair_sums_serial(a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, 
 
 @njit(cache=True, parallel=True)
 def pair_sums(
-    a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out, n_parts,
+    a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out,
 ):  # pragma: no cover
     items = _items(n_a, n_b, out_kind != OUT_RECT)
     n_items = items.shape[0]
-    for part in prange(n_parts):
+    # one super tile per iteration: with a chunk size of 1 (``parallel_chunksize``) the
+    # threads take them in turn as they finish, so a thread slowed by another process
+    # on its core, or given the cheaper diagonal tiles, does not hold the others up
+    for t in prange(n_items):
         acc = np.empty(SUPER * SUPER, dtype=np.float64)
-        _pair_items(a, b, n_a, n_b, n_cols, items, part * n_items // n_parts, (part + 1) * n_items // n_parts,
-                    out_kind, mode, rho, sum_a, sum_b, tau, out, acc)
+        _pair_items(a, b, n_a, n_b, n_cols, items, t, t + 1, out_kind, mode, rho, sum_a, sum_b, tau, out, acc)
+
+
+@njit(cache=True)
+def _row_sum(a, i, n_cols):  # pragma: no cover
+    """``sum_k a[i, k]`` in float64, summed chunk by chunk as the pair sums are."""
+    s = 0.0
+    for k0 in range(0, n_cols, CHUNK):
+        s += _single(a, a, i * n_cols, i * n_cols, k0, min(k0 + CHUNK, n_cols), MODE_ONE_MIN, 1.0)
+    return s
+
+
+@njit(cache=True, nogil=True)
+def row_sums_serial(a, n_rows, n_cols, out):  # pragma: no cover
+    """``out[i] = sum_k a[i, k]`` (float64) for the flat C-ordered (n_rows, n_cols) ``a``:
+    the row sums :data:`MODE_ONE_MIN` needs (``min(x, x) = x``)."""
+    for i in range(n_rows):
+        out[i] = _row_sum(a, i, n_cols)
+
+
+@njit(cache=True, parallel=True)
+def row_sums(a, n_rows, n_cols, out):  # pragma: no cover
+    """As :func:`row_sums_serial`, across Numba's threads (the same sums)."""
+    for i in prange(n_rows):
+        out[i] = _row_sum(a, i, n_cols)
 
 
 pair_sums_serial.__doc__ = _PAIR_SUMS_DOC + (
     "\n    On the calling thread, without the GIL: the blocks of a blocked matrix\n"
     "    (:mod:`emdtree.distances.pairwise_dask`) run side by side in a worker's threads.\n")
 pair_sums.__doc__ = _PAIR_SUMS_DOC + (
-    "\n    The super tiles are split into ``n_parts`` contiguous runs, run across\n"
-    "    Numba's threads (one part runs on the calling thread).\n")
+    "\n    The super tiles run across Numba's threads, one per iteration of the parallel\n"
+    "    loop (launch it with a ``numba.parallel_chunksize`` of 1 to have the threads take\n"
+    "    them as they finish); each pair is summed as by :func:`pair_sums_serial`, so the\n"
+    "    result does not depend on the threads.\n")
 
 
 @njit(cache=True)
