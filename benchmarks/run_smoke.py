@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     root = os.path.dirname(HERE)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    # POT loads every framework it finds for its backends (seconds each); the scripts use its NumPy one
+    for framework in ("TENSORFLOW", "JAX", "CUPY"):
+        env.setdefault(f"POT_BACKEND_DISABLE_{framework}", "1")
     width = max(len(os.path.basename(p)) for p in paths)
     failed = []
     start = time.perf_counter()
@@ -59,14 +62,14 @@ def main(argv=None) -> int:
         try:
             run = subprocess.run([sys.executable, path, "--smoke"], cwd=root, env=env, capture_output=True,
                                  text=True, timeout=args.timeout)
-            output, code = run.stdout + run.stderr, run.returncode
+            output, stdout, code = run.stdout + run.stderr, run.stdout, run.returncode
             status = "ok" if code == 0 else f"FAILED (exit status {code})"
         except subprocess.TimeoutExpired as exc:
             output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
                              for x in (exc.stdout, exc.stderr))
-            code, status = None, f"FAILED (ran past {args.timeout:g} s)"
+            code, status, stdout = None, f"FAILED (ran past {args.timeout:g} s)", ""
         seconds = time.perf_counter() - t0
-        note = f"  {last_line(output)[:80]}" if code == 0 else ""
+        note = f"  {last_line(stdout)[:80]}" if code == 0 else ""
         print(f"{name:<{width}}  {seconds:6.1f} s  {status}{note}", flush=True)
         if args.verbose or code != 0:
             tail = output.splitlines()[-40:] if code != 0 else output.splitlines()

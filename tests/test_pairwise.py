@@ -189,9 +189,10 @@ def test_empty_and_single_sample():
     assert emdtree.pairwise(np.ones((1, 4)), tree=tree).tolist() == [[0.0]]
 
 
-def test_threads_give_identical_results():
+def test_threads_give_identical_results(monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two Numba threads")
+    monkeypatch.setenv("EMDTREE_JIT", "eager")  # the kernels, not SciPy, at this size
     rng = np.random.default_rng(14)
     tree = Tree(*random_tree(rng, 300))
     X = unit_rows(rng, 97, tree.n_bins)
@@ -200,6 +201,29 @@ def test_threads_give_identical_results():
     assert np.array_equal(one, two)
     assert np.array_equal(emdtree.pairwise(X, X[:40], tree=tree, n_threads=1),
                           emdtree.pairwise(X, X[:40], tree=tree, n_threads=2))
+
+
+@pytest.mark.parametrize("rho, dtype, normalize", [(1.0, np.float64, "l1"), (1.0, np.float32, "l1"),
+                                                   (1.5, np.float64, None), (2.0, np.float32, None)])
+def test_threads_give_identical_results_for_every_kernel(rho, dtype, normalize, monkeypatch):
+    """Rows turned into phi and pair sums on 1 or 2 threads, super tiles taken in any order: the same bits
+    (min-sum, direct and general kernels; square, condensed and two-set outputs; ragged last tiles)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setenv("EMDTREE_JIT", "eager")  # the kernels, not SciPy, at this size
+    calls = []
+    monkeypatch.setattr(kernels, "pair_sums",
+                        lambda *a, _f=kernels.pair_sums: calls.append(1) or _f(*a))
+    rng = np.random.default_rng(15)
+    tree = Tree(*random_tree(rng, 200))
+    X = (rng.poisson(0.5, (203, tree.n_bins)) + (normalize is None)).astype(dtype)
+    if normalize is None:
+        X /= X.sum(axis=1, keepdims=True)
+    for kwargs in (dict(), dict(condensed=True), dict(Y=X[:70])):
+        one = emdtree.pairwise(X, tree=tree, rho=rho, normalize=normalize, n_threads=1, **kwargs)
+        two = emdtree.pairwise(X, tree=tree, rho=rho, normalize=normalize, n_threads=2, **kwargs)
+        assert one.dtype == dtype and np.array_equal(one, two)
+    assert len(calls) == 3  # the parallel kernel ran
 
 
 class _RowSpy(np.ndarray):
