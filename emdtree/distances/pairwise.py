@@ -303,9 +303,8 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
         if n_threads == 1:
             kernels.pair_sums_serial(*args)
         else:
-            # the threads take the super tiles one at a time as they finish
-            with parallel_launch(n_threads), numba.parallel_chunksize(1):
-                kernels.pair_sums(*args)
+            with parallel_launch(n_threads):
+                kernels.pair_sums(*args, n_threads)
     if check_inputs:
         _check_finite(out, kind, n_a, n_b, rho)
     return out if condensed else out.reshape(n_a, n_b)

@@ -18,13 +18,16 @@ sums only). Chunk sums are formed in the working dtype and added to float64
 accumulators, so the rounding error grows with ``CHUNK + n_cols / CHUNK``.
 
 Work items are super tiles (for a square matrix only those on or above the
-diagonal); the parallel kernel hands them to the threads one at a time.
+diagonal); in the parallel kernel each thread takes the next one as it finishes
+one (an atomic counter), so the threads finish together even when one of them
+shares its core with another process.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
 from .jit import njit
 
@@ -328,18 +331,37 @@ def pair_sums_serial(a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, 
                 out, acc)
 
 
+@intrinsic
+def _take(typingctx, counter):  # pragma: no cover
+    """``counter[0] += 1`` as one atomic operation; the value before. Threads that share
+    ``counter`` each get every value once."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", ary.data, context.get_constant(types.int64, 1), "monotonic")
+
+    return types.int64(counter), codegen
+
+
 @njit(cache=True, parallel=True)
 def pair_sums(
-    a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out,
+    a, b, n_a, n_b, n_cols, out_kind, mode, rho, sum_a, sum_b, tau, out, n_threads,
 ):  # pragma: no cover
     items = _items(n_a, n_b, out_kind != OUT_RECT)
     n_items = items.shape[0]
-    # one super tile per iteration: with a chunk size of 1 (``parallel_chunksize``) the
-    # threads take them in turn as they finish, so a thread slowed by another process
-    # on its core, or given the cheaper diagonal tiles, does not hold the others up
-    for t in prange(n_items):
+    taken = np.zeros(1, dtype=np.int64)
+    # every thread takes the next super tile when it is done with one: a thread that
+    # another process slows down, or that got the cheaper diagonal tiles, then computes
+    # fewer of them, and the threads finish together
+    for _ in prange(n_threads):
         acc = np.empty(SUPER * SUPER, dtype=np.float64)
-        _pair_items(a, b, n_a, n_b, n_cols, items, t, t + 1, out_kind, mode, rho, sum_a, sum_b, tau, out, acc)
+        t = _take(taken)
+        while t < n_items:
+            _pair_items(a, b, n_a, n_b, n_cols, items, t, t + 1, out_kind, mode, rho, sum_a, sum_b, tau, out,
+                        acc)
+            t = _take(taken)
 
 
 @njit(cache=True)
@@ -370,10 +392,9 @@ pair_sums_serial.__doc__ = _PAIR_SUMS_DOC + (
     "\n    On the calling thread, without the GIL: the blocks of a blocked matrix\n"
     "    (:mod:`emdtree.distances.pairwise_dask`) run side by side in a worker's threads.\n")
 pair_sums.__doc__ = _PAIR_SUMS_DOC + (
-    "\n    The super tiles run across Numba's threads, one per iteration of the parallel\n"
-    "    loop (launch it with a ``numba.parallel_chunksize`` of 1 to have the threads take\n"
-    "    them as they finish); each pair is summed as by :func:`pair_sums_serial`, so the\n"
-    "    result does not depend on the threads.\n")
+    "\n    On ``n_threads`` of Numba's threads, each taking the next super tile as it\n"
+    "    finishes one; each pair is summed as by :func:`pair_sums_serial`, so the result\n"
+    "    does not depend on the threads or on which thread took which tile.\n")
 
 
 @njit(cache=True)
