@@ -114,17 +114,20 @@ def worker(args) -> None:
     for t in threads:
         run_small(t)  # compile, or load the compiled kernels
     times: dict[str, list[float]] = {str(t): [] for t in threads}
+    cores: dict[str, list[float]] = {str(t): [] for t in threads}
     outs = {}
     for r in range(args.repeat):
         # alternating thread counts, the order reversed every round: a load that drifts weighs on all alike
         for t in threads if r % 2 == 0 else threads[::-1]:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             outs[t] = run(t)
-            times[str(t)].append(time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+            times[str(t)].append(wall)
+            cores[str(t)].append((time.process_time() - c0) / wall)
     same = all(np.array_equal(outs[t], outs[threads[0]]) for t in threads)
     np.save(args.out + ".npy", np.asarray(outs[threads[0]], dtype=np.float64))
     with open(args.out + ".json", "w", encoding="utf-8") as fh:
-        json.dump({"times_s": times, "identical_across_threads": bool(same), **info}, fh)
+        json.dump({"times_s": times, "cores": cores, "identical_across_threads": bool(same), **info}, fh)
 
 
 def launch(folder: str, name: str, samples: int, threads: list[int], dtype: str, repeat: int) -> dict:
@@ -227,29 +230,33 @@ def main(argv=None) -> int:
                 ok = diff <= TOLERANCE[dtype]
                 if not ok:
                     failed.append(f"{name} {dtype} {threads} threads, {n} samples: {diff:.2e}")
+                used = float(np.median(res["cores"][str(threads)]))
                 rows.append([str(n), name, dtype, str(threads), fmt_ms(1e3 * med),
                              f"{base[1] / med:.2f}", f"{base[threads] / med:.2f}", f"{one / med:.2f}",
-                             f"{diff:.1e}", f"{len(times)} calls" + ("" if ok else " MISMATCH")])
+                             f"{used:.2f}", f"{diff:.1e}",
+                             f"{len(times)} calls" + ("" if ok else " MISMATCH")])
                 records.append({"samples": n, "method": name, "dtype": dtype, "threads": threads,
                                 "median_s": med, "times_s": times, "speedup_over_1_thread": one / med,
-                                "max_rel_diff": diff})
+                                "cores_used": res["cores"][str(threads)], "max_rel_diff": diff})
             n_cy = min(n, n_cython)
             cy_pairs = n_cy * (n_cy - 1) // 2
             cy_med = float(np.median(cy["times_s"]["1"])) * pairs / cy_pairs
             sub = subset(ref, n, n_cy)
             diff = rel_diff(cy["distances"], sub)
             rows.append([str(n), "skbio cython (default)", "float64", "1", fmt_ms(1e3 * cy_med),
-                         f"{base[1] / cy_med:.2f}", f"{base[1] / cy_med:.2f}", "-", f"{diff:.1e}",
+                         f"{base[1] / cy_med:.2f}", f"{base[1] / cy_med:.2f}", "-", "-", f"{diff:.1e}",
                          f"extrapolated from {n_cy} samples ({cy_pairs} pairs)"])
             records.append({"samples": n, "method": "skbio cython", "dtype": "float64", "threads": 1,
                             "median_s": cy_med, "extrapolated_from_samples": n_cy,
                             "times_s": cy["times_s"]["1"], "max_rel_diff": diff})
     print()
     print_table(["samples", "method", "dtype", "thr", "median ms", "x vs numba 1 thr", "x vs numba same thr",
-                 "x vs 1 thr", "max rel diff", "notes"], rows, right={0, 3, 4, 5, 6, 7, 8})
+                 "x vs 1 thr", "cores", "max rel diff", "notes"], rows, right={0, 3, 4, 5, 6, 7, 8, 9})
     print("\nx vs numba: scikit-bio numba engine median / this median (above 1: faster than scikit-bio's "
-          "numba engine); x vs 1 thr: the same library's 1-thread median / this median, from calls alternating "
-          "with it in one process; max rel diff: against scikit-bio's numba engine on the same pairs.")
+          "numba engine); x vs 1 thr: the same library's 1-thread median / this median, from calls "
+          "alternating with it in one process; cores: median CPU time / wall time of the calls (on a shared machine "
+          "a second thread gains only what the scheduler gives it: below 2 the cores were busy); max rel "
+          "diff: against scikit-bio's numba engine on the same pairs.")
     if args.json:
         write_json(args.json, {"machine": info, "inputs": {**data, "rate": args.rate, "seed": args.seed},
                                "results": records})
