@@ -254,9 +254,9 @@ def main(argv=None) -> int:
                  "x vs 1 thr", "cores", "max rel diff", "notes"], rows, right={0, 3, 4, 5, 6, 7, 8, 9})
     print("\nx vs numba: scikit-bio numba engine median / this median (above 1: faster than scikit-bio's "
           "numba engine); x vs 1 thr: the same library's 1-thread median / this median, from calls "
-          "alternating with it in one process; cores: median CPU time / wall time of the calls (on a shared machine "
-          "a second thread gains only what the scheduler gives it: below 2 the cores were busy); max rel "
-          "diff: against scikit-bio's numba engine on the same pairs.")
+          "alternating with it in one process; cores: median CPU time / wall time of the calls (on a "
+          "shared machine a second thread gains only what the scheduler gives it: below 2 the cores were "
+          "busy); max rel diff: against scikit-bio's numba engine on the same pairs.")
     if args.json:
         write_json(args.json, {"machine": info, "inputs": {**data, "rate": args.rate, "seed": args.seed},
                                "results": records})
