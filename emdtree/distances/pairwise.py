@@ -157,16 +157,19 @@ def pairwise(
         ``normalize``) have equal totals. ``False`` skips the checks; the
         result for invalid masses is then undefined.
     n_threads : int, optional
-        Numba threads for the pair sums. By default the threads the host
-        leaves (``EMDTREE_NUM_THREADS``, Numba's count, the affinity mask,
-        torch's count: see docs/deployment.rst) for large matrices and one thread when the pairs times the columns
-        are fewer than ``emdtree.engine.driver.PARALLEL_MIN_WORK`` (a parallel region
+        Numba threads for turning the samples into rows and for the pair
+        sums (each thread takes the next tile of pairs as it finishes one;
+        the result is the same bits on any number of threads). By default
+        the threads the host leaves (``EMDTREE_NUM_THREADS``, Numba's count,
+        the affinity mask, torch's count: see docs/deployment.rst) for large
+        matrices, and one thread when the pairs times the columns are fewer
+        than ``emdtree.engine.driver.PARALLEL_MIN_WORK`` (a parallel region
         costs milliseconds when another core is busy). In a process forked
         from one that ran OpenMP parallel regions, one thread (see
-        :mod:`emdtree.engine.threads`). For ``rho=2`` in float64 most of the work is
-        a matrix product, which runs on NumPy's BLAS and its own threads. Not
-        used with dask arrays, whose tasks run on one thread each (the
-        scheduler's workers are the parallelism).
+        :mod:`emdtree.engine.threads`). For ``rho=2`` in float64 most of the
+        work is a matrix product, which runs on NumPy's BLAS and its own
+        threads. Not used with dask arrays, whose tasks run on one thread
+        each (the scheduler's workers are the parallelism).
 
     Returns
     -------
