@@ -475,3 +475,24 @@ def test_error_positions_follow_axis(small):
         emdtree.pairwise(bad, tree=tree, axis=0)
     with pytest.raises(ValueError, match=r"X\[:, 1\] has zero total mass"):
         emdtree.pairwise(np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]), tree=tree, axis=0, normalize="l1")
+
+
+@pytest.mark.parametrize("micro, size", [("_micro", 4), ("_micro3", 3)])
+@pytest.mark.parametrize("mode, rho", [(kernels.MODE_ONE, 1.0), (kernels.MODE_ONE_MIN, 1.0),
+                                       (kernels.MODE_TWO, 2.0), (kernels.MODE_GENERAL, 1.5)])
+def test_micro_tiles_add_their_pair_sums(micro, size, mode, rho):
+    """Both register micro tiles (4 x 4 for 32 vector registers, 3 x 3 for AVX2's 16; a machine compiles
+    only one into the pair kernels) add sum_k f(a_ik, b_jk) over a column range to their block of acc."""
+    rng = np.random.default_rng(16)
+    n_cols, k0, k1, stride = 37, 3, 30, 9
+    a, b = rng.random((size + 1, n_cols)), rng.random((size + 2, n_cols))
+    acc = rng.random(stride * (size + 2))
+    before = acc.copy()
+    getattr(kernels, micro)(a.reshape(-1), b.reshape(-1), n_cols, 2 * n_cols, n_cols, n_cols, k0, k1, mode,
+                            rho, acc, 1, stride)
+    x, y = a[1:1 + size, None, k0:k1], b[None, 2:2 + size, k0:k1]
+    terms = np.minimum(x, y) if mode == kernels.MODE_ONE_MIN else np.abs(x - y) ** rho
+    want = before.copy()
+    for r in range(size):
+        want[1 + r * stride:1 + r * stride + size] += terms[r].sum(axis=-1)
+    np.testing.assert_allclose(acc, want, rtol=1e-13)
