@@ -237,8 +237,14 @@ def _isa_of_cpu_name(name: str) -> str | None:
 
 
 def vector_isa() -> dict:
-    """The host CPU's widest vector ISA, and the one Numba generates code for when
-    ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` override the host (else the same)."""
+    """The host CPU's widest vector ISA, and the one Numba generates code for.
+
+    Numba compiles for ``NUMBA_CPU_NAME`` (default: the host CPU) with
+    ``NUMBA_CPU_FEATURES`` (default: the host's features, even when
+    ``NUMBA_CPU_NAME`` names another CPU). So ``NUMBA_CPU_NAME=haswell`` alone
+    still gives AVX-512 code on an AVX-512 host;
+    ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=-avx512f`` gives AVX2 code.
+    """
     import numba
 
     try:
@@ -251,21 +257,30 @@ def vector_isa() -> dict:
     host = _isa_of_features(host_features)
     cpu_name = numba.config.CPU_NAME
     cpu_features = numba.config.CPU_FEATURES
-    override = None
-    if cpu_features:
-        flags = {f[1:]: f[0] == "+" for f in str(cpu_features).split(",") if f[:1] in "+-"}
-        override = f"NUMBA_CPU_FEATURES={cpu_features}"
-        used = _isa_of_features(flags)
-    elif cpu_name and cpu_name != "host":
-        override = f"NUMBA_CPU_NAME={cpu_name}"
-        used = _isa_of_cpu_name(cpu_name) or f"as for {cpu_name}"
-    else:
+    settings = " ".join(f"{var}={value}" for var, value in (("NUMBA_CPU_NAME", cpu_name),
+                                                            ("NUMBA_CPU_FEATURES", cpu_features))
+                        if value is not None)
+    if cpu_features is None:  # the host's features, whatever the CPU name
         used = host
-    return {"host": host, "host_cpu_name": host_name, "used": used, "override": override}
+        note = (f"{settings} sets the scheduling model only: Numba keeps the host's features"
+                if cpu_name and cpu_name != "host" else None)
+    else:
+        flags = {f[1:]: f[0] == "+" for f in str(cpu_features).split(",") if f[:1] in ("+", "-")}
+        used = _isa_of_cpu_name(cpu_name if cpu_name and cpu_name != "host" else host_name) or "SSE2"
+        if flags.get("avx512f"):
+            used = "AVX-512"
+        elif flags.get("avx2") and used != "AVX-512":
+            used = "AVX2"
+        if used == "AVX-512" and flags.get("avx512f") is False:
+            used = "AVX2"
+        if used == "AVX2" and flags.get("avx2") is False:
+            used = "AVX" if flags.get("avx") is not False else "SSE4.2"
+        note = settings
+    return {"host": host, "host_cpu_name": host_name, "used": used, "override": note}
 
 
 def isa_text(isa: dict) -> str:
-    """``AVX-512`` or ``AVX2 (NUMBA_CPU_NAME=haswell; the host has AVX-512)``."""
+    """``AVX-512``, or ``AVX2 (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=-avx512f; the host has AVX-512)``."""
     if isa["override"] is None:
         return isa["used"]
     return f"{isa['used']} ({isa['override']}; the host has {isa['host']})"
