@@ -152,10 +152,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                     help=f"comma-separated subset of {', '.join(FRAMEWORKS)} (default: all installed)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
-    if args.smoke:
-        args.quick, args.batch = True, 16
     if args.batch < 1:
         ap.error("--batch must be at least 1")
     wanted = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -170,8 +167,7 @@ def main(argv=None) -> int:
     logits = (rng.standard_normal((args.batch, tree.n_bins)) * 2.0).astype(np.float32)
     labels = rng.integers(0, tree.n_bins, args.batch)
     want = reference_grad(tree, logits, labels)
-    timer = Timer(3 if args.smoke else 50 if args.quick else 200, min_sample_s=0.0,
-                  max_total_s=0.05 if args.smoke else 1.0 if args.quick else 4.0)
+    timer = Timer(50 if args.quick else 200, min_sample_s=0.0, max_total_s=1.0 if args.quick else 4.0)
 
     print(f"\n== ImageNet WordNet: {tree.n_nodes} nodes, {tree.n_bins} bins; batch {args.batch}, float32, "
           "CPU, one thread; forward + backward of the mean loss to the logits")
