@@ -2,7 +2,8 @@
 
 On the ImageNet WordNet tree (1000 classes), a batch of float32 logits on the
 CPU with one thread, the script times forward + backward (value and gradient
-with respect to the logits) of EMD^2 after a softmax, with class indices, in
+with respect to the logits) of EMD^2 after a softmax, with class indices (and,
+in torch, also distribution targets: one-hot rows with label smoothing), in
 each framework and the framework's own cross-entropy on the same logits in
 the same mode, side by side in one run:
 
@@ -33,6 +34,7 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("EMDTREE_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
@@ -44,13 +46,25 @@ from _common import Timer, fmt_ms, machine_info, print_machine, print_table, wri
 FRAMEWORKS = ("torch", "jax", "tensorflow")
 
 
-def reference_grad(tree, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Gradient of the mean EMD^2 after a softmax, in float64 through the kernels."""
+def reference_grad(tree, logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Gradient of the mean EMD^2 after a softmax, in float64 through the kernels; ``targets``
+    are class indices or distributions."""
     z = logits.astype(np.float64)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    g = emdtree.emd_grad(p, np.eye(tree.n_bins)[labels], tree, 2.0)
+    q = np.eye(tree.n_bins)[targets] if targets.ndim == 1 else targets.astype(np.float64)
+    g = emdtree.emd_grad(p, q, tree, 2.0)
     return p * (g - np.sum(g * p, 1, keepdims=True)) / len(p)
+
+
+SMOOTHING = 0.1  # the distribution targets: one-hot rows with label smoothing
+
+
+def smoothed(n_bins: int, labels: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Distribution targets: ``1 - SMOOTHING`` on the label, ``SMOOTHING`` spread over every bin."""
+    q = np.full((labels.shape[0], n_bins), SMOOTHING / n_bins, dtype=np.float64)
+    q[np.arange(labels.shape[0]), labels] += 1.0 - SMOOTHING
+    return q.astype(dtype)
 
 
 def torch_cases(tree, logits, labels):
@@ -61,23 +75,29 @@ def torch_cases(tree, logits, labels):
     torch.set_num_threads(1)
     x = torch.tensor(logits)
     t = torch.tensor(labels)
+    soft = torch.tensor(smoothed(tree.n_bins, labels))
     ce = torch.nn.CrossEntropyLoss()
     emd = EMDLoss(tree, normalize="softmax")
 
-    def eager(loss_fn):
+    def eager(loss_fn, target):
         def run():
             z = x.detach().requires_grad_()
-            (g,) = torch.autograd.grad(loss_fn(z, t), z)
+            (g,) = torch.autograd.grad(loss_fn(z, target), z)
             return g
         return run
 
     func_grad = torch.func.grad(emd)
     cases = {
-        "cross-entropy": eager(ce),
-        "EMD^2, custom operators (kernels)": eager(emd),
+        "cross-entropy": eager(ce, t),
+        "EMD^2, custom operators (kernels)": eager(emd, t),
         "EMD^2, torch.func.grad (kernels)": lambda: func_grad(x, t),
+        f"cross-entropy, {DIST}": eager(ce, soft),
+        f"EMD^2, custom operators (kernels), {DIST}": eager(emd, soft),
     }
     return torch.__version__, cases, {k: (lambda f=f: f().numpy()) for k, f in cases.items()}
+
+
+DIST = "distribution targets"
 
 
 def jax_cases(tree, logits, labels):
@@ -147,6 +167,8 @@ BUILDERS = {"torch": torch_cases, "jax": jax_cases, "tensorflow": tf_cases}
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples (about 30 s with the imports)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a batch of 8 and a few samples: checks that every path runs (seconds)")
     ap.add_argument("--json", metavar="PATH", help="also write the results and machine info as JSON")
     ap.add_argument("--batch", type=int, default=512, help="rows per batch (default 512)")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -155,6 +177,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.batch < 1:
         ap.error("--batch must be at least 1")
+    if args.smoke:
+        args.batch = min(args.batch, 8)
     wanted = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = sorted(set(wanted) - set(FRAMEWORKS))
     if unknown:
@@ -166,8 +190,10 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     logits = (rng.standard_normal((args.batch, tree.n_bins)) * 2.0).astype(np.float32)
     labels = rng.integers(0, tree.n_bins, args.batch)
-    want = reference_grad(tree, logits, labels)
-    timer = Timer(50 if args.quick else 200, min_sample_s=0.0, max_total_s=1.0 if args.quick else 4.0)
+    want = {"": reference_grad(tree, logits, labels),
+            DIST: reference_grad(tree, logits, smoothed(tree.n_bins, labels, np.float64))}
+    timer = (Timer(3, min_sample_s=0.0, max_total_s=0.05) if args.smoke else
+             Timer(50 if args.quick else 200, min_sample_s=0.0, max_total_s=1.0 if args.quick else 4.0))
 
     print(f"\n== ImageNet WordNet: {tree.n_nodes} nodes, {tree.n_bins} bins; batch {args.batch}, float32, "
           "CPU, one thread; forward + backward of the mean loss to the logits")
@@ -178,12 +204,16 @@ def main(argv=None) -> int:
         except ImportError as exc:
             print(f"{framework}: not installed ({exc})")
             continue
-        errors = {name: float(np.abs(fn() - want).max() / np.abs(want).max())
-                  for name, fn in grads.items() if "EMD" in name}
+        errors = {}
+        for name, fn in grads.items():
+            if "EMD" in name:
+                w = want[DIST if name.endswith(DIST) else ""]
+                errors[name] = float(np.abs(fn() - w).max() / np.abs(w).max())
         timed = Timer.run(timer, cases)
         for name, t in timed.items():
             mode = name.split(", ")[1].split(" ")[0] if framework == "tensorflow" else None
-            base_name = "cross-entropy" + (f", {mode}" if mode else "")
+            base_name = "cross-entropy" + (f", {mode}" if mode else "") + (f", {DIST}" if name.endswith(DIST)
+                                                                           else "")
             base = timed[base_name]
             ratio, ratio_p10 = t["median_ms"] / base["median_ms"], t["p10_ms"] / base["p10_ms"]
             err = errors.get(name)

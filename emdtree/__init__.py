@@ -23,6 +23,7 @@ _LAZY_FUNCTIONS = {
     "SinkhornResult": ".distances.sinkhorn",
     "wasserstein_1d": ".distances.line",
     "wasserstein_1d_value_and_grad": ".distances.line",
+    "weighted_unifrac": ".distances.unifrac",
 }
 
 
@@ -54,5 +55,6 @@ __all__ = [
     "sinkhorn",
     "wasserstein_1d",
     "wasserstein_1d_value_and_grad",
+    "weighted_unifrac",
     "__version__",
 ]

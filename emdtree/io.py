@@ -2,13 +2,15 @@
 
 Count tables come as delimited text (TSV or CSV, one sample per row and one
 feature per column, or the other way round with ``transpose``), NumPy
-``.npy`` / ``.npz`` files or BIOM files (with the optional ``biom-format``
-package). A typical UniFrac-style run::
+``.npy`` / ``.npz`` files, BIOM files or QIIME 2 ``FeatureTable[Frequency]``
+artifacts (``.qza``; both with the optional ``biom-format`` package). Trees
+come as Newick, saved :class:`~emdtree.Tree` files or QIIME 2
+``Phylogeny[Rooted]`` artifacts. A typical UniFrac run::
 
-    tree = emdtree.io.read_tree("tree.nwk")
-    ids, X = emdtree.io.load_counts("table.tsv", tree)
-    D = emdtree.pairwise(X, tree=tree, normalize="l1")
-    emdtree.io.write_matrix("distances.tsv", D, ids)
+    tree = emdtree.io.read_tree("rooted-tree.qza")
+    table = emdtree.io.read_table("table.qza")
+    D = emdtree.weighted_unifrac(table, tree)
+    emdtree.io.write_matrix("distances.tsv", D, table.sample_ids)
 """
 
 from __future__ import annotations

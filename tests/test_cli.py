@@ -139,6 +139,13 @@ def test_distance_inline(capsys):
     assert code == 0 and out.split() == ["1.0", "0.0"]
 
 
+def test_distance_dash_output_is_stdout(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(["distance", "1,0;0,1", "0,1", "-o", "-"], capsys)
+    assert code == 0 and out.split() == ["1.0", "0.0"]
+    assert not (tmp_path / "-").exists()
+
+
 def test_distance_files_and_output(files, capsys):
     rng = np.random.default_rng(1)
     p = rng.random((4, 3))

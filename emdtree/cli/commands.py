@@ -1,4 +1,4 @@
-"""``emdtree distance``, ``emdtree pairwise`` and ``emdtree evaluate``."""
+"""``emdtree distance``, ``emdtree pairwise``, ``emdtree unifrac`` and ``emdtree evaluate``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pathlib
 import stat
 import sys
 import warnings
-from typing import Any, TextIO
+from typing import Any, Callable, NamedTuple, TextIO
 
 import numpy as np
 
@@ -108,9 +108,15 @@ def read_tree(spec: str | None):
 # per command: the options that name inputs (with their names in messages) and outputs
 _INPUTS = {"distance": (("p", "P"), ("q", "Q"), ("tree", "--tree")),
            "pairwise": (("table", "TABLE"), ("tree", "--tree")),
+           "unifrac": (("table", "TABLE"), ("tree", "--tree")),
            "evaluate": (("pred", "PRED"), ("labels", "LABELS"), ("tree", "--tree"))}
-_OUTPUTS = {"distance": (("output", "-o"),), "pairwise": (("output", "-o"),),
+_OUTPUTS = {"distance": (("output", "-o"),), "pairwise": (("output", "-o"),), "unifrac": (("output", "-o"),),
             "evaluate": (("per_class", "--per-class"),)}
+
+
+def is_stdout(path: Any) -> bool:
+    """Whether an output argument is ``-``: the matrix goes to stdout."""
+    return str(path) == "-"
 
 
 def _input_paths(spec: str) -> list[str]:
@@ -148,7 +154,7 @@ def check_outputs(args) -> None:
     the same file, a hard or symbolic link to it, the same directory. Outputs that are devices or
     pipes (``/dev/stdout``) are not checked."""
     outputs = [(getattr(args, attr, None), option) for attr, option in _OUTPUTS.get(args.command, ())]
-    outputs = [(path, option) for path, option in outputs if path]
+    outputs = [(path, option) for path, option in outputs if path and not is_stdout(path)]
     if not outputs:
         return
     for out, option in outputs:
@@ -237,7 +243,7 @@ def distance(args, out: TextIO) -> None:
     p, q = read_array(args.p, "P"), read_array(args.q, "Q")
     normalize = None if args.normalize == "none" else args.normalize
     value = np.asarray(emdtree.emd(p, q, tree, args.rho, args.axis, normalize=normalize))
-    if args.output:
+    if args.output and not is_stdout(args.output):
         _write_values(args.output, value)
         return
     if value.ndim == 0:
@@ -252,12 +258,49 @@ def distance(args, out: TextIO) -> None:
         raise InputError(f"the result has shape {value.shape}: write it with -o FILE.npy")
 
 
-# ----------------------------------------------------------------------------- pairwise
+# ----------------------------------------------------------------------------- pairwise, unifrac
 
 
-def pairwise(args, out: TextIO) -> None:
-    """``emdtree pairwise`` in memory (see :mod:`emdtree.cli.scaleout` for Zarr, clusters and blocks)."""
+class Measure(NamedTuple):
+    """What a matrix command computes from the counts: ``emdtree pairwise`` or ``emdtree unifrac``."""
+
+    normalize: str | None
+    """How the counts are checked: the rules of :mod:`emdtree.engine.semantics` for this normalize."""
+    equal_totals: bool
+    """Every sample must have the first one's total (``--normalize none``)."""
+    compute: Callable[[Any, Any, int | None], Any]
+    """The matrix of ``(X, tree, block_size)``, in memory or lazy for a dask ``X``."""
+    attrs: dict
+    """The attributes of a Zarr output."""
+
+
+def measure(args) -> Measure:
+    """The :class:`Measure` of the command line ``args``."""
     import emdtree
+
+    if args.command == "unifrac":
+        normalized = bool(args.normalized)
+        return Measure(None, False,
+                       lambda X, tree, block: emdtree.weighted_unifrac(X, tree, normalized=normalized,
+                                                                       block_size=block),
+                       {"metric": "weighted_unifrac", "normalized": normalized})
+    normalize = None if args.normalize == "none" else args.normalize
+    return Measure(normalize, normalize is None,
+                   lambda X, tree, block: emdtree.pairwise(X, tree=tree, rho=args.rho, normalize=normalize,
+                                                           block_size=block),
+                   {"rho": args.rho, "normalize": args.normalize})
+
+
+def write_output(args, D: Any, sample_ids: list[str], out: TextIO) -> None:
+    """The matrix as TSV to ``-o FILE``, or to ``out`` (stdout) for ``-o -``."""
+    from ..formats import io
+
+    io.write_matrix(out if is_stdout(args.output) else args.output, D, sample_ids)
+
+
+def matrix(args, out: TextIO) -> None:
+    """``emdtree pairwise`` and ``emdtree unifrac`` in memory (see :mod:`emdtree.cli.scaleout` for Zarr,
+    clusters and blocks)."""
     from emdtree.formats import io
 
     tree = read_tree(args.tree)
@@ -266,23 +309,24 @@ def pairwise(args, out: TextIO) -> None:
         sample_ids, X = io.load_counts(args.table, tree, drop_missing=args.drop_missing, **options)
     except ValueError as exc:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
-    except ImportError as exc:  # the package a format needs (biom-format for .biom): one line
+    except ImportError as exc:  # the package a format needs (biom-format for .biom, .qza): one line
         raise InputError(str(exc)) from None
-    normalize = None if args.normalize == "none" else args.normalize
-    _check_counts(X, sample_ids, tree, args.table, normalize)
+    what = measure(args)
+    _check_counts(X, sample_ids, tree, args.table, what.normalize, what.equal_totals)
     if not args.quiet and _stderr_is_terminal():
         print(f"emdtree: {len(sample_ids)} samples x {tree.n_bins} bins; "
               f"{len(sample_ids) * (len(sample_ids) - 1) // 2} pairs", file=sys.stderr)
-    D = emdtree.pairwise(X, tree=tree, rho=args.rho, normalize=normalize)
-    io.write_matrix(args.output, D, sample_ids)
+    D = what.compute(X, tree, None)
+    write_output(args, D, sample_ids, out)
 
 
-def _check_counts(X: np.ndarray, sample_ids: list[str], tree: Any, table: str, normalize: str | None) -> None:
+def _check_counts(X: np.ndarray, sample_ids: list[str], tree: Any, table: str, normalize: str | None,
+                  equal_totals: bool) -> None:
     """Name a bad value by its sample id and feature, as in the file: a count that is not finite or
     negative, or (``--normalize softmax``) a logit that is NaN or +inf (the rules of
-    :mod:`emdtree.engine.semantics`)."""
+    :mod:`emdtree.engine.semantics`); with ``equal_totals``, a total unlike the first sample's."""
     first = None
-    if normalize is None and X.shape[0]:
+    if equal_totals and X.shape[0]:
         first = (sample_ids[0], float(np.asarray(X[0]).sum(dtype=np.float64)))
     for start in range(0, X.shape[0], 4096):  # in blocks: X may be memory-mapped
         check_table_block(np.asarray(X[start:start + 4096]), normalize, table, sample_ids[start:start + 4096],

@@ -8,7 +8,7 @@ import re
 import sys
 from typing import Sequence
 
-COMMANDS = ("demo", "info", "distance", "pairwise", "evaluate")
+COMMANDS = ("demo", "info", "distance", "pairwise", "unifrac", "evaluate")
 _BROKEN_PIPE = 141  # 128 + SIGPIPE: the status of `yes | head -1`'s yes
 
 
@@ -57,6 +57,30 @@ def _common_options(suppress: bool) -> _Parser:
     return common
 
 
+def _table_arguments(parser: argparse.ArgumentParser, tree_help: str) -> None:
+    """TABLE, --tree, -o and the options of reading a count table: pairwise and unifrac."""
+    parser.add_argument("table", metavar="TABLE")
+    parser.add_argument("--tree", metavar="T", required=True, help=f"the tree: {tree_help}")
+    parser.add_argument("-o", "--output", metavar="D.tsv", required=True,
+                        help="where to write the matrix: a TSV file, '-' for the TSV on stdout, or a Zarr "
+                             "store (D.zarr), written block by block")
+    parser.add_argument("--drop-missing", action="store_true",
+                        help="leave out features that are not tips of the tree (default: an error)")
+    parser.add_argument("--transpose", action="store_true",
+                        help="the table has one feature per row (default: detected from a '#OTU ID' header)")
+
+
+def _scaleout_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Dask options of the matrix commands."""
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run on the dask.distributed cluster at ADDRESS (e.g. tcp://host:8786)")
+    parser.add_argument("--workers", type=_positive_int, metavar="N",
+                        help="run on a local dask cluster of N worker processes")
+    parser.add_argument("--block-size", type=_positive_int, metavar="ROWS",
+                        help="samples per block of the matrix with dask (default: about 16 million phi "
+                             "values per block)")
+
+
 def _build_parser() -> _Parser:
     from .. import __version__
 
@@ -80,7 +104,8 @@ def _build_parser() -> _Parser:
     sub.add_parser("info", parents=common, help="versions, threads, GPU, optional packages",
                    description="Versions, Numba threading, CUDA, optional packages and Numba's cache.")
 
-    tree_help = "Newick (.nwk, .newick, .tre, .tree, .nw), a saved Tree (.json, .npz) or 'imagenet'"
+    tree_help = ("Newick (.nwk, .newick, .tre, .tree, .nw), a QIIME 2 Phylogeny[Rooted] .qza, a saved Tree "
+                 "(.json, .npz) or 'imagenet'")
     dist = sub.add_parser(
         "distance", parents=common, help="EMD between histograms P and Q",
         description="EMD^rho between P and Q, each a .npy, .npz[:NAME], .csv, .tsv or .txt file or inline "
@@ -95,39 +120,41 @@ def _build_parser() -> _Parser:
     dist.add_argument("--normalize", choices=("l1", "softmax", "none"), default="none",
                       help="'l1': divide P and Q by their totals first; 'softmax': P holds logits, Q "
                            "distributions (default none: equal totals needed)")
-    dist.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .tsv or text)")
+    dist.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .tsv or text); '-' or none: stdout")
 
     pair = sub.add_parser(
         "pairwise", parents=common, help="distance matrix between the samples of a count table",
         description="EMD^rho between every pair of samples of a count table (TSV/CSV with a header of "
-                    "feature names and sample ids in the first column, .npy, .npz or .biom), written "
-                    "as a square TSV with the sample ids on both axes. Features are matched to the "
-                    "tree's tip names. With rho=1 and the default l1 normalisation this is weighted "
-                    "UniFrac (unnormalised). With a .zarr output, a Zarr/HDF5 table (read by blocks "
-                    "of samples), a BIOM table when dask is installed, --scheduler or --workers, the matrix "
-                    "is computed with dask block by block; a BIOM table needs only biom-format.")
-    pair.add_argument("table", metavar="TABLE")
-    pair.add_argument("--tree", metavar="T", required=True, help=f"the tree: {tree_help}")
-    pair.add_argument("-o", "--output", metavar="D.tsv", required=True,
-                      help="where to write the matrix: a TSV file, or a Zarr store (D.zarr), written block "
-                           "by block")
+                    "feature names and sample ids in the first column, .npy, .npz, .biom or a QIIME 2 "
+                    "FeatureTable .qza), written as a square TSV with the sample ids on both axes. "
+                    "Features are matched to the tree's tip names. With rho=1 and the default l1 "
+                    "normalisation this is weighted UniFrac (unnormalised; see 'emdtree unifrac'). With a "
+                    ".zarr output, a Zarr/HDF5 table (read by blocks of samples), a BIOM table when dask is "
+                    "installed, --scheduler or --workers, the matrix is computed with dask block by block; a "
+                    "BIOM table needs only biom-format.")
+    _table_arguments(pair, tree_help)
     pair.add_argument("--rho", type=_rho, default=1.0, help="exponent, >= 1 (default 1)")
     pair.add_argument("--normalize", choices=("l1", "softmax", "none"), default="l1",
                       help="'l1' (default): compare relative abundances, as samples of counts differ in "
                            "depth; 'softmax': the samples are logits; 'none': raw masses, which must have "
                            "equal totals")
-    pair.add_argument("--drop-missing", action="store_true",
-                      help="leave out features that are not tips of the tree (default: an error)")
-    pair.add_argument("--transpose", action="store_true",
-                      help="the table has one feature per row (default: detected from a '#OTU ID' header)")
-    pair.add_argument("--scheduler", metavar="ADDRESS",
-                      help="run on the dask.distributed cluster at ADDRESS (e.g. tcp://host:8786)")
-    pair.add_argument("--workers", type=_positive_int, metavar="N",
-                      help="run on a local dask cluster of N worker processes")
-    pair.add_argument("--block-size", type=_positive_int, metavar="ROWS",
-                      help="samples per block of the matrix with dask (default: about 16 million phi "
-                           "values per block)")
+    _scaleout_arguments(pair)
 
+    uni = sub.add_parser(
+        "unifrac", parents=common, help="weighted UniFrac matrix between the samples of a count table",
+        description="Weighted UniFrac (Lozupone et al. 2007) between every pair of samples of a count "
+                    "table, as scikit-bio and QIIME 2 compute it: counts are compared as relative "
+                    "abundances, branch lengths are the costs. TABLE is a TSV/CSV (sample ids in the first "
+                    "column, or '#OTU ID' for one feature per row), .npy, .npz, .biom, Zarr/HDF5 or a "
+                    "QIIME 2 FeatureTable[Frequency] .qza; --tree a Newick file or a Phylogeny[Rooted] "
+                    ".qza. The matrix is written as a square TSV (QIIME 2 imports it as a DistanceMatrix), "
+                    "to stdout with -o -, or to a Zarr store; the Dask options are those of 'emdtree "
+                    "pairwise'.")
+    _table_arguments(uni, tree_help)
+    uni.add_argument("--normalized", action="store_true",
+                     help="weighted normalised UniFrac: divide by the two samples' mean root-to-tip "
+                          "distance (values in [0, 1]; default: unnormalised)")
+    _scaleout_arguments(uni)
     ev = sub.add_parser(
         "evaluate", parents=common, help="hierarchical metrics of a classifier's predictions",
         description="Top-k accuracy, mistake severity, hierarchical distance@k (Bertinetto et al., 2020) "
@@ -177,12 +204,14 @@ def _run(args, out) -> None:
 
     # Zarr output, a cluster, or a table read by blocks go to the scale-out path
     _cli_commands.check_outputs(args)  # before anything is read or written
-    scaleout = args.command == "pairwise" and _cli_scaleout.wanted(args)
+    scaleout = args.command in ("pairwise", "unifrac") and _cli_scaleout.wanted(args)
+    matrix = _cli_scaleout.matrix if scaleout else _cli_commands.matrix
     run = {
         "demo": _cli_demo.run,
         "info": _cli_info.run,
         "distance": _cli_commands.distance,
-        "pairwise": _cli_scaleout.pairwise if scaleout else _cli_commands.pairwise,
+        "pairwise": matrix,
+        "unifrac": matrix,
         "evaluate": _cli_commands.evaluate,
     }[args.command]
     run(args, out)

@@ -1,8 +1,9 @@
-"""``emdtree pairwise`` on dask: Zarr output, a cluster, tables read by blocks.
+"""``emdtree pairwise`` and ``emdtree unifrac`` on dask: Zarr output, a cluster, tables read by blocks.
 
 Taken when the output is a ``.zarr`` store, the table is a Zarr, HDF5 or
 BIOM file, or ``--scheduler`` / ``--workers`` is given. The matrix is built
-lazily (:func:`emdtree.pairwise` on a dask array) and written block by block,
+lazily (:func:`emdtree.pairwise` or :func:`emdtree.weighted_unifrac` on a dask
+array) and written block by block,
 so neither the table nor the matrix has to fit in one process: a task holds
 two blocks of transformed samples and one block of distances.
 """
@@ -26,7 +27,7 @@ class _Input(ValueError):
 
 
 def wanted(args) -> bool:
-    """Whether ``emdtree pairwise`` takes the dask path for these arguments.
+    """Whether ``emdtree pairwise`` or ``emdtree unifrac`` takes the dask path for these arguments.
 
     A BIOM table needs only the ``biom`` extra: it is read by blocks when dask
     is installed, and in memory otherwise (the same matrix).
@@ -186,7 +187,8 @@ def _write_store(path: str, D: Any, sample_ids: list[str], attrs: dict, client: 
         _compute(da.store(D, target, lock=False, compute=False), client, show)
 
 
-def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normalize: str | None) -> Any:
+def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normalize: str | None,
+                    equal_totals: bool) -> Any:
     """``X`` whose blocks name a bad value by sample id and feature when computed, as in memory."""
     import dask.array as da
 
@@ -194,7 +196,7 @@ def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normal
 
     ids = da.from_array(np.array(sample_ids, dtype=object)[:, None], chunks=(X.chunks[0], 1))
     names = da.from_array(np.array(tree.names, dtype=object)[None, :], chunks=-1)
-    if normalize is not None or not sample_ids:
+    if not equal_totals or not sample_ids:
         return da.map_blocks(lambda x, i, f: check_table_block(x, normalize, table, i[:, 0], f[0]), X, ids,
                              names, dtype=X.dtype, meta=np.empty((0, 0), dtype=X.dtype))
     # --normalize none: every sample has the first one's total, named by sample id as in memory
@@ -208,12 +210,9 @@ def _checked_counts(X: Any, sample_ids: list[str], tree: Any, table: str, normal
         meta=np.empty((0, 0), dtype=X.dtype))
 
 
-def pairwise(args, out: TextIO) -> None:
-    """``emdtree pairwise`` through dask (see :func:`wanted`)."""
-    import emdtree
-    from emdtree.formats import io
-
-    from .commands import InputError, _stderr_is_terminal, read_tree
+def matrix(args, out: TextIO) -> None:
+    """``emdtree pairwise`` and ``emdtree unifrac`` through dask (see :func:`wanted`)."""
+    from .commands import InputError, _stderr_is_terminal, measure, read_tree, write_output
     from ..formats.lazy_tables import open_counts
 
     if getattr(args, "scheduler", None) is not None and getattr(args, "workers", None) is not None:
@@ -233,19 +232,18 @@ def pairwise(args, out: TextIO) -> None:
         raise InputError(str(exc).replace("pass drop_missing=True", "pass --drop-missing")) from None
     except ImportError as exc:  # an optional package the table's format needs: one line
         raise InputError(str(exc)) from None
-    normalize = None if args.normalize == "none" else args.normalize
-    X = _checked_counts(X, sample_ids, tree, args.table, normalize)
+    what = measure(args)
+    X = _checked_counts(X, sample_ids, tree, args.table, what.normalize, what.equal_totals)
     show = not args.quiet and _stderr_is_terminal()
     n = len(sample_ids)
     if show:
         print(f"emdtree: {n} samples x {tree.n_bins} bins; {n * (n - 1) // 2} pairs in blocks of {block} "
               "samples", file=sys.stderr)
-    D = emdtree.pairwise(X, tree=tree, rho=args.rho, normalize=normalize, block_size=block)
+    D = what.compute(X, tree, block)
     with scheduler(args.scheduler, args.workers, args.threads) as client:
         if _is_zarr(args.output):
             try:
-                write_zarr(args.output, D, sample_ids, {"rho": args.rho, "normalize": args.normalize},
-                           client, show)
+                write_zarr(args.output, D, sample_ids, what.attrs, client, show)
             except _Input as exc:
                 raise InputError(str(exc)) from None
             return
@@ -253,4 +251,4 @@ def pairwise(args, out: TextIO) -> None:
             values = D.compute()
         else:
             values = client.compute(D).result()
-    io.write_matrix(args.output, values, sample_ids)
+    write_output(args, values, sample_ids, out)

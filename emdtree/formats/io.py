@@ -6,12 +6,13 @@ import csv
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
 from ..trees.files import atomic_write, load_npy, open_npz
 from ..trees.tree import Tree
+from . import qiime
 
 __all__ = ["Table", "Matrix", "read_tree", "read_table", "match_features", "load_counts",
            "write_matrix", "read_matrix"]
@@ -91,9 +92,11 @@ def read_tree(source: str | os.PathLike[str] | Tree) -> Tree:
     ----------
     source : str, path-like or Tree
         A Newick file (``.nwk``, ``.newick``, ``.tre``, ``.tree``, ``.nw``),
-        a tree saved with :meth:`Tree.save` (``.json`` or ``.npz``), or
-        ``"imagenet"`` for :func:`emdtree.datasets.imagenet_wordnet`. A Tree
-        is returned as it is.
+        a QIIME 2 ``Phylogeny[Rooted]`` artifact (``.qza``, read without
+        QIIME 2), a tree saved with :meth:`Tree.save` (``.json`` or
+        ``.npz``), or ``"imagenet"`` for
+        :func:`emdtree.datasets.imagenet_wordnet`. A Tree is returned as it
+        is.
 
     Returns
     -------
@@ -104,7 +107,8 @@ def read_tree(source: str | os.PathLike[str] | Tree) -> Tree:
     FileNotFoundError
         If the file does not exist.
     ValueError
-        For an unknown extension or a malformed file.
+        For an unknown extension, a malformed file, or an artifact of
+        another type (``Phylogeny[Unrooted]``: the message names the type).
 
     Examples
     --------
@@ -124,7 +128,11 @@ def read_tree(source: str | os.PathLike[str] | Tree) -> Tree:
         raise TypeError(f"source must be a path, 'imagenet' or a Tree, got {type(source).__name__}")
     path = pathlib.Path(source)
     suffix = path.suffix.lower()
-    known = NEWICK_SUFFIXES + (".json", ".npz")
+    known = NEWICK_SUFFIXES + (".json", ".npz", ".qza")
+    if suffix == ".qza" or (suffix not in known and path.is_file() and qiime.is_artifact(path)):
+        if not path.is_file():
+            raise FileNotFoundError(f"no such tree file: {str(path)!r}")
+        return _tree_artifact(path)
     if suffix not in known:
         raise ValueError(f"cannot tell the format of {str(path)!r}: use one of the extensions "
                          f"{', '.join(known)}, or 'imagenet' for the built-in tree")
@@ -133,6 +141,16 @@ def read_tree(source: str | os.PathLike[str] | Tree) -> Tree:
     if suffix in NEWICK_SUFFIXES:
         return Tree.from_newick(path)
     return Tree.load(path)
+
+
+def _tree_artifact(path: pathlib.Path) -> Tree:
+    from ..trees.newick import parse_newick
+
+    text = qiime.read_tree_newick(path)
+    try:
+        return Tree(*parse_newick(text))
+    except ValueError as exc:
+        raise ValueError(f"data/tree.nwk in {str(path)!r}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- text tables
@@ -234,20 +252,22 @@ def read_table(
     ----------
     path : str or path-like
         ``.tsv`` / ``.txt`` / ``.tab`` (tab-separated), ``.csv``, ``.npy``,
-        ``.npz`` or ``.biom``. Text tables have a header row of feature
+        ``.npz``, ``.biom`` or a QIIME 2 ``FeatureTable[Frequency]`` (or
+        ``FeatureTable[RelativeFrequency]``) artifact ``.qza``, read without
+        QIIME 2. Text tables have a header row of feature
         names and the sample id in the first column; lines starting with
         ``#`` are skipped, except a ``#OTU ID``-style header just above the
         data. An ``.npy`` file holds the counts alone (ids and features are
         then ``"0"``, ``"1"``, ...); an ``.npz`` file holds ``counts`` and
-        optionally ``sample_ids`` and ``feature_names``. BIOM needs the
-        ``biom-format`` package.
+        optionally ``sample_ids`` and ``feature_names``. BIOM and ``.qza``
+        tables need the ``biom-format`` package (``emdtree[biom]``).
     delimiter : str, optional
         Cell delimiter of a text table; default from the extension.
     transpose : bool, optional
         The file has one feature per row and one sample per column (as
         BIOM's TSV and many microbiome tables). Default: True for a text
         table whose header starts with ``#OTU ID``, else False. BIOM files
-        carry their orientation and take no ``transpose``.
+        and artifacts carry their orientation and take no ``transpose``.
     mmap : bool, default False
         Keep an ``.npy`` file memory-mapped (read only); :func:`emdtree.pairwise`
         then reads it in blocks of rows.
@@ -256,7 +276,7 @@ def read_table(
     -------
     Table
         ``(sample_ids, feature_names, counts)``, counts of shape
-        ``(n_samples, n_features)``; float64 for text and BIOM, the stored
+        ``(n_samples, n_features)``; float64 for text, BIOM and ``.qza``, the stored
         dtype for NumPy files.
 
     Raises
@@ -264,11 +284,12 @@ def read_table(
     ValueError
         For ragged rows, cells that are not numbers (naming row and
         column), duplicate ids or feature names, arrays that are not 2-D,
-        names that do not match the counts, an unknown extension, or a file
+        names that do not match the counts, an unknown extension, a file
         that is empty, damaged or not in the format its extension says
-        (naming the file).
+        (naming the file), or an artifact of another type (naming it).
     ImportError
-        For a ``.biom`` file without the ``biom-format`` package.
+        For a ``.biom`` or ``.qza`` table without the ``biom-format``
+        package.
 
     Examples
     --------
@@ -292,13 +313,18 @@ def read_table(
         if transpose is not None:
             raise ValueError("a BIOM file carries its orientation: do not pass transpose")
         return _read_biom(path)
+    if suffix == ".qza" or (suffix not in _DELIMITERS and suffix not in (".npy", ".npz") and
+                            qiime.is_artifact(path)):
+        if transpose is not None or delimiter is not None:
+            raise ValueError("a QIIME 2 artifact carries its orientation: do not pass transpose or delimiter")
+        ids, features, matrix = qiime.read_table_artifact(path)
+        return Table(ids, features, np.asarray(matrix.toarray(), dtype=np.float64))
     if suffix in (".npy", ".npz"):
         return _read_numpy(path, suffix, bool(transpose), mmap)
     if delimiter is None:
         if suffix not in _DELIMITERS:
             raise ValueError(f"cannot tell the format of {str(path)!r}: use .tsv, .txt, .tab, .csv, .npy, "
-                             ".npz "
-                             "or .biom, or give the delimiter of a text table")
+                             ".npz, .biom or .qza, or give the delimiter of a text table")
         delimiter = _DELIMITERS[suffix]
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise ValueError(f"delimiter must be a single character, got {delimiter!r}")
@@ -486,12 +512,24 @@ def load_counts(
            [5., 0., 0.]]))
     """
     table = read_table(table_path, **read_options)
+    return table.sample_ids, table_on_bins(table, tree, drop_missing=drop_missing)
+
+
+def table_on_bins(table: Table, tree: Tree, *, drop_missing: bool = False) -> np.ndarray:
+    """The counts of ``table`` (a :class:`Table`) laid out as the tree's bins, ``(n_samples, tree.n_bins)``:
+    bins that the table lacks get zero counts; float32 for float32 counts, else float64."""
+    counts = np.asarray(table.counts)
+    if counts.ndim != 2 or counts.shape != (len(table.sample_ids), len(table.feature_names)):
+        raise ValueError(f"the table's counts have shape {counts.shape} for {len(table.sample_ids)} sample "
+                         f"ids and {len(table.feature_names)} feature names")
+    if counts.dtype.kind not in "biuf":
+        raise ValueError(f"the table's counts must be numbers, got dtype {counts.dtype}")
     found = match_features(table.feature_names, tree, drop_missing=drop_missing)
     columns, bins = found if drop_missing else (np.arange(len(table.feature_names)), found)
-    dtype = np.result_type(table.counts.dtype, np.float32) if table.counts.dtype.kind == "f" else np.float64
-    X = np.zeros((table.counts.shape[0], tree.n_bins), dtype=dtype)
-    X[:, bins] = table.counts[:, columns]
-    return table.sample_ids, X
+    dtype = np.result_type(counts.dtype, np.float32) if counts.dtype.kind == "f" else np.float64
+    X = np.zeros((counts.shape[0], tree.n_bins), dtype=dtype)
+    X[:, bins] = counts[:, columns]
+    return X
 
 
 # ----------------------------------------------------------------------------- matrices
@@ -513,7 +551,7 @@ def _check_ids(ids: Sequence[str], n: int, what: str) -> list[str]:
 
 
 def write_matrix(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | TextIO,
     matrix: Any,
     row_ids: Sequence[str],
     col_ids: Sequence[str] | None = None,
@@ -528,8 +566,9 @@ def write_matrix(
 
     Parameters
     ----------
-    path : str or path-like
-        The file to write (replaced if it exists).
+    path : str, path-like or text file object
+        The file to write (replaced if it exists), or an open text stream
+        such as ``sys.stdout``, written in place.
     matrix : array_like, shape (n_rows, n_cols)
         Real numbers, e.g. a distance matrix from :func:`emdtree.pairwise`.
     row_ids : sequence of str, length n_rows
@@ -566,13 +605,20 @@ def write_matrix(
     cols = rows if col_ids is None else _check_ids(col_ids, values.shape[1], "col_ids")
     if col_ids is None and values.shape[0] != values.shape[1]:
         raise ValueError(f"matrix has shape {values.shape}: give col_ids for a matrix that is not square")
+    if hasattr(path, "write"):
+        _write_rows(path, values, rows, cols)
+        return
     with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write("\t" + "\t".join(cols) + "\n")
-        # one row at a time: converting the whole matrix to Python floats would
-        # take about six times its size
-        for i, name in enumerate(rows):
-            row = values[i].astype(np.float64, copy=False).tolist()
-            fh.write(name + "\t" + "\t".join(map(repr, row)) + "\n")
+        _write_rows(fh, values, rows, cols)
+
+
+def _write_rows(fh: Any, values: np.ndarray, rows: list[str], cols: list[str]) -> None:
+    fh.write("\t" + "\t".join(cols) + "\n")
+    # one row at a time: converting the whole matrix to Python floats would
+    # take about six times its size
+    for i, name in enumerate(rows):
+        row = values[i].astype(np.float64, copy=False).tolist()
+        fh.write(name + "\t" + "\t".join(map(repr, row)) + "\n")
 
 
 def read_matrix(path: str | os.PathLike[str]) -> Matrix:

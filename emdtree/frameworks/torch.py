@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import losses as _losses, torch_func as _torch_func
 from .torch_func import THIRD_DERIVATIVES, third_is_zero
+from ..engine.plan import plan_of
 from ..trees.tree import Tree
 
 __all__ = ["EMDLoss", "emd_loss"]
@@ -31,8 +34,10 @@ def _target_for_device(target: Tensor, n_bins: int, dtype: torch.dtype) -> Tenso
     return torch.nn.functional.one_hot(target, n_bins).to(dtype)
 
 
-def _run(p: Tensor, target: Tensor, tree: int, rho: float, want_grad: bool, check: bool):
-    """(value (rows,), grad (rows, n_bins) or None) of 2-D ``p`` against ``target``."""
+def _run(p: Tensor, target: Tensor, tree: int, rho: float, want_grad: bool, check: bool, applied: str = ""):
+    """(value (rows,), grad (rows, n_bins) or None) of 2-D ``p`` against ``target``; ``applied`` is
+    the normalisation :func:`emd_loss` gave ``p`` ("" for none), which a distribution target is then
+    checked against (on a CPU; other devices are checked by :func:`emd_loss` itself)."""
     if p.device.type != "cpu":
         from .. import _api
 
@@ -41,22 +46,23 @@ def _run(p: Tensor, target: Tensor, tree: int, rho: float, want_grad: bool, chec
         if want_grad:
             return _api.emd_value_and_grad(p, q, tree_, rho, check_inputs=check)
         return _api.emd(p, q, tree_, rho, check_inputs=check), None
-    value, grad = _losses.value_grad(p.detach().numpy(), target.detach().numpy(), tree, rho, want_grad, check)
+    value, grad = _losses.value_grad(p.detach().numpy(), target.detach().numpy(), tree, rho, want_grad, check,
+                                     applied=applied or None)
     return torch.from_numpy(value), (None if grad is None else torch.from_numpy(grad))
 
 
 @torch.library.custom_op("emdtree::emd_value", mutates_args=())
-def _value_op(input: Tensor, target: Tensor, tree: int, rho: float, check: bool) -> Tensor:
+def _value_op(input: Tensor, target: Tensor, tree: int, rho: float, check: bool, applied: str) -> Tensor:
     """EMD^rho of each row of ``input`` (rows, n_bins) against ``target``."""
-    return _run(input, target, tree, rho, False, check)[0]
+    return _run(input, target, tree, rho, False, check, applied)[0]
 
 
 @torch.library.custom_op("emdtree::emd_value_grad", mutates_args=())
 def _value_grad_op(
-    input: Tensor, target: Tensor, tree: int, rho: float, check: bool
+    input: Tensor, target: Tensor, tree: int, rho: float, check: bool, applied: str
 ) -> tuple[Tensor, Tensor]:
     """EMD^rho of each row and its dirt-conserving gradient with respect to ``input``."""
-    return _run(input, target, tree, rho, True, check)
+    return _run(input, target, tree, rho, True, check, applied)
 
 
 @torch.library.custom_op("emdtree::emd_hvp", mutates_args=())
@@ -72,12 +78,12 @@ def _hvp_op(input: Tensor, target: Tensor, v: Tensor, tree: int, rho: float) -> 
 
 
 @_value_op.register_fake
-def _value_fake(input, target, tree, rho, check):
+def _value_fake(input, target, tree, rho, check, applied):
     return input.new_empty(input.shape[:-1])
 
 
 @_value_grad_op.register_fake
-def _value_grad_fake(input, target, tree, rho, check):
+def _value_grad_fake(input, target, tree, rho, check, applied):
     return input.new_empty(input.shape[:-1]), torch.empty_like(input)
 
 
@@ -87,7 +93,7 @@ def _hvp_fake(input, target, v, tree, rho):
 
 
 def _setup(ctx, inputs, output):
-    input, target, tree, rho, _ = inputs
+    input, target, tree, rho = inputs[:4]
     # gradients of unused outputs stay None, so that a first-order backward
     # does not compute a Hessian-vector product of zeros
     ctx.set_materialize_grads(False)
@@ -110,17 +116,17 @@ def _value_grad_backward(ctx, d_value, d_grad):
     d_target = None
     if d_input is not None and not ctx.target_is_labels and ctx.needs_input_grad[1]:
         d_target = -d_input
-    return d_input, d_target, None, None, None
+    return d_input, d_target, None, None, None, None
 
 
 def _value_backward(ctx, d_value):
     input, target, _ = ctx.saved_tensors
     if d_value is None:
-        return None, None, None, None, None
-    _, grad = _value_grad_op(input, target, ctx.tree, ctx.rho, False)
+        return None, None, None, None, None, None
+    _, grad = _value_grad_op(input, target, ctx.tree, ctx.rho, False, "")
     d_input = d_value.unsqueeze(-1) * grad
     d_target = None if ctx.target_is_labels or not ctx.needs_input_grad[1] else -d_input
-    return d_input, d_target, None, None, None
+    return d_input, d_target, None, None, None, None
 
 
 def _hvp_backward(ctx, d_out):
@@ -157,16 +163,16 @@ def _fold(args, in_dims):
 
 
 @torch.library.register_vmap("emdtree::emd_value")
-def _value_vmap(info, in_dims, input, target, tree, rho, check):
-    args = (input, target, tree, rho, check)
+def _value_vmap(info, in_dims, input, target, tree, rho, check, applied):
+    args = (input, target, tree, rho, check, applied)
     size, folded = _fold(args, in_dims)
     value = _value_op(*folded)
     return value.reshape(size, -1), 0
 
 
 @torch.library.register_vmap("emdtree::emd_value_grad")
-def _value_grad_vmap(info, in_dims, input, target, tree, rho, check):
-    args = (input, target, tree, rho, check)
+def _value_grad_vmap(info, in_dims, input, target, tree, rho, check, applied):
+    args = (input, target, tree, rho, check, applied)
     size, folded = _fold(args, in_dims)
     value, grad = _value_grad_op(*folded)
     return (value.reshape(size, -1), grad.reshape(size, -1, grad.shape[-1])), (0, 0)
@@ -178,6 +184,109 @@ def _hvp_vmap(info, in_dims, input, target, v, tree, rho):
     size, folded = _fold(args, in_dims)
     out = _hvp_op(*folded)
     return out.reshape(size, -1, out.shape[-1]), 0
+
+
+# ----------------------------------------------------------------------------- ordinal bins, torch operations
+
+# Up to this many entries (rows x bins), a softmax loss on a chain runs as torch's own operations:
+# a cumulative sum and a sum of squares cost less than the custom operator's dispatch, checks and
+# copies. Measured by benchmarks/bench_ordinal.py (one thread, forward + backward): the kernels
+# win from about 2^17 entries on (1,300 rows of 100 bins).
+ORDINAL_OPS_MAX = 1 << 17
+_STEPS_MAX_BINS = 1024  # a cached (n_bins, n_bins - 1) table of the targets' cumulative sums
+
+
+@functools.lru_cache(maxsize=4)
+def _label_steps(n_bins: int, dtype: torch.dtype) -> Tensor:
+    """Row ``t``: the cumulative sum of a unit mass on bin ``t`` (1 from bin ``t`` on), last bin cut."""
+    return torch.ones(n_bins, n_bins, dtype=dtype).triu_()[:, :-1].contiguous()
+
+
+def _chain_weights(tree: Tree | None, dtype: torch.dtype) -> Tensor | None:
+    """The edge costs of a canonical chain's non-root nodes, or None for unit spacing."""
+    if tree is None:
+        return None
+
+    def build() -> Tensor | None:
+        w = tree.layout.weight[:-1]
+        return None if bool(np.all(w == 1.0)) else torch.tensor(w, dtype=dtype)
+
+    return plan_of(tree).converted(("torch ordinal weights", dtype), build)
+
+
+def _ordinal_route(p: Tensor, tree: Tree | None, rho: float, normalize: str | None) -> bool:
+    """Whether :func:`_ordinal` serves this call: softmax outputs on a CPU, a chain, rho 1 or 2,
+    a small batch, eagerly (``torch.compile`` and ``torch.func`` keep the operators)."""
+    return (normalize == "softmax" and rho in (1.0, 2.0) and 0 < p.numel() <= ORDINAL_OPS_MAX
+            and p.device.type == "cpu" and (tree is None or tree._is_canonical_chain)
+            and not torch.compiler.is_compiling() and not _torch_func.transforms_active())
+
+
+def _ordinal(p: Tensor, q: Tensor, tree: Tree | None, rho: float, check: bool) -> Tensor | None:
+    """EMD^rho of each row of softmax outputs ``p`` (rows, n_bins) on a chain, as torch operations.
+
+    phi is the cumulative sum of ``p - q`` over the non-root bins; autograd differentiates
+    ``sum w |phi|^rho``. Its gradient with respect to the logits is the operators': the softmax's
+    Jacobian annihilates constants, so the projection ``P`` changes nothing, and ``P J = J`` gives
+    the same second derivatives. A distribution target is moved through ``q - mean(q - q')`` with
+    ``q'`` its detached copy: the value is ``q``, the gradient the projected one, ``-P g``.
+
+    Returns None when ``check`` finds a class index out of range or a target that is not a
+    distribution: the operators then raise the message that names the entry. A bad logit shows
+    as a value that is not finite, which the caller checks once, after the reduction.
+    """
+    n_bins = p.shape[-1]
+    cdf = torch.cumsum(p[:, :-1], dim=-1)
+    if q.dtype.is_floating_point:
+        if check:
+            qd = q.detach()
+            eps = torch.finfo(torch.float32 if torch.float32 in (p.dtype, q.dtype) else torch.float64).eps
+            totals = qd.sum(dim=-1, dtype=torch.float64)
+            # half the engine's tolerance: a target near its edge goes to the operators to be judged
+            tol = 0.5 * max(n_bins, 64) * eps
+            ok = (qd.amin() >= 0) & ((totals - 1.0).abs() <= tol * totals.abs().clamp(min=1.0)).all()
+            if not bool(ok):
+                return None
+        if q.requires_grad:
+            q = q - (q - q.detach()).mean(dim=-1, keepdim=True)
+        c = cdf - torch.cumsum(q[:, :-1].to(p.dtype), dim=-1)
+    elif n_bins <= _STEPS_MAX_BINS:
+        try:
+            c = cdf - _label_steps(n_bins, p.dtype).index_select(0, q)
+        except (IndexError, RuntimeError):  # a class index out of range (RuntimeError: one bin)
+            return None
+    else:
+        if check:
+            low, high = torch.aminmax(q)
+            if not bool((low >= 0) & (high < n_bins)):
+                return None
+        c = cdf - (torch.arange(n_bins - 1, device=q.device) >= q[:, None]).to(p.dtype)
+    w = _chain_weights(tree, p.dtype)
+    if rho == 2.0:
+        return torch.linalg.vecdot(c, c if w is None else c * w)
+    a = c.abs()
+    return a.sum(dim=-1) if w is None else torch.linalg.vecdot(a, w.expand_as(a))
+
+
+def _finite(x: Tensor) -> bool:
+    """Whether every entry of ``x`` is finite (one read for a scalar)."""
+    x = x.detach()
+    return math.isfinite(x.item()) if x.dim() == 0 else bool(torch.isfinite(x).all())
+
+
+def _restore(value: Tensor, batch_shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """Per-row values in the caller's batch shape and dtype."""
+    if value.shape != batch_shape:
+        value = value.reshape(batch_shape)
+    return value if value.dtype == dtype else value.to(dtype)
+
+
+def _reduce(value: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return value.mean()
+    if reduction == "sum":
+        return value.sum()
+    return value
 
 
 # ----------------------------------------------------------------------------- public API
@@ -246,6 +355,17 @@ def _check_distribution_target(p: Tensor, q: Tensor, tree: Tree | None, rho: flo
         return
     _losses.value_grad(_host(pu).reshape(-1, q.shape[-1]), _host(qu).reshape(-1, q.shape[-1]), tree,
                        rho, want_grad=False, check=True, applied=normalize)
+
+
+def _call(p: Tensor, q: Tensor, token: int, rho: float, check: bool, applied: str) -> Tensor:
+    """EMD^rho of each row of 2-D ``p`` through the operator that fits the mode: the
+    ``autograd.Function`` under ``torch.func``, value and gradient when a gradient is wanted."""
+    if _torch_func.transforms_active():
+        function = _torch_func.emd_function(_value_grad_op, _hvp_op, _fold)
+        return function.apply(p, q, token, rho, check, applied)[0]
+    if torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
+        return _value_grad_op(p, q, token, rho, check, applied)[0]
+    return _value_op(p, q, token, rho, check, applied)
 
 
 def _check_tensor(x: Any, name: str) -> Tensor:
@@ -349,40 +469,54 @@ def emd_loss(
     out_dtype = input.dtype
     if input.dtype not in (torch.float32, torch.float64):
         input = input.float()
-    if check_inputs and normalize is not None:
+    # On a CPU the kernels check the normalised masses themselves: a bad logit (NaN, +inf, a row
+    # of -inf) reaches them as NaN, and only then is the raw input read again to name the entry;
+    # the target is checked against the normalisation inside the operator. Other devices, and l1
+    # (a row of negative masses normalises to valid ones), are checked here first.
+    on_cpu = input.device.type == "cpu"
+    deferred = check_inputs and on_cpu and normalize == "softmax"
+    if check_inputs and normalize is not None and not deferred:
         _check_normalizable(input, normalize, ax)
-    p = input.movedim(ax, -1)
+    # no-op views are skipped: each is a node of the autograd graph, which small batches notice
+    last = ax == input.dim() - 1
+    p = input if last else input.movedim(ax, -1)
     if normalize == "softmax":
         p = torch.softmax(p, dim=-1)
     elif normalize == "l1":
         p = p / p.sum(dim=-1, keepdim=True)
     batch_shape = p.shape[:-1]
-    p = p.reshape(-1, n_bins)
+    if p.dim() != 2:
+        p = p.reshape(-1, n_bins)
     if labels:
-        q = target.reshape(-1).long()
+        q = (target if target.dim() == 1 else target.reshape(-1)).long()
     else:
         # a float32 target stays float32 next to float64 input, so that its mass is checked to
         # float32's precision, as emdtree.emd does
-        q = target.movedim(ax, -1)
+        q = target if last else target.movedim(ax, -1)
         if not (q.dtype == torch.float32 and p.dtype == torch.float64):
             q = q.to(p.dtype)
-        q = q.reshape(-1, n_bins)
+        if q.dim() != 2:
+            q = q.reshape(-1, n_bins)
 
-    if check_inputs and normalize is not None and not labels:
+    if check_inputs and normalize is not None and not labels and not on_cpu:
         _check_distribution_target(p, q, tree, rho, normalize)
-    if _torch_func.transforms_active():
-        function = _torch_func.emd_function(_value_grad_op, _hvp_op, _fold)
-        value = function.apply(p, q, token, rho, check_inputs)[0]
-    elif torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
-        value = _value_grad_op(p, q, token, rho, check_inputs)[0]
+    applied = (normalize or "") if check_inputs and on_cpu else ""
+    if _ordinal_route(p, tree, rho, normalize):
+        value = _ordinal(p, q, tree, rho, check_inputs)
+        if value is not None:
+            out = _reduce(_restore(value, batch_shape, out_dtype), reduction)
+            # not finite: a bad logit (or an overflow), which the operators name
+            if not check_inputs or _finite(out):
+                return out
+    if deferred and not torch.compiler.is_compiling():
+        try:
+            value = _call(p, q, token, rho, check_inputs, applied)
+        except ValueError:
+            _check_normalizable(input, normalize, ax)  # names a bad logit, if that was the cause
+            raise
     else:
-        value = _value_op(p, q, token, rho, check_inputs)
-    value = value.reshape(batch_shape).to(out_dtype)
-    if reduction == "mean":
-        return value.mean()
-    if reduction == "sum":
-        return value.sum()
-    return value
+        value = _call(p, q, token, rho, check_inputs, applied)
+    return _reduce(_restore(value, batch_shape, out_dtype), reduction)
 
 
 class EMDLoss(torch.nn.Module):

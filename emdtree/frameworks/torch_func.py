@@ -56,17 +56,18 @@ def emd_function(value_grad_op: Callable, hvp_op: Callable, fold: Callable) -> t
 
         Arguments as the ``emdtree::emd_value_grad`` operator: ``input``,
         ``target`` (distributions, or int64 class indices), ``tree`` (its
-        token), ``rho``, ``check``.
+        token), ``rho``, ``check``, ``applied`` (the normalisation of
+        ``input``, "" for none).
         """
 
         @staticmethod
-        def forward(input, target, tree, rho, check):
-            value, grad = value_grad_op(input, target, tree, rho, check)
+        def forward(input, target, tree, rho, check, applied):
+            value, grad = value_grad_op(input, target, tree, rho, check, applied)
             return value, grad
 
         @staticmethod
         def setup_context(ctx, inputs, output):
-            input, target, tree, rho, _ = inputs
+            input, target, tree, rho = inputs[:4]
             ctx.set_materialize_grads(False)
             ctx.tree, ctx.rho = tree, rho
             ctx.target_is_labels = not target.dtype.is_floating_point
@@ -85,7 +86,7 @@ def emd_function(value_grad_op: Callable, hvp_op: Callable, fold: Callable) -> t
             d_target = None
             if d_input is not None and not ctx.target_is_labels:
                 d_target = -d_input
-            return d_input, d_target, None, None, None
+            return d_input, d_target, None, None, None, None
 
         @staticmethod
         def jvp(ctx, d_input, d_target, *_):
@@ -98,8 +99,8 @@ def emd_function(value_grad_op: Callable, hvp_op: Callable, fold: Callable) -> t
             return d_value, hvp_function.apply(input, target, direction, ctx.tree, ctx.rho)
 
         @staticmethod
-        def vmap(info, in_dims, input, target, tree, rho, check):
-            size, folded = fold((input, target, tree, rho, check), in_dims)
+        def vmap(info, in_dims, input, target, tree, rho, check, applied):
+            size, folded = fold((input, target, tree, rho, check, applied), in_dims)
             value, grad = EMDFunction.apply(*folded)
             return (value.reshape(size, -1), grad.reshape(size, -1, grad.shape[-1])), (0, 0)
 
