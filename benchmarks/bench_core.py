@@ -38,6 +38,7 @@ import scipy.sparse  # noqa: E402
 
 import emdtree  # noqa: E402
 from emdtree.datasets import imagenet_wordnet  # noqa: E402
+from emdtree.kernels.lanes import vector_isa  # noqa: E402
 
 from _common import (  # noqa: E402
     Timer, as_dtype, fmt_ms, kernel_path, machine_info, num_threads, one_hot_rows, print_machine, print_table,
@@ -305,7 +306,9 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     info = machine_info()
+    info["vector_isa"] = vector_isa()
     print_machine(info)
+    print(f"kernels compiled for: {info['vector_isa']}")
     try:
         from emdtree.engine import driver as _driver
         threshold = getattr(_driver, "PARALLEL_MIN_WORK", None)

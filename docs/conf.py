@@ -3,20 +3,23 @@
 Build with ``python -m sphinx -W --keep-going -b html docs docs/_build/html``.
 The build needs no network: intersphinx is not used.
 
-The framework adapters ``emdtree.torch``, ``emdtree.tensorflow`` and
-``emdtree.jax`` are optional (each needs its framework). Each has an API page
-``api/<name>.rst``; the page is built only when its module imports, and guide
-sections that describe such a module are wrapped in
-``.. if-module:: emdtree.<name>``, which renders its content only in that
-case. So the build passes with or without them. The same directive keeps
-guide examples that need another optional package (scikit-bio, say) out of a
-build without it.
+Every build has every page, whatever is installed. The framework adapters
+``emdtree.torch``, ``emdtree.tensorflow`` and ``emdtree.jax`` need their
+framework to run, not to be documented: where a framework is absent, autodoc
+imports the adapter against its stand-in of the framework
+(``autodoc_mock_imports``), which is enough to read the docstrings. Guide
+examples that need another optional package (scikit-bio, say) are wrapped in
+``.. if-module:: <module>``, which renders its content only where the module
+imports.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import os
+import shutil
 import sys
 from functools import lru_cache
 
@@ -49,15 +52,16 @@ nitpicky = False
 
 # -- optional modules ----------------------------------------------------------
 
-# API pages of the parts every installation has.
-API_PAGES = ["core", "tree", "datasets", "sinkhorn", "pairwise", "io", "metrics"]
+# API pages (``api/<page>.rst``), the framework adapters' included: every build
+# has them all, whatever is installed.
+API_PAGES = [
+    "core", "tree", "datasets", "sinkhorn", "pairwise", "io", "metrics", "torch", "tensorflow", "jax",
+]
 
-# API page (``api/<page>.rst``) of an optional module -> the module it documents.
-OPTIONAL_PAGES = {
-    "torch": "emdtree.torch",
-    "tensorflow": "emdtree.tensorflow",
-    "jax": "emdtree.jax",
-}
+# The frameworks the adapters ``emdtree.torch``, ``emdtree.tensorflow`` and
+# ``emdtree.jax`` import. Those that are not installed are replaced by
+# autodoc's stand-ins while the adapters are imported for their docstrings.
+FRAMEWORKS = ["torch", "tensorflow", "keras", "jax"]
 
 
 @lru_cache(maxsize=None)
@@ -70,23 +74,18 @@ def module_available(name: str) -> bool:
     return True
 
 
-# ``tags`` is provided by Sphinx while it executes this file.
-for _page, _module in OPTIONAL_PAGES.items():
-    if module_available(_module):
-        tags.add(f"has_{_page}")  # noqa: F821
-    else:
-        exclude_patterns.append(f"api/{_page}.rst")
+def installed(name: str) -> bool:
+    """True if the top-level package ``name`` is installed (without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
 
 # -- autosummary / autodoc -------------------------------------------------------
 
-# Stubs go to api/generated/ at build time. Only pages whose modules import are
-# scanned: a stub for a module that is not there would be a warning.
-_API_PAGES = [f"api/{page}.rst" for page in API_PAGES] + [
-    f"api/{page}.rst" for page, module in OPTIONAL_PAGES.items() if module_available(module)
-]
-autosummary_generate = _API_PAGES
+# Stubs go to api/generated/ at build time, made afresh by every build (see setup).
+autosummary_generate = [f"api/{page}.rst" for page in API_PAGES]
 autosummary_generate_overwrite = True
 autosummary_imported_members = False
+autodoc_mock_imports = [name for name in FRAMEWORKS if not installed(name)]
 autodoc_typehints = "none"  # the numpydoc sections carry the types
 autodoc_default_options = {"members": False}
 
@@ -113,12 +112,6 @@ numpydoc_validation_checks = {
     "RT04",
     "RT05",
 }
-# Optional modules whose docstrings are checked like the core API (all of them
-# now; the API_PAGES always are). A module added to OPTIONAL_PAGES later is
-# built and shown, but its docstrings are checked only from the moment it is
-# listed here.
-VALIDATED_OPTIONAL = {"torch", "tensorflow", "jax"}
-
 # Regular expressions on the full names of objects left out of the checks.
 numpydoc_validation_exclude = {
     # instance attributes (``__slots__``), described in the Attributes section of Tree
@@ -133,7 +126,7 @@ numpydoc_validation_exclude = {
     # fields of named tuples, described in the Parameters section of their class
     r"^emdtree\.io\.(Table|Matrix)\.\w+$",
     r"^emdtree\.(_sinkhorn\.)?SinkhornResult\.\w+$",
-} | {rf"^emdtree\.{page}(\.|$)" for page in OPTIONAL_PAGES if page not in VALIDATED_OPTIONAL}
+}
 
 # -- HTML -------------------------------------------------------------------------
 
@@ -184,7 +177,39 @@ class IfDocument(SphinxDirective):
         return []
 
 
+# -- the adapters against a stand-in framework --------------------------------------
+
+# Members that a class inherits from its framework, which document the framework, not
+# emdtree (torch.nn.Module's ``training`` flag, an annotation autosummary would list).
+FRAMEWORK_MEMBERS = {"training"}
+
+
+def _skip_framework_member(app, what, name, obj, skip, options):
+    return True if name in FRAMEWORK_MEMBERS else None
+
+
+def _signature_over_stand_in(app, what, name, obj, options, signature, return_annotation):
+    """The signature of a class whose framework is a stand-in (``autodoc_mock_imports``):
+    its own ``__init__``'s, where autodoc would show the stand-in's ``(*args, **kwargs)``."""
+    if what != "class" or not inspect.isclass(obj) or "__init__" not in vars(obj):
+        return None
+    if not any(getattr(base, "__sphinx_mock__", False) for base in obj.__mro__[1:]):
+        return None
+    params = list(inspect.signature(vars(obj)["__init__"]).parameters.values())[1:]  # without self
+    bare = [param.replace(annotation=inspect.Parameter.empty) for param in params]  # autodoc_typehints
+    return str(inspect.Signature(bare)), None
+
+
+def _remove_stubs(app):
+    """Remove the stubs of an earlier build, which may list members that this build's
+    packages do not have: a stale stub would be read too."""
+    shutil.rmtree(os.path.join(HERE, "api", "generated"), ignore_errors=True)
+
+
 def setup(app):
+    app.connect("builder-inited", _remove_stubs, priority=400)  # before autosummary writes them
+    app.connect("autodoc-skip-member", _skip_framework_member)
+    app.connect("autodoc-process-signature", _signature_over_stand_in)
     app.add_directive("if-module", IfModule)
     app.add_directive("if-document", IfDocument)
     return {"parallel_read_safe": True}

@@ -6,9 +6,12 @@ The Sphinx build itself is not run here (it takes tens of seconds); see
 
 import doctest
 import importlib
+import importlib.util
 import inspect
+import json
 import os
 import re
+import subprocess
 import sys
 import warnings
 
@@ -29,6 +32,7 @@ GUIDE_PAGES = [
     "numerics.rst",
     "comparison.rst",
     "losses.rst",
+    "ordinal.rst",
     "metrics.rst",
     "unifrac.rst",
     "scaling.rst",
@@ -302,7 +306,8 @@ def test_guide_figures_exist_and_are_made_by_the_script():
 def figures():
     sys.path.insert(0, FIGURES)
     try:
-        yield {name: importlib.import_module(name) for name in ("fig_gradients", "fig_tree", "fig_shift")}
+        yield {name: importlib.import_module(name)
+               for name in ("fig_gradients", "fig_tree", "fig_shift", "fig_ordinal")}
     finally:
         sys.path.remove(FIGURES)
 
@@ -369,3 +374,101 @@ def test_shift_curves(figures):
     assert np.all(np.diff(c["EMD2"]) > 0)
     # MSE no longer grows once the bumps stop overlapping
     assert c["MSE"][20] == pytest.approx(c["MSE"][15], rel=1e-6)
+
+
+def test_ordinal_curves(figures):
+    fig_ordinal = figures["fig_ordinal"]
+    p = np.array([0.05, 0.15, 0.2, 0.4, 0.2])
+    g = fig_ordinal.cdf_gap(p, label=1)
+    assert g["rps"] == pytest.approx(g["emd2"], rel=1e-12) and g["F_q"][0] == 0.0 and g["F_q"][1] == 1.0
+    c = fig_ordinal.by_distance(n_classes=7, label=0)
+    np.testing.assert_array_equal(c["distance"], np.arange(7))
+    assert np.all(np.diff(c["EMD2"]) > 0)  # the farther the mistake, the dearer
+    np.testing.assert_allclose(c["cross-entropy"][1:], c["cross-entropy"][1])  # every mistake alike
+
+
+# --------------------------------------------------------------------- README's first screen
+
+
+def test_readme_shows_the_set_up_commands_of_ci_first():
+    # the test command was at line 198, the install below a 30-line table
+    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as fh:
+        first_screen = fh.read().splitlines()[:25]
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as fh:
+        ci = fh.read()
+    stage_one = ci[ci.index("# 1."):ci.index("# 2.")]
+    commands = [line.strip() for line in first_screen if line.startswith("    python -m ")]
+    assert commands == ['python -m pip install -e ".[test]"', "python -m pytest"]
+    ci_commands = [line.replace(" --quiet", "") for line in stage_one.splitlines()]
+    for command in commands:
+        assert command in ci_commands, command
+
+
+# --------------------------------------------------------------------- pages without the frameworks
+
+
+_STAND_INS = r"""
+import inspect, json, sys
+sys.path.insert(0, sys.argv[1])
+from sphinx.ext.autodoc.mock import mock
+import conf
+
+out = {}
+with mock(["torch", "tensorflow", "keras", "jax"]):
+    import emdtree.jax, emdtree.tensorflow, emdtree.torch
+    for module in (emdtree.torch, emdtree.tensorflow, emdtree.jax):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            sig = conf._signature_over_stand_in(None, "class", name, obj, {}, "(*args, **kwargs)", None)
+            out[module.__name__ + "." + name] = [inspect.isclass(obj) or inspect.isfunction(obj),
+                                                 obj.__doc__ or "", sig and sig[0]]
+print(json.dumps({"objects": out, "pages": conf.API_PAGES}))
+"""
+
+
+def test_framework_pages_are_built_without_the_frameworks():
+    # the docs' stand-ins of the frameworks: a Keras loss registered by a decorator
+    # turned into a stand-in itself, and the API pages were left out of such builds
+    pytest.importorskip("sphinx")
+    proc = subprocess.run([sys.executable, "-c", _STAND_INS, DOCS], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    objects = found["objects"]
+    assert sorted(objects) == ["emdtree.jax.emd_loss", "emdtree.tensorflow.EMDLoss",
+                               "emdtree.tensorflow.emd_loss", "emdtree.torch.EMDLoss", "emdtree.torch.emd_loss"]
+    for name, (is_object, doc, _) in objects.items():
+        assert is_object, f"{name} is a stand-in, not the class or function"
+        assert doc.startswith("EMD^rho"), name
+    for name in ("emdtree.torch.EMDLoss", "emdtree.tensorflow.EMDLoss"):
+        assert objects[name][2].startswith("(tree=None, rho=2.0, "), objects[name][2]
+    for page in ("torch", "tensorflow", "jax"):
+        assert page in found["pages"]
+        assert os.path.exists(os.path.join(DOCS, "api", page + ".rst"))
+
+
+def _check_docs():
+    spec = importlib.util.spec_from_file_location("check_docs", os.path.join(ROOT, ".ci", "check_docs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_docs_names_what_is_missing(tmp_path):
+    check = _check_docs()
+    pages = {"a.html": (["sec"], ["EMD^rho on a tree"]), "api/b.html": ([], [])}
+    (tmp_path / "a.html").write_text('<h1 id="sec">x</h1><p>EMD^rho on\n a <b>tree</b></p>')
+    assert check.problems(str(tmp_path), pages) == ["api/b.html: missing"]
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "b.html").write_text("")
+    assert check.problems(str(tmp_path), pages) == []
+    (tmp_path / "a.html").write_text('<h1 id="other">x</h1>')
+    assert check.problems(str(tmp_path), pages) == ["a.html: no anchor id='sec'",
+                                                    "a.html: no text 'EMD^rho on a tree'"]
+
+
+def test_check_docs_pages_are_pages_of_the_docs():
+    for name in _check_docs().PAGES:
+        source = name.removesuffix(".html")
+        if not source.startswith("api/generated/"):
+            assert os.path.exists(os.path.join(DOCS, source + ".rst")), name

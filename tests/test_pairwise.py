@@ -249,7 +249,9 @@ def test_memory_mapped_input_read_in_blocks(tmp_path):
     _RowSpy.taken = []
     spy = X.view(_RowSpy)
     emdtree.pairwise(spy, tree=tree, normalize="l1", block_size=8)
-    assert _RowSpy.taken and max(_RowSpy.taken) <= 8 and sum(_RowSpy.taken) == 50
+    # every row once, and the first block once more: the sparse route reads it to see how dense
+    # the samples are (emdtree.distances.sparse_rows)
+    assert _RowSpy.taken and max(_RowSpy.taken) <= 8 and sum(_RowSpy.taken) in (50, 58)
 
 
 def test_constant_and_unused_columns_are_dropped_without_changing_results():

@@ -77,6 +77,7 @@ LAYER_OF = {
     "emdtree.distances": "services",
     "emdtree.distances.pairwise": "services",
     "emdtree.distances.rows": "services",
+    "emdtree.distances.sparse_rows": "services",
     "emdtree.distances.pairwise_dask": "services",
     "emdtree.distances.line": "services",
     "emdtree.distances.sinkhorn": "services",

@@ -16,6 +16,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import fig_gradients  # noqa: E402
+import fig_ordinal  # noqa: E402
 import fig_shift  # noqa: E402
 import fig_tree  # noqa: E402
 
@@ -23,6 +24,7 @@ FIGURES = {
     "chain_gradients.png": fig_gradients.draw,
     "tree_flow.png": fig_tree.draw,
     "bump_shift.png": fig_shift.draw,
+    "ordinal.png": fig_ordinal.draw,
 }
 
 

@@ -9,6 +9,12 @@ a square matrix only the blocks on and above the diagonal are computed; a
 block below is the transpose of its mirror image, so the result is exactly
 symmetric with an exactly zero diagonal, as the in-memory matrix.
 
+A block of sparse samples (few observed bins on a large tree) becomes
+:class:`~emdtree.distances.sparse_rows.SparseRows` instead of dense rows: it
+is read from the masses as given, without a dense copy in the working dtype,
+and its pairs are summed over shared columns; a block pair with one dense
+block is summed densely.
+
 Within a block pair, the columns that are constant over both blocks are left
 out when they are many (they contribute exactly zero): with small blocks of
 sparse samples on a large tree many nodes carry no mass in either block. Tasks run the one-thread kernels
@@ -28,6 +34,7 @@ from ..engine.inputs import working_dtype
 from ..kernels import pairwise as kernels
 from ..kernels.checks import row_totals
 from ..kernels.pairwise import listed_pairs_serial, pair_sums_serial
+from . import sparse_rows
 from .rows import _GRAM_MAX_TAU, _GRAM_REL, _MIN_TAU, _columns, _Rows, _sample_tree
 from ..trees.tree import Tree
 from ..engine import semantics
@@ -62,10 +69,15 @@ def _first_total(block: np.ndarray, dtype: np.dtype) -> float:
     return float(totals[0])
 
 
-def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float | None) -> np.ndarray:
+def _phi_block(block: np.ndarray, settings: _PhiSettings, offset: int, t0: float | None) -> Any:
     """Rows ``x`` of one block of samples, ``(rows, n_cols)``, after checking them
-    (:mod:`emdtree.engine.semantics`, as in memory: logits for ``normalize="softmax"``)."""
+    (:mod:`emdtree.engine.semantics`, as in memory: logits for ``normalize="softmax"``); sparse
+    samples give :class:`~emdtree.distances.sparse_rows.SparseRows`."""
     s = settings
+    sparse = sparse_rows.block(block, s.normalize, t0 if s.check else None, s.mass_eps, s.tree, s.positions,
+                               s.scale, s.dtype)
+    if sparse is not None:
+        return sparse
     rows = np.ascontiguousarray(block, dtype=s.dtype)
     entry, row = semantics.indexed(s.name, offset, s.axis)
     if s.normalize == "softmax":
@@ -116,6 +128,11 @@ def block_distances(a: np.ndarray, b: np.ndarray | None, rho: float) -> np.ndarr
     ndarray, shape (n_a, n_b)
         In ``a``'s dtype, computed on the calling thread only.
     """
+    if isinstance(a, sparse_rows.SparseRows) or isinstance(b, sparse_rows.SparseRows):
+        if b is None or (isinstance(a, sparse_rows.SparseRows) and isinstance(b, sparse_rows.SparseRows)):
+            return sparse_rows.distances(a, b, rho, 1)
+        # a block too dense for the sparse route beside a sparse one: both dense
+        a, b = (x.to_dense() if isinstance(x, sparse_rows.SparseRows) else x for x in (a, b))
     square = b is None
     dtype = a.dtype
     low = a.min(axis=0, initial=np.inf)

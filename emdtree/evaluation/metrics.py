@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .exactsum import ExactSum
+from ..engine import tiers as _tiers
 from ..trees.hierarchy import Hierarchy, hierarchy
 from .chunks import chunk_emd, ranks
 from .inputs import (
@@ -36,6 +37,44 @@ __all__ = [
     "report",
     "topk_accuracy",
 ]
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def _ranks(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rank of each label and the ``k`` best classes of a chunk, as :func:`ranks`.
+
+    The first calls of a process run NumPy code instead of the ranking kernel, as
+    value-and-gradient calls do (:mod:`emdtree.engine.tiers`: the same work count,
+    rows x bins here, and ``EMDTREE_JIT``), so that an evaluation of a few batches
+    does not wait for the kernel's compilation. Both give the same integers.
+    """
+    if _tiers.use_numpy(scores.shape[0] * scores.shape[1]):
+        return _numpy_ranks(scores, labels, k)
+    return ranks(scores, labels, k)
+
+
+def _numpy_ranks(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ranks` in NumPy: classes by decreasing score, equal scores by increasing
+    index (:mod:`emdtree.kernels.ranking`); scores are compared in the kernel's dtype."""
+    dtype = np.float32 if scores.dtype.kind == "f" and scores.dtype.itemsize <= 4 else np.float64
+    x = np.asarray(scores, dtype=dtype)
+    y = np.asarray(labels, dtype=np.int64)
+    m, n = x.shape
+    own = x[np.arange(m), y][:, None]
+    col = np.arange(n)
+    rank = np.count_nonzero((x > own) | ((x == own) & (col < y[:, None])), axis=1).astype(np.int64)
+    if k == 0:
+        return rank, np.empty((m, 0), dtype=np.int64)
+    kth = np.partition(x, n - k, axis=1)[:, n - k, None]  # the k-th best score of each row
+    above = x > kth
+    ties = x == kth
+    room = k - np.count_nonzero(above, axis=1)[:, None]  # the ties that fit, lowest indices first
+    chosen = above | (ties & (np.cumsum(ties, axis=1) <= room))
+    top = np.nonzero(chosen)[1].reshape(m, k)  # k per row, by increasing index
+    order = np.argsort(-np.take_along_axis(x, top, axis=1), axis=1, kind="stable")
+    return rank, np.take_along_axis(top, order, axis=1).astype(np.int64, copy=False)
+
 
 # ----------------------------------------------------------------------------- functions
 
@@ -645,7 +684,7 @@ class HierarchicalMetrics:
                 self.n_bins, id(self.tree))
 
     def _update_chunk(self, scores: np.ndarray, y: np.ndarray, start: int, tables: Hierarchy | None) -> None:
-        rank, top = ranks(scores, y, max(self.ks) if tables is not None else 0)
+        rank, top = _ranks(scores, y, max(self.ks) if tables is not None else 0)
         classes = self._class_arrays(self.n_bins) if self.per_class else None
         if classes is not None:
             classes["n_samples"] += np.bincount(y, minlength=self.n_bins)

@@ -224,7 +224,6 @@ def emd_loss(
     return tf.cast(value, out_dtype)
 
 
-@keras.saving.register_keras_serializable(package="emdtree")
 class EMDLoss(keras.losses.Loss):
     """EMD^rho on a tree as a :class:`keras.losses.Loss`; see :func:`emd_loss`.
 
@@ -299,3 +298,7 @@ class EMDLoss(keras.losses.Loss):
         tree = config.pop("tree", None)
         return cls(tree=None if tree is None else Tree.from_dict(tree), **config)
 
+
+# Registered by a call, not as a decorator (it returns the class itself), so that the
+# class stays a class for the documentation's stand-in of Keras where Keras is absent.
+keras.saving.register_keras_serializable(package="emdtree")(EMDLoss)

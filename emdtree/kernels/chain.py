@@ -4,7 +4,8 @@ On a chain (bin ``k`` on node ``k``, parent ``k + 1``) phi is the prefix sum of
 ``p - q`` and the gradient before projection is the suffix sum of
 ``c_k = d(w_k |phi_k|^rho)/d(phi_k)``. Both are scans along the row, so the
 chain needs no transpose into a node-major buffer: each row is read in tiles
-of one vector (16 float32 or 8 float64), scanned inside the register by
+of one vector register (:func:`~emdtree.kernels.lanes.vector_bytes`: 16 float32 lanes with
+AVX-512, 8 with AVX2), scanned inside the register by
 ``log2(lanes)`` shift-and-add steps, and offset by the running total of the
 previous tiles. Only that carry is a dependency between tiles. For ``rho = 1``
 phi is instead summed bin after bin (``phi_k = phi_(k-1) + (p_k - q_k)`` in
@@ -30,6 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .jit import njit
+from .lanes import VECTOR_BYTES
 from .simd import _call, _splat_n, tile_lanes
 
 
@@ -99,12 +101,18 @@ def _make_up(power):
                 lo = builder.select(builder.fcmp_ordered("<", a, lo), a, lo)
                 builder.store(builder.select(builder.fcmp_ordered("<", b, lo), b, lo), low)
                 if power == 2:  # c = 2 w phi: rounding of phi is rounding of the result, scan in log steps
-                    phi = builder.fadd(_scan(builder, builder.fsub(a, b), m, False), builder.load(carry))
-                    last = builder.extract_element(phi, ir.Constant(i32, m - 1))
+                    scan = _scan(builder, builder.fsub(a, b), m, False)
+                    prev = builder.load(carry)
+                    phi = builder.fadd(scan, prev)
+                    # the next carry is phi's last lane, carry + the tile's sum: the same
+                    # rounding, added as a vector so that the chain from tile to tile is one add
+                    tile_sum = builder.extract_element(scan, ir.Constant(i32, m - 1))
+                    tile_sum = _splat_n(builder, tile_sum, vty, m)
+                    builder.store(builder.fadd(tile_sum, prev), carry)
                 else:  # c = w sign(phi): phi summed bin after bin, as in the tree kernels
                     first = builder.extract_element(builder.load(carry), ir.Constant(i32, 0))
                     phi, last = _running_sum(builder, builder.fsub(a, b), m, first)
-                builder.store(_splat_n(builder, last, vty, m), carry)
+                    builder.store(_splat_n(builder, last, vty, m), carry)
                 if power == 2:
                     f = builder.fmul(phi, phi)
                     c = builder.fmul(builder.fadd(w, w), phi)
@@ -168,9 +176,12 @@ def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, tail_sum, n_
             tile = builder.sub(builder.sub(n_tiles, loop.index), ir.Constant(n_tiles.type, 1))
             k0 = builder.mul(tile, ir.Constant(tile.type, m))
             c = builder.load(_ptr(context, builder, t[0], asc, k0, vty), align=4)
-            g = builder.fadd(_scan(builder, c, m, True), builder.load(carry))
-            first = builder.extract_element(g, ir.Constant(ir.IntType(32), 0))
-            builder.store(_splat_n(builder, first, vty, m), carry)
+            scan = _scan(builder, c, m, True)
+            prev = builder.load(carry)
+            g = builder.fadd(scan, prev)
+            # the next carry, g's first lane, as a vector add off the scan (as in chain_up)
+            first = builder.extract_element(scan, ir.Constant(ir.IntType(32), 0))
+            builder.store(builder.fadd(_splat_n(builder, first, vty, m), prev), carry)
             g64 = g if ety == dbl else builder.fpext(g, dvty)
             builder.store(builder.fadd(builder.load(total), g64), total)
             builder.store(g, _ptr(context, builder, t[1], ag, builder.add(g_off, k0), vty), align=4)
@@ -208,7 +219,7 @@ def _chain_rows(
     r0, r1, pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n = weight.shape[0]
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     n_tiles = n // m
     tail = n_tiles * m
     scratch = np.empty(n, dtype=pf.dtype)

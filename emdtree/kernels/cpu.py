@@ -17,8 +17,9 @@ latency. Instead the kernels take ``BLOCK`` samples at once and transpose them
 into a node-major scratch buffer ``buf[node * BLOCK + s]``; every node visit is
 then ``BLOCK`` independent lanes, stated as vector operations in
 :mod:`emdtree.kernels.simd`; the scratch buffer of one block stays in the
-L1/L2 cache, and the input and output are each read or written once, in tiles
-transposed in registers.
+L1/L2 cache, and the input and output are each read or written once, in square
+tiles transposed in registers, one vector register per tile row (16 float32
+lanes with AVX-512, 8 with AVX2: :func:`emdtree.kernels.lanes.vector_bytes`).
 
 Inputs ``p`` and ``q`` may have a single row that is broadcast against the
 other's rows: ``p_step`` / ``q_step`` are 1 for a full array and 0 for a
@@ -44,6 +45,7 @@ from numba import prange
 from .jit import njit
 from .simd import (
     BLOCK,
+    VECTOR_BYTES,
     row_accumulate,
     row_add,
     row_axpy,
@@ -71,7 +73,7 @@ def _load_diff(
 ):  # pragma: no cover
     """Scalar path of :func:`tile_in` for bins ``k_start:`` (and partial blocks)."""
     n_bins = bin_position.shape[0]
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     lo = low[0]
     for k in range(k_start, n_bins):
         base = bin_position[k] * BLOCK
@@ -93,7 +95,7 @@ def _load_block(
 ):  # pragma: no cover
     """buf[bin node, s] = p[r0 + s] - q[r0 + s], zero elsewhere; row sums and minimum on the way."""
     n_bins = bin_position.shape[0]
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     sums_p[:] = 0.0
     sums_q[:] = 0.0
     low[:] = 0.0
@@ -112,7 +114,7 @@ def _load_block(
 def _store_block(buf, outf, r0, n_valid, bin_position, mean):  # pragma: no cover
     """out[r0 + s, k] = buf[bin node k, s] - mean[s]."""
     n_bins = bin_position.shape[0]
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     k_start = 0
     if n_valid == BLOCK:
         k_start = n_bins - n_bins % m
@@ -178,12 +180,15 @@ def _sweep_up(buf, parent, weight, mode, consts, acc, total):  # pragma: no cove
 
 
 @njit(cache=True)
-def _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal):  # pragma: no cover
+def _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal, acc64, n_lead):  # pragma: no cover
     """Descending sweep: buf[j] <- sum over ancestors-or-self i of j of c_i, with
     c_i = d(w_i |phi_i|^rho)/d(phi_i): the gradient before projection (eq. 9-10).
 
     For a general rho the value is accumulated here too, into ``vtotal``, from
     the same ``|phi|^(rho - 1)``: one ``pow`` per node and sample instead of two.
+    The rows of nodes ``j < n_lead`` (bin j on node j) are added to the float64
+    rows ``acc64`` for the gradient's mean as they are stored, while they are in
+    registers (:func:`_bin_mean` adds the other bins).
     """
     n = parent.shape[0]
     rho = consts[0]
@@ -194,6 +199,7 @@ def _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal):  # pragma: no 
         buf[root + s] = zero
     vacc[:] = zero
     vtotal[:] = 0.0
+    acc64[:] = 0.0
     for step in range(n - 1):
         j = n - 2 - step
         a = j * BLOCK
@@ -201,8 +207,12 @@ def _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal):  # pragma: no 
         w = weight[j]
         if mode == MODE_TWO:
             row_down_linear(buf, a, b, w + w)
+            if j < n_lead:
+                row_accumulate(acc64, (j % ACC_ROWS) * BLOCK, buf, a)
         elif mode == MODE_ONE:
             row_down_sign(buf, a, b, w)  # subgradient, sign(0) = 0
+            if j < n_lead:
+                row_accumulate(acc64, (j % ACC_ROWS) * BLOCK, buf, a)
         else:
             # rho > 1 here, so |phi|^(rho - 1) is finite and 0 at phi = 0
             wr = rho * w
@@ -212,21 +222,36 @@ def _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal):  # pragma: no 
                 f = abs(v) ** rho_m1
                 vacc[r + s] += w * (abs(v) * f)
                 buf[a + s] = buf[b + s] + wr * np.sign(v) * f
+            if j < n_lead:
+                row_accumulate(acc64, (j % ACC_ROWS) * BLOCK, buf, a)
             if (step + 1) % CHUNK == 0:
                 _flush(vacc, vtotal)
     _flush(vacc, vtotal)
 
 
+@njit(cache=True, inline="always")
+def _leading_bins(bin_position):  # pragma: no cover
+    """How many bins k, from 0, sit on node k (in the sweep order, the bins of leaves
+    come first and in bin order: usually all of them)."""
+    n_lead = 0
+    while n_lead < bin_position.shape[0] and bin_position[n_lead] == n_lead:
+        n_lead += 1
+    return n_lead
+
+
 @njit(cache=True)
-def _bin_mean(buf, bin_position, acc64, mean):  # pragma: no cover
+def _bin_mean(buf, bin_position, acc64, mean, k_start=0):  # pragma: no cover
     """mean[s] = average over the bins of buf[bin node, s], summed in float64.
 
     Summed from the very values that are stored, so that the projected gradient
-    sums to zero up to the rounding of its own entries and of the mean.
+    sums to zero up to the rounding of its own entries and of the mean. With
+    ``k_start``, bins ``:k_start`` are already summed into ``acc64`` (by
+    :func:`_sweep_down`); else ``acc64`` is reset here.
     """
     n_bins = bin_position.shape[0]
-    acc64[:] = 0.0
-    for k in range(n_bins):
+    if k_start == 0:
+        acc64[:] = 0.0
+    for k in range(k_start, n_bins):
         row_accumulate(acc64, (k % ACC_ROWS) * BLOCK, buf, bin_position[k] * BLOCK)
     for s in range(BLOCK):
         t = 0.0
@@ -243,7 +268,7 @@ def _value_grad_blocks(
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     dt = consts.dtype
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     buf = np.empty(n_nodes * BLOCK, dtype=dt)
     acc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
     vacc = np.empty(ACC_ROWS * BLOCK, dtype=dt)
@@ -254,6 +279,7 @@ def _value_grad_blocks(
     sums_p = np.empty(BLOCK * m, dtype=dt)
     sums_q = np.empty(BLOCK * m, dtype=dt)
     low_lanes = np.empty(m, dtype=dt)
+    n_lead = _leading_bins(bin_position)
     for blk in range(blk0, blk1):
         r0 = blk * BLOCK
         n_valid = min(BLOCK, n_rows - r0)
@@ -279,7 +305,7 @@ def _value_grad_blocks(
         if want_grad and mode == MODE_GENERAL:
             # the value comes with the gradient's pow in the descending sweep
             _accumulate_up(buf, parent)
-            _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal)
+            _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal, acc64, n_lead)
             for s in range(n_valid):
                 value[r0 + s] = vtotal[s]
         else:
@@ -287,9 +313,9 @@ def _value_grad_blocks(
             for s in range(n_valid):
                 value[r0 + s] = total[s]
             if want_grad:
-                _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal)
+                _sweep_down(buf, parent, weight, mode, consts, vacc, vtotal, acc64, n_lead)
         if want_grad:
-            _bin_mean(buf, bin_position, acc64, mean)
+            _bin_mean(buf, bin_position, acc64, mean, n_lead)
             _store_block(buf, gradf, r0, n_valid, bin_position, mean)
 
 
@@ -343,7 +369,7 @@ def _phi_blocks(
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     dt = outf.dtype
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     buf = np.empty(n_nodes * BLOCK, dtype=dt)
     sums_p = np.empty(BLOCK * m, dtype=dt)
     sums_q = np.empty(BLOCK * m, dtype=dt)
@@ -391,7 +417,7 @@ def _hvp_blocks(
     n_nodes = parent.shape[0]
     n_bins = bin_position.shape[0]
     dt = consts.dtype
-    m = 64 // pf.itemsize
+    m = VECTOR_BYTES // pf.itemsize
     phi = np.empty(n_nodes * BLOCK, dtype=dt)
     psi = np.empty(n_nodes * BLOCK, dtype=dt)
     acc64 = np.empty(ACC_ROWS * BLOCK, dtype=np.float64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lanes import BLOCK
+from .lanes import BLOCK, VECTOR_BYTES
 
 
 def row_add(buf, dst, src):
@@ -49,7 +49,7 @@ row_down_linear, row_down_sign = _row_down("linear"), _row_down("sign")
 
 
 def tile_in(buf, pf, qf, p_off, p_stride, q_off, q_stride, k0, bin_position, s0, sums_p, sums_q, low):
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     for i in range(m):
         a = pf[p_off + i * p_stride + k0:p_off + i * p_stride + k0 + m]
         b = qf[q_off + i * q_stride + k0:q_off + i * q_stride + k0 + m]
@@ -60,14 +60,14 @@ def tile_in(buf, pf, qf, p_off, p_stride, q_off, q_stride, k0, bin_position, s0,
 
 
 def tile_out(buf, outf, o_off, o_stride, k0, bin_position, s0, mean):
-    m = 64 // buf.itemsize
+    m = VECTOR_BYTES // buf.itemsize
     for i in range(m):
         o = o_off + i * o_stride + k0
         outf[o:o + m] = buf[bin_position[k0:k0 + m] * BLOCK + s0 + i] - mean[s0 + i]
 
 
 def tile_stats(xf, off, n_tiles, out):
-    m = 64 // xf.itemsize
+    m = 64 // xf.itemsize  # STATS_BYTES
     x = xf[off:off + n_tiles * m]
     out[0] += x.sum(dtype=np.float64)
     out[1] = min(out[1], 0.0, float(x.min(initial=0.0)))
@@ -75,7 +75,7 @@ def tile_stats(xf, off, n_tiles, out):
 
 def _chain_up(power):
     def chain_up(pf, qf, p_off, q_off, n_tiles, weight, scratch, out):
-        n = n_tiles * (64 // pf.itemsize)
+        n = n_tiles * (VECTOR_BYTES // pf.itemsize)
         a, b = pf[p_off:p_off + n], qf[q_off:q_off + n]
         phi = np.zeros(n, dtype=pf.dtype)
         acc = pf.dtype.type(0)
@@ -101,7 +101,7 @@ chain_up_sq, chain_up_abs = _chain_up(2), _chain_up(1)
 
 
 def chain_down(scratch, gradf, g_off, n_tiles, carry_in, tail_sum, n_bins):
-    n = n_tiles * (64 // scratch.itemsize)
+    n = n_tiles * (VECTOR_BYTES // scratch.itemsize)
     g = np.cumsum(scratch[:n][::-1].astype(np.float64))[::-1] + carry_in
     gradf[g_off:g_off + n] = g
     mean = (float(gradf[g_off:g_off + n].astype(np.float64).sum()) + tail_sum) / n_bins

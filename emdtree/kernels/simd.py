@@ -19,7 +19,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .lanes import BLOCK
+from .lanes import BLOCK, VECTOR_BYTES
 
 
 def _row(context, builder, arrty, arr, offset):
@@ -185,14 +185,25 @@ row_down_sign = _make_down("sign")
 # ---------------------------------------------------------------------------- tile transposes
 #
 # Moving between the caller's sample-major rows and the node-major buffer is a
-# transpose. A tile of TILE x TILE entries (TILE = 64 bytes / itemsize: one
-# zmm register per row) is loaded row by row, transposed in registers by
-# log2(TILE) rounds of interleaving shuffles, and stored column by column.
+# transpose. A tile of TILE x TILE entries (TILE = VECTOR_BYTES / itemsize: one
+# vector register per row, zmm with AVX-512, ymm with AVX2) is loaded row by row,
+# transposed in registers by log2(TILE) rounds of interleaving shuffles, and
+# stored column by column. Its TILE rows and the shuffles' results fit the 16
+# (AVX2) or 32 (AVX-512) vector registers; tiles of wider vectors than the
+# machine's would spill.
+
+STATS_BYTES = 64  # tile_stats reads 64 bytes per step on every machine: a reduction, no transpose
 
 
 def tile_lanes(dtype) -> int:
-    """Lanes of one 64-byte vector: 16 for float32, 8 for float64."""
-    return 16 if dtype == types.float32 else 8
+    """Lanes of one tile row, one vector register: VECTOR_BYTES / itemsize (16 float32
+    lanes with AVX-512, 8 with AVX2, 4 with 128-bit vectors)."""
+    return VECTOR_BYTES // (4 if dtype == types.float32 else 8)
+
+
+def stats_lanes(dtype) -> int:
+    """Lanes of one :func:`tile_stats` step: 16 for float32, 8 for float64."""
+    return STATS_BYTES // (4 if dtype == types.float32 else 8)
 
 
 def _vec(context, builder, arrty, arr, offset, lanes):
@@ -306,13 +317,13 @@ def tile_out(typingctx, buf, outf, o_off, o_stride, k0, bin_position, s0, mean):
 
 @intrinsic
 def tile_stats(typingctx, xf, off, n_tiles, out):
-    """Sum and minimum of ``xf[off:off + n_tiles * m]`` (m = tile_lanes) with vector
+    """Sum and minimum of ``xf[off:off + n_tiles * m]`` (m = stats_lanes) with vector
     lanes: ``out[0] += sum`` (accumulated in float64 lanes, so a float32 row cannot
     overflow), ``out[1] = min(out[1], x)``. A NaN or infinite entry makes the sum
     non-finite."""
     if not (isinstance(xf, types.Array) and xf.dtype in (types.float32, types.float64)):
         raise TypeError("tile_stats takes a float32/float64 array")
-    m = tile_lanes(xf.dtype)
+    m = stats_lanes(xf.dtype)
     sig = types.void(xf, types.intp, types.intp, out)
 
     def codegen(context, builder, signature, args):
@@ -359,6 +370,6 @@ if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: the kernels run as Python, 
 
 
 __all__ = [
-    "BLOCK", "row_add", "row_accumulate", "row_axpy", "row_up_sq", "row_up_abs",
-    "row_down_linear", "row_down_sign", "tile_lanes", "tile_in", "tile_out", "tile_stats",
+    "BLOCK", "VECTOR_BYTES", "row_add", "row_accumulate", "row_axpy", "row_up_sq", "row_up_abs",
+    "row_down_linear", "row_down_sign", "tile_lanes", "stats_lanes", "tile_in", "tile_out", "tile_stats",
 ]
