@@ -276,7 +276,13 @@ def vector_isa() -> dict:
         if used == "AVX2" and flags.get("avx2") is False:
             used = "AVX" if flags.get("avx") is not False else "SSE4.2"
         note = settings
-    return {"host": host, "host_cpu_name": host_name, "used": used, "override": note}
+    try:  # the library's own reading of the width its kernels are compiled for
+        from emdtree.kernels import lanes
+
+        kernels = lanes.vector_isa()
+    except (ImportError, AttributeError):
+        kernels = None
+    return {"host": host, "host_cpu_name": host_name, "used": used, "override": note, "kernels": kernels}
 
 
 def isa_text(isa: dict) -> str:
@@ -326,6 +332,8 @@ def print_machine(info: dict) -> None:
     print(f"CPU: {info['cpu_model']}{llvm_name}, {info['cpus_usable']} usable of {info['cpu_count']}, "
           f"vector ISA {isa_text(isa) if isa else 'unknown'}; "
           f"load average {', '.join(f'{x:.2f}' for x in info['load_average'] or [])}")
+    if isa and isa.get("kernels"):
+        print(f"emdtree's kernels are compiled for {isa['kernels']}")
     print(f"emdtree {info['emdtree']}, numpy {info['numpy']}, numba {info['numba']} "
           f"(threading layer {info['numba_threading_layer']}, up to {info['numba_max_threads']} threads), "
           f"scipy {info['scipy']}, POT {info['pot'] or 'not installed'}, Python {info['python']}")

@@ -31,24 +31,18 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from .jit import njit
-
+from .lanes import vector_bytes
 
 
 def _vector_registers() -> int:
-    """Vector registers of the code Numba generates here: 32 with AVX-512 (``NUMBA_CPU_FEATURES``
-    or the host's) and on 64-bit ARM, else 16 (AVX2, AVX, SSE)."""
+    """Vector registers of the code Numba generates here: 32 with AVX-512 and on 64-bit ARM,
+    else 16 (AVX2, AVX, SSE). Follows ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES``, as
+    :func:`emdtree.kernels.lanes.vector_bytes` does."""
     import platform
-
-    import numba
 
     if platform.machine().lower() in ("arm64", "aarch64"):
         return 32
-    features = numba.config.CPU_FEATURES
-    if features is None:
-        import llvmlite.binding as llvm
-
-        features = llvm.get_host_cpu_features().flatten()
-    return 32 if "+avx512f" in str(features).split(",") else 16
+    return 32 if vector_bytes() == 64 else 16
 
 
 # The micro tile as large as the registers allow: 4 x 4 pairs (16 accumulators and 8
@@ -208,7 +202,9 @@ def _micro(a, b, ia, ib, stride_a, stride_b, k0, k1, mode, rho, acc, acc_off, ac
 
 
 @njit(cache=True, fastmath=_FM)
-def _micro3(a, b, ia, ib, stride_a, stride_b, k0, k1, mode, rho, acc, acc_off, acc_stride):  # pragma: no cover
+def _micro3(
+    a, b, ia, ib, stride_a, stride_b, k0, k1, mode, rho, acc, acc_off, acc_stride,
+):  # pragma: no cover
     """:func:`_micro` for a 3 x 3 micro tile: 9 accumulators and 6 operands fit the 16
     vector registers of AVX2 (4 x 4 needs 24 and spills there)."""
     z = a[0] - a[0]
