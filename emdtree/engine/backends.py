@@ -120,6 +120,14 @@ numpy_ops = Ops(
 
 
 @functools.cache
+def _identity(n: int) -> np.ndarray:
+    """``0 .. n-1`` as indices (of a scatter that a compiler keeps: not an iota it could fold)."""
+    out = np.arange(n, dtype=np.int32)
+    out.flags.writeable = False
+    return out
+
+
+@functools.cache
 def jax_ops() -> Ops:
     """JAX: segment sums as ``.at[].add`` (XLA scatters), NumPy indices as constants of the trace."""
     import jax.numpy as jnp
@@ -145,6 +153,11 @@ def jax_ops() -> Ops:
         constant=lambda a, like: jnp.asarray(a, dtype=like.dtype),
         index=_numpy_index,
         segments=_numpy_index,
+        transpose=jnp.transpose,
+        sum1=lambda x: jnp.sum(x, axis=-1),
+        mean1=lambda x: jnp.mean(x, axis=-1, keepdims=True),
+        # a scatter is never fused into its uses: the rows are summed once
+        materialize=lambda x: zeros(x, x.shape[0]).at[_identity(x.shape[0])].add(x),
     )
 
 
@@ -167,6 +180,11 @@ def tf_ops() -> Ops:
         constant=lambda a, like: tf.constant(a, dtype=like.dtype),
         index=_numpy_index,
         segments=_numpy_index,
+        transpose=tf.transpose,
+        sum1=lambda x: tf.reduce_sum(x, axis=-1),
+        mean1=lambda x: tf.reduce_mean(x, axis=-1, keepdims=True),
+        # a scatter is never fused into its uses: the rows are summed once (under XLA)
+        materialize=lambda x: tf.math.unsorted_segment_sum(x, _identity(x.shape[0]), x.shape[0]),
     )
 
 

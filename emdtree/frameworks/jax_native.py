@@ -59,8 +59,11 @@ def _native() -> _Native:
     @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
     def value_grad(p, q, tree, rho):
         """Value (rows,) and dirt-conserving gradient (rows, n_bins) of 2-D ``p`` against ``q``."""
-        value, grad = nm.value_grad(ops, difference(p, q), plan_of(tree), rho, want_grad=True)
-        return value, grad.T
+        if jnp.issubdtype(q.dtype, jnp.integer):
+            d = p - (jnp.arange(p.shape[-1])[None, :] == q[:, None]).astype(p.dtype)
+        else:
+            d = p - q
+        return nm.value_grad_rows(ops, d, plan_of(tree), rho, want_grad=True)
 
     @value_grad.defjvp
     def value_grad_jvp(tree, rho, primals, tangents):

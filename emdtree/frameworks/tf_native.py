@@ -40,12 +40,8 @@ def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool,
     n_bins = tree.n_bins
 
     def forward(p, q):
-        if sparse:
-            d = tf.transpose(p) - tf.one_hot(q, n_bins, axis=0, dtype=p.dtype)
-        else:
-            d = tf.transpose(p - q)
-        value, grad = nm.value_grad(ops, d, pl, rho, want_grad=True)
-        return value, tf.transpose(grad)
+        d = p - (tf.one_hot(q, n_bins, dtype=p.dtype) if sparse else q)
+        return nm.value_grad_rows(ops, d, pl, rho, want_grad=True)
 
     def hvp(p, q, v):
         if sparse:
