@@ -181,3 +181,31 @@ def test_tf_xla_softmax_rule_equals_chain_rule(name, make, rho):
     _, want_l, _ = _want(tree, z, np.eye(tree.n_bins)[labels], rho)
     np.testing.assert_allclose(step_labels(tf.constant(z), tf.constant(labels)).numpy(), want_l, rtol=1e-8,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("rho", RHOS)
+def test_numpy_gather_as_slices_equals_the_gather(rho):
+    """The NumPy table's sums at the bins (``s[up]`` as slices where ``up`` is a few runs: a
+    chain) against the plain gather, for values, gradients, HVPs and Hessians."""
+    plain = backends.numpy_ops._replace(bins_from=None)
+    rng = np.random.default_rng(6)
+    chains = [("chain1000", emdtree.Tree.chain(1000)), ("chain_uneven", emdtree.Tree(*dict(TREE_CASES)["chain_uneven"]()))]
+    seen_runs = False
+    for name, tree in _trees() + chains:
+        plan = plan_of(tree)
+        seen_runs |= plan.up_runs is not None and len(plan.up_runs) <= 2
+        p, q = _differences(rng, tree.n_bins)
+        d, v = (p - q).T, rng.standard_normal((tree.n_bins, p.shape[0]))
+        for ops in (backends.numpy_ops, plain):
+            with np.errstate(invalid="ignore", divide="ignore"):  # infinite curvature at phi = 0, rho < 2
+                got = (reference.value_grad(ops, d, plan, rho, True), reference.hvp(ops, d, v, plan, rho))
+            if ops is plain:
+                np.testing.assert_array_equal(got[0][0], want[0][0], err_msg=name)
+                np.testing.assert_array_equal(got[0][1], want[0][1], err_msg=name)
+                np.testing.assert_array_equal(got[1], want[1], err_msg=name)
+            want = got
+        if tree.n_bins <= 40:
+            with np.errstate(invalid="ignore", divide="ignore"):  # inf - inf in the projection, rho < 2
+                got, want = (reference.hessian(ops, d, plan, rho) for ops in (backends.numpy_ops, plain))
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    assert seen_runs

@@ -94,6 +94,25 @@ def subtree_sums_as_kernels(plan: TreePlan, d: np.ndarray) -> np.ndarray:
     return phi[row[inner]]
 
 
+def _numpy_bins_from(at_bins: np.ndarray, s: np.ndarray, plan: TreePlan) -> np.ndarray:
+    """``s[up]`` plus ``at_bins`` at the bin rows, into one fresh array: the gather as slices
+    where ``up`` is a few runs of consecutive indices (a chain: two)."""
+    nm, runs = plan.node_major, plan.up_runs
+    if at_bins.ndim == s.ndim and at_bins.shape[1:] != s.shape[1:]:  # (a Hessian's weights)
+        s = np.broadcast_to(s, s.shape[:1] + np.broadcast_shapes(s.shape[1:], at_bins.shape[1:]))
+    if runs is None:
+        out = s[nm.up]
+    else:
+        out = np.empty((nm.up.shape[0],) + s.shape[1:], dtype=np.result_type(s, at_bins))
+        for first, end, source in runs:
+            out[first:end] = s[source:source + end - first]
+    if nm.leaf_bins is None:
+        out += at_bins
+    else:
+        out[nm.leaf_bins] += at_bins  # the leaf bins are distinct
+    return out
+
+
 def _numpy_segment_sum(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((n,) + x.shape[1:], dtype=x.dtype)
     np.add.at(out, idx, x)
@@ -116,6 +135,7 @@ numpy_ops = Ops(
     segments=_numpy_index,
     subtree=_numpy_subtree,
     ancestors=_numpy_ancestors,
+    bins_from=_numpy_bins_from,
 )
 
 

@@ -12,7 +12,11 @@ that every gather and segment sum moves whole contiguous rows of the batch
 (on a CPU, XLA gathers rows of 512 floats about 3x faster than it gathers
 columns, and scatters them 7x faster). The leaves that carry a bin need no
 sum (their phi is the bin's value); the sums run over the other, *inner*
-positions only (:class:`~emdtree.engine.plan.NodeMajor`).
+positions only (:class:`~emdtree.engine.plan.NodeMajor`). For row-major
+callers, :func:`value_grad_rows` keeps only the tree sums node-major: the
+framework-native losses, whose inputs and gradients are row-major, so pay
+two plain transposes (under XLA on a CPU, a transpose fused with arithmetic
+costs about 2.5x a plain one).
 
 Sums. With the pointer-doubling tables ``a_0 .. a_{T-1}`` of the inner
 positions in post-order (``a_t[j]`` the ``2^t``-th ancestor of ``j``, the
@@ -85,6 +89,9 @@ class Ops(NamedTuple):
     # recomputes every step for every element of the use (XLA: 16 reads per element of the
     # ancestors' sums of the ImageNet tree where one is needed); None: nothing to do
     materialize: Callable[[Any], Any] | None = None
+    # (at_bins, s, plan) -> the sums over the ancestors-or-self of every bin, (n_bins, rows), from
+    # the values at the bin rows and the inner sums s (n_inner, rows) (_ancestors); may overwrite s
+    bins_from: Callable[[Any, Any, TreePlan], Any] | None = None
 
 
 def _subtree(ops: Ops, d: Any, plan: TreePlan) -> Any:
@@ -112,6 +119,8 @@ def _ancestors(ops: Ops, at_bins: Any, inner: Any, plan: TreePlan) -> tuple[Any,
     bin rows (0 at inner bins) and at the non-root inner positions, (n_inner - 1, rows);
     and the sums at every inner position, (n_inner, rows)."""
     s = _ancestor_sums(ops, inner, plan)
+    if ops.bins_from is not None:
+        return ops.bins_from(at_bins, s, plan), s
     above = ops.take(s, ops.index(plan, "up", s))
     if plan.node_major.leaf_bins is None:
         return at_bins + above, s
