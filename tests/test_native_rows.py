@@ -34,7 +34,8 @@ CASES = [case for case in TREE_CASES if case[0] in ("star", "chain", "caterpilla
 
 
 def _differences(rng, n_bins, rows=6):
-    """Rows p and q whose differences have exact zeros: a row p = q, a row moving mass between two bins only."""
+    """Rows p and q whose differences have exact zeros: a row p = q, a row moving mass between
+    two bins only."""
     p = rng.random((rows, n_bins))
     q = rng.random((rows, n_bins))
     p /= p.sum(1, keepdims=True)
@@ -189,7 +190,8 @@ def test_numpy_gather_as_slices_equals_the_gather(rho):
     chain) against the plain gather, for values, gradients, HVPs and Hessians."""
     plain = backends.numpy_ops._replace(bins_from=None)
     rng = np.random.default_rng(6)
-    chains = [("chain1000", emdtree.Tree.chain(1000)), ("chain_uneven", emdtree.Tree(*dict(TREE_CASES)["chain_uneven"]()))]
+    chains = [("chain1000", emdtree.Tree.chain(1000)),
+              ("chain_uneven", emdtree.Tree(*dict(TREE_CASES)["chain_uneven"]()))]
     seen_runs = False
     for name, tree in _trees() + chains:
         plan = plan_of(tree)
