@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from . import normalize as _normalize, tiers as _tiers
-from .inputs import Rows, check_label_stats, check_result, check_stats
+from .inputs import Rows, check_kernel_stats, check_label_stats, check_result
 from ..kernels import chain, cpu, dense
 from ..kernels import rows as rows_kernel
 from .threads import parallel_launch, usable_threads
@@ -46,9 +46,22 @@ def mode_of(rho: float) -> int:
     return cpu.MODE_GENERAL
 
 
+_CONSTS: dict[tuple[float, str], np.ndarray] = {}
+
+
 def consts_of(rho: float, dtype: np.dtype) -> np.ndarray:
-    """The kernels' scalars in the working dtype: [rho, rho - 1, rho (rho - 1), rho - 2]."""
-    return np.array([rho, rho - 1.0, rho * (rho - 1.0), rho - 2.0], dtype=dtype)
+    """The kernels' scalars in the working dtype: [rho, rho - 1, rho (rho - 1), rho - 2].
+
+    The kernels only read them: the arrays of rho 1 and 2 are made once per dtype
+    and shared by every call.
+    """
+    key = (rho, np.dtype(dtype).char)
+    consts = _CONSTS.get(key)
+    if consts is None:
+        consts = np.array([rho, rho - 1.0, rho * (rho - 1.0), rho - 2.0], dtype=dtype)
+        if rho in (1.0, 2.0):
+            _CONSTS[key] = consts
+    return consts
 
 
 def kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
@@ -144,37 +157,42 @@ def value_grad(
     if (n_rows and _tiers.use_numpy(n_rows * rows.tree.n_nodes)
             and plan_of(rows.tree).suits_numpy_pass()):
         value, grad, totals, low = numpy_value_grad(rows, rho, want_grad, labels)
+        compiled = False
     elif chain_kernel:
         low = np.empty(n_rows, dtype=np.float64)
         launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
                pf, qf, ps, qs, n_rows, kernel_arrays(rows.tree, rows.dtype)[1], mode, want_grad, value, grad,
                totals, low)
+        compiled = True
     else:
-        lows = [np.zeros(0, dtype=rows.dtype)]
+        low = None
         if n_blocked:
-            lows.append(np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype))
+            low = np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype)
             launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
                    pf, qf, ps, qs, labels, n_blocked, parent, weight, bin_pos, non_bin,
-                   mode, consts, want_grad, value, grad, totals, lows[-1])
+                   mode, consts, want_grad, value, grad, totals, low)
         if n_blocked < n_rows:
             k = n_blocked * n_bins
             rest = slice(n_blocked, None)
-            lows.append(np.empty(n_rows - n_blocked, dtype=np.float64))
+            rest_low = np.empty(n_rows - n_blocked, dtype=np.float64)
             rows_kernel.value_grad_rows(
                 pf[k * ps:], qf[k * qs:], ps, qs, labels[n_blocked:] if labels.shape[0] else labels,
                 n_rows - n_blocked, parent, weight, bin_pos, non_bin,
-                mode, consts, want_grad, value[rest], grad[k if want_grad else 0:], totals[rest], lows[-1],
+                mode, consts, want_grad, value[rest], grad[k if want_grad else 0:], totals[rest], rest_low,
             )
-        low = np.concatenate(lows)
+            low = rest_low if low is None else np.concatenate((low, rest_low))
+        if low is None:  # no rows
+            low = np.zeros(0, dtype=rows.dtype)
+        compiled = True
     if check:
-        if labels.shape[0]:
-            check_label_stats(rows, totals, low)
-        else:
-            check_stats(rows, totals, low)
         # finite masses, so a value that is not finite is |phi|^rho overflowing; with
         # rho other than 1 and 2 the gradient's rho |phi|^(rho - 1) can overflow alone
-        check_result(rows, rho, value, grad.reshape(n_rows, n_bins) if want_grad and mode == cpu.MODE_GENERAL
-                     else None)
+        checked_grad = grad if want_grad and mode == cpu.MODE_GENERAL else None
+        if labels.shape[0]:
+            check_label_stats(rows, totals, low)
+            check_result(rows, rho, value, None if checked_grad is None else checked_grad.reshape(n_rows, n_bins))
+        else:
+            check_kernel_stats(rows, rho, totals, low, value, checked_grad, compiled)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
 
 
