@@ -115,7 +115,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=None, help="samples per callable (default 40, smoke 3)")
     ap.add_argument("--min-sample-ms", type=float, default=None, help="least CPU time of one sample "
                     "(default 5 ms, smoke 1 ms)")
-    ap.add_argument("--cases", default="tree,chain", help="comma-separated: tree (ImageNet), chain (1000 bins)")
+    ap.add_argument("--cases", default="tree,chain",
+                    help="comma-separated: tree (ImageNet), chain (1000 bins)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -164,8 +165,9 @@ def main() -> None:
                   f"{fmt_ms(r['p10_ms'])}-{fmt_ms(r['p90_ms'])}" if "p10_ms" in r else "",
                   f"{r['ratio_to_floor']:.2f}"] for r in results], right={2, 3, 4})
     if args.json:
-        write_json(args.json, {"cpu_model": cpu_model(), "vector_isa": lanes.vector_isa(), "load_average": list(load),
-                               "batch": batch, "samples": samples, "results": results})
+        write_json(args.json, {"cpu_model": cpu_model(), "vector_isa": lanes.vector_isa(),
+                               "load_average": list(load), "batch": batch, "samples": samples,
+                               "results": results})
 
 
 if __name__ == "__main__":

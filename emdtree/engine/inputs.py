@@ -211,7 +211,10 @@ def _plain_rows(arrays: dict[str, Any], tree: Tree | None, axis: Any, masses: tu
     ndim = len(shape)
     if ndim == 0 or type(axis) is not int or not (axis == -1 or axis == ndim - 1) or shape[-1] == 0:
         return None
-    if not any(name in masses for name in arrays):
+    for name in arrays:
+        if name in masses:
+            break
+    else:
         return None
     n_bins = shape[-1]
     tree = resolve_tree(tree, n_bins)
@@ -222,7 +225,7 @@ def _plain_rows(arrays: dict[str, Any], tree: Tree | None, axis: Any, masses: tu
     out = []
     for a in arrays.values():
         flat = a.reshape(n_rows, n_bins)
-        flat.flags.writeable = False  # one kernel specialisation whatever the caller's flags
+        flat.setflags(write=False)  # one kernel specialisation whatever the caller's flags
         out.append(flat)
     n = len(out)
     return Rows(tuple(out), (step,) * n, n_rows, batch_shape, ndim - 1, ndim, dtype, tree, (None,) * n,
@@ -504,11 +507,12 @@ def _position(rows: Rows, i: int, flat_index: int) -> str:
 
 def restore_bins(flat: np.ndarray, rows: Rows) -> np.ndarray:
     """(n_rows, m) kernel output back to the input layout, the m-axis at the bin axis."""
-    out = flat.reshape(rows.batch_shape + (flat.shape[-1],))
+    shape = rows.batch_shape + (flat.shape[-1],)
+    out = flat if flat.shape == shape else flat.reshape(shape)
     return out if rows.axis == rows.ndim - 1 else np.moveaxis(out, -1, rows.axis)
 
 
 def restore_scalar(flat: np.ndarray, rows: Rows):
     """(n_rows,) kernel output to the batch shape (a NumPy scalar for one sample)."""
-    out = flat.reshape(rows.batch_shape)
+    out = flat if flat.shape == rows.batch_shape else flat.reshape(rows.batch_shape)
     return out[()] if out.ndim == 0 else out
