@@ -368,7 +368,8 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
                 and all(abs(a - b) <= tol * max(abs(a), abs(b)) for a, b in pairs)):
             return
     sp, sq = totals[:, 0], totals[:, 1]
-    total = totals.sum()
+    with np.errstate(over="ignore"):  # a sum beyond float64 means: read the masses again
+        total = totals.sum()
     if not (low.min() >= 0 and math.isfinite(total) and total <= np.finfo(rows.dtype).max):
         sp, sq = _mass_totals(rows, 0, True), _mass_totals(rows, 1, True)
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps
@@ -403,7 +404,9 @@ def check_label_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     if rows.n_rows == 0:
         return
     sp = totals[:, 0]
-    if not (low.min() >= 0 and math.isfinite(sp.sum())):
+    with np.errstate(over="ignore"):
+        total = sp.sum()
+    if not (low.min() >= 0 and math.isfinite(total)):
         sp = _mass_totals(rows, 0, True)
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps
     off = np.abs(sp - 1.0) > tol * np.maximum(np.abs(sp), 1.0)
