@@ -38,7 +38,8 @@ from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from _common import cpu_model, fmt_ms, one_hot_rows, print_table, softmax_rows, write_json  # noqa: E402
+from _common import (fmt_ms, machine_info, one_hot_rows, print_machine, print_table,  # noqa: E402
+                     softmax_rows, write_json)
 
 
 def inputs(tree, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,11 +132,11 @@ def main() -> None:
     rho = 2.0
     trees = {"tree": ("ImageNet tree", imagenet_wordnet),
              "chain": ("1000-bin chain", lambda: emdtree.Tree.chain(1000))}
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
-    print(f"CPU: {cpu_model()}; kernels compiled for {lanes.vector_isa()}; "
-          f"load average {', '.join(f'{x:.2f}' for x in load)}")
-    print(f"emdtree {emdtree.__version__} from {os.path.dirname(emdtree.__file__)}; batch {batch}, float32, "
-          f"one-hot q, rho = 2, thread CPU time, medians of {samples} interleaved samples")
+    info = machine_info()
+    print_machine(info)
+    print(f"emdtree imported from {os.path.dirname(emdtree.__file__)}")
+    print(f"batch {batch}, float32, one-hot q, rho = 2, thread CPU time, medians of {samples} interleaved "
+          f"samples")
     results = []
     for case in args.cases.split(","):
         label, make = trees[case]
@@ -165,9 +166,8 @@ def main() -> None:
                   f"{fmt_ms(r['p10_ms'])}-{fmt_ms(r['p90_ms'])}" if "p10_ms" in r else "",
                   f"{r['ratio_to_floor']:.2f}"] for r in results], right={2, 3, 4})
     if args.json:
-        write_json(args.json, {"cpu_model": cpu_model(), "vector_isa": lanes.vector_isa(),
-                               "load_average": list(load), "batch": batch, "samples": samples,
-                               "results": results})
+        write_json(args.json, {"machine": info, "vector_isa": lanes.vector_isa(), "batch": batch,
+                               "samples": samples, "results": results})
 
 
 if __name__ == "__main__":
