@@ -199,6 +199,99 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU names Numba accepts (NUMBA_CPU_NAME) and the widest vector ISA LLVM generates for them
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake", "tigerlake",
+                "rocketlake", "sapphirerapids", "graniterapids", "emeraldrapids", "znver4", "znver5",
+                "knl", "knm", "x86-64-v4")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake",
+              "lunarlake", "gracemont", "znver1", "znver2", "znver3", "bdver4", "x86-64-v3")
+
+
+def _isa_of_features(features: dict) -> str:
+    """The widest vector ISA in an LLVM feature map (name -> enabled)."""
+    on = {name for name, enabled in features.items() if enabled}
+    if "avx512f" in on:
+        return "AVX-512"
+    if "avx2" in on:
+        return "AVX2"
+    if "avx" in on:
+        return "AVX"
+    if "sve2" in on or "sve" in on:
+        return "SVE2" if "sve2" in on else "SVE"
+    if "neon" in on or platform.machine().lower() in ("arm64", "aarch64"):
+        return "NEON"
+    if "sse2" in on:
+        return "SSE2"
+    return "unknown"
+
+
+def _isa_of_cpu_name(name: str) -> str | None:
+    name = name.lower()
+    if name.startswith(_AVX512_CPUS):
+        return "AVX-512"
+    if name.startswith(_AVX2_CPUS):
+        return "AVX2"
+    if name in ("generic", "x86-64", "x86-64-v2"):
+        return "SSE2" if name != "x86-64-v2" else "SSE4.2"
+    return None
+
+
+def vector_isa() -> dict:
+    """The host CPU's widest vector ISA, and the one Numba generates code for.
+
+    Numba compiles for ``NUMBA_CPU_NAME`` (default: the host CPU) with
+    ``NUMBA_CPU_FEATURES`` (default: the host's features, even when
+    ``NUMBA_CPU_NAME`` names another CPU). So ``NUMBA_CPU_NAME=haswell`` alone
+    still gives AVX-512 code on an AVX-512 host;
+    ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=-avx512f`` gives AVX2 code.
+    """
+    import numba
+
+    try:
+        import llvmlite.binding as llvm
+
+        host_features = dict(llvm.get_host_cpu_features().items())
+        host_name = llvm.get_host_cpu_name()
+    except Exception:  # an LLVM without the host queries
+        host_features, host_name = {}, "unknown"
+    host = _isa_of_features(host_features)
+    cpu_name = numba.config.CPU_NAME
+    cpu_features = numba.config.CPU_FEATURES
+    settings = " ".join(f"{var}={value}" for var, value in (("NUMBA_CPU_NAME", cpu_name),
+                                                            ("NUMBA_CPU_FEATURES", cpu_features))
+                        if value is not None)
+    if cpu_features is None:  # the host's features, whatever the CPU name
+        used = host
+        note = (f"{settings} sets the scheduling model only: Numba keeps the host's features"
+                if cpu_name and cpu_name != "host" else None)
+    else:
+        flags = {f[1:]: f[0] == "+" for f in str(cpu_features).split(",") if f[:1] in ("+", "-")}
+        used = _isa_of_cpu_name(cpu_name if cpu_name and cpu_name != "host" else host_name) or "SSE2"
+        if flags.get("avx512f"):
+            used = "AVX-512"
+        elif flags.get("avx2") and used != "AVX-512":
+            used = "AVX2"
+        if used == "AVX-512" and flags.get("avx512f") is False:
+            used = "AVX2"
+        if used == "AVX2" and flags.get("avx2") is False:
+            used = "AVX" if flags.get("avx") is not False else "SSE4.2"
+        note = settings
+    try:  # the library's own reading of the width its kernels are compiled for
+        from emdtree.kernels import lanes
+
+        kernels = lanes.vector_isa()
+    except (ImportError, AttributeError):
+        kernels = None
+    return {"host": host, "host_cpu_name": host_name, "used": used, "override": note, "kernels": kernels}
+
+
+def isa_text(isa: dict) -> str:
+    """``AVX-512``, or ``AVX2 (NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=-avx512f; the host has AVX-512)``."""
+    if isa["override"] is None:
+        return isa["used"]
+    return f"{isa['used']} ({isa['override']}; the host has {isa['host']})"
+
+
 def machine_info() -> dict:
     import numba
 
@@ -216,6 +309,7 @@ def machine_info() -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
+        "vector_isa": vector_isa(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -233,8 +327,13 @@ def machine_info() -> dict:
 
 
 def print_machine(info: dict) -> None:
-    print(f"CPU: {info['cpu_model']} ({info['cpus_usable']} usable of {info['cpu_count']}), "
+    isa = info.get("vector_isa")
+    llvm_name = f" (LLVM: {isa['host_cpu_name']})" if isa else ""
+    print(f"CPU: {info['cpu_model']}{llvm_name}, {info['cpus_usable']} usable of {info['cpu_count']}, "
+          f"vector ISA {isa_text(isa) if isa else 'unknown'}; "
           f"load average {', '.join(f'{x:.2f}' for x in info['load_average'] or [])}")
+    if isa and isa.get("kernels"):
+        print(f"emdtree's kernels are compiled for {isa['kernels']}")
     print(f"emdtree {info['emdtree']}, numpy {info['numpy']}, numba {info['numba']} "
           f"(threading layer {info['numba_threading_layer']}, up to {info['numba_max_threads']} threads), "
           f"scipy {info['scipy']}, POT {info['pot'] or 'not installed'}, Python {info['python']}")

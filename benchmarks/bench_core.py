@@ -284,7 +284,10 @@ def main(argv=None) -> int:
                     help="time budget of one slow measurement; it gets fewer samples "
                          "(default 3, --quick 0.6)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.batch, args.repeat, args.pot_pairs, args.max_seconds = True, 16, 3, 1, 0.05
     if args.batch < 1:
         ap.error("--batch must be at least 1")
     q = args.quick

@@ -84,18 +84,23 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer samples (about 20 s)")
     ap.add_argument("--json", metavar="PATH", help="also write the results and machine info as JSON")
     ap.add_argument("--batch", type=int, default=512, help="rows of the batch measurement (default 512)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.batch = True, 16
     info = machine_info()
     print_machine(info)
     libs = _libraries()
     start = time.perf_counter()
-    repeats = 30 if args.quick else 200
-    tiny_rows = tiny(Timer(repeats, min_sample_s=2e-3, max_total_s=0.5 if args.quick else 2.0), libs)
+    repeats = 3 if args.smoke else 30 if args.quick else 200
+    tiny_s = 0.05 if args.smoke else 0.5 if args.quick else 2.0
+    tiny_rows = tiny(Timer(repeats, min_sample_s=2e-3, max_total_s=tiny_s), libs)
     print("\nOne pair of 10-bin histograms, emdtree.emd(p, q), float64 (microseconds per call)")
     print_table(["case", "median", "p10", "p90"],
                 [[r["case"], f"{r['median_us']:.1f}", f"{r['p10_us']:.1f}", f"{r['p90_us']:.1f}"]
                  for r in tiny_rows], right={1, 2, 3})
-    batch_rows = batch(Timer(repeats // 2, min_sample_s=0.0, max_total_s=1.0 if args.quick else 4.0), libs,
+    batch_s = 0.1 if args.smoke else 1.0 if args.quick else 4.0
+    batch_rows = batch(Timer(repeats // 2, min_sample_s=0.0, max_total_s=batch_s), libs,
                        args.batch)
     print(f"\nImageNet tree, batch {args.batch}, float32, EMD^2 value + gradient (ms per call)")
     print_table(["library", "median", "p10", "p90", "x numpy"],

@@ -144,7 +144,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="pairs (default 32, --quick 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--from-json", metavar="PATH", help="redraw the plot from a JSON file this script wrote")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.batch = True, 2
     if args.from_json:
         import json
 
@@ -157,13 +160,15 @@ def main(argv=None) -> int:
              _title(cfg["batch"], cfg["quick"]))
         return 0
     batch = args.batch or (8 if args.quick else 32)
-    if args.quick:
+    if args.smoke:
+        counts, lams = [1, 5], [10.0]
+    elif args.quick:
         counts = [1, 2, 5, 10, 20, 50, 100]
         lams = [1.0, 3.0, 10.0, 30.0, 100.0]
     else:
         counts = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
         lams = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
-    lams_iter = [1.0, 10.0, 100.0]
+    lams_iter = [10.0] if args.smoke else [1.0, 10.0, 100.0]
 
     info = machine_info()
     print_machine(info)
@@ -209,6 +214,10 @@ def main(argv=None) -> int:
     print(f"Total {time.perf_counter() - start:.0f} s.")
 
     plot_dir = args.plot_dir or (os.path.dirname(os.path.abspath(args.json)) if args.json else ".")
+    if args.smoke and not args.plot_dir:
+        import tempfile
+
+        plot_dir = tempfile.mkdtemp()  # the plot code runs; no file left behind in the working folder
     os.makedirs(plot_dir, exist_ok=True)
     plot(results, lams_iter, counts, os.path.join(plot_dir, "fig3.png"), _title(batch, args.quick))
     config = {"batch": batch, "lams": lams, "iterations": counts, "quick": args.quick, "seed": args.seed,

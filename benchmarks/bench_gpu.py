@@ -348,7 +348,11 @@ def main(argv=None) -> int:
                     help="pairs timed one at a time (default 16, quick 4)")
     ap.add_argument("--no-pot", dest="pot", action="store_false", help="skip POT's Sinkhorn")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.batches, args.repeat, args.burst, args.check_rows, args.pot_pairs = \
+            True, [64], 3, 3, 16, 1
 
     found = gpu_or_reason()
     if isinstance(found, str):

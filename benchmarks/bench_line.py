@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=4.0, help="time budget per method")
     parser.add_argument("--quick", action="store_true", help="few timing samples")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick, args.pairs, args.samples = True, 8, 50
     if args.quick:
         args.repeat, args.max_seconds = 3, 0.5
 

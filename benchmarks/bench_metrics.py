@@ -67,9 +67,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
     parser.add_argument("--samples", type=int, default=None, help="predictions (default 20000, quick 4000)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick, args.samples = True, args.samples or 200
     m = args.samples or (4000 if args.quick else 20000)
-    repeats = 5 if args.quick else 15
+    repeats = 3 if args.smoke else 5 if args.quick else 15
     failures = []
 
     tree = imagenet_wordnet()

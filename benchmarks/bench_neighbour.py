@@ -161,11 +161,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per case (default 3)")
     ap.add_argument("--torch-threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one torch setting (seconds)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one torch setting, two cases (seconds)")
     ap.add_argument("--json", metavar="PATH", help="also write the results and machine info as JSON")
     args = ap.parse_args(argv)
     if args.smoke:
         args.steps, args.rows, args.torch_threads, args.repeat = 6, 200, [1], 1
+        if args.cases == list(CASES):  # a child that starts the layer itself, one that leaves it to emdtree
+            args.cases = ["numba starts layer", "sized to host"]
     info = machine_info()
     print_machine(info)
     print(f"MLP 256-512-512-100, batch 256, cross-entropy + SGD step; one metrics.report on {args.rows} rows "

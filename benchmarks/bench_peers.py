@@ -148,11 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--max-seconds", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.pairs, args.repeat, args.max_seconds = True, 1, 3, 0.05
     args.pairs = args.pairs or (3 if args.quick else 10)
     args.repeat = args.repeat or (5 if args.quick else 15)
     args.max_seconds = args.max_seconds or (0.5 if args.quick else 2.0)
-    measured_batch = 64 if args.quick else args.batch
+    measured_batch = 8 if args.smoke else 64 if args.quick else args.batch
 
     info = machine_info()
     print_machine(info)

@@ -33,14 +33,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ImageNet and the 2e4-node tree only")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = parser.parse_args()
+    args.quick = args.quick or args.smoke
     info = machine_info()
     print_machine(info)
     trees = {"imagenet": emdtree.datasets.imagenet_wordnet()}
-    for n in (20_000,) if args.quick else (20_000, 200_000):
+    for n in (2_000,) if args.smoke else (20_000,) if args.quick else (20_000, 200_000):
         trees[f"random {n}"] = emdtree.Tree.from_parents(*random_tree(np.random.default_rng(1), n))
     rng = np.random.default_rng(0)
-    timer = Timer(repeats=5 if args.quick else 15)
+    timer = Timer(repeats=3 if args.smoke else 5 if args.quick else 15,
+                  max_total_s=0.05 if args.smoke else 2.0)
     table, results = [], []
     for name, tree in trees.items():
         for dtype in (np.float32, np.float64):

@@ -210,7 +210,19 @@ def main() -> int:
     parser.add_argument("--skip-overhead", action="store_true", help="run the scale part only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, one worker, overhead part only: checks the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.samples, args.fit_samples, args.tips, args.features, args.block = 300, 200, 500, 30, 100
+        args.workers, args.scale_workers, args.repeat, args.skip_scale = [1], [1], 1, True
+    try:
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError as exc:
+        print(f"bench_scaleout: nothing to measure: {exc.name} is not installed")
+        return 0
 
     info = machine_info()
     print_machine(info)

@@ -67,13 +67,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 64 only, fewer repeats")
     parser.add_argument("--json", default=None, help="write the results to this path")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = parser.parse_args()
     info = machine_info()
     print_machine(info)
-    batches = (64,) if args.quick else (64, 512)
-    timer = Timer(repeats=5 if args.quick else 11, max_total_s=1.0 if args.quick else 3.0)
+    batches = (8,) if args.smoke else (64,) if args.quick else (64, 512)
+    timer = Timer(repeats=5 if args.quick else 11,
+                  max_total_s=0.05 if args.smoke else 1.0 if args.quick else 3.0)
     rng = np.random.default_rng(0)
-    trees = {n: random_tree(np.random.default_rng(n), n) for n in SIZES}
+    sizes = SIZES[:2] if args.smoke else SIZES
+    trees = {n: random_tree(np.random.default_rng(n), n) for n in sizes}
     columns = ("library", "post-order", "sweep order", "floor")
     results, table = [], []
     with num_threads(1):
@@ -96,7 +99,7 @@ def main() -> int:
                     }
                     timed = timer.run(fns)
                     ns = {k: timed[k]["median_ms"] * 1e6 / (batch * n) for k in columns}
-                    if n == SIZES[0]:
+                    if n == sizes[0]:
                         base = ns
                     ratio = {k: ns[k] / base[k] for k in columns}
                     results.append({"leaves": n, "nodes": tree.n_nodes, "batch": batch,

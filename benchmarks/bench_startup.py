@@ -117,13 +117,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="runs per case and state (median reported)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the README block once, cold cache: checks the script runs")
     args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import machine_info, print_machine
+
+    print_machine(machine_info())
     cases = [("Ten lines", "script", readme_block("Ten lines")), ("emdtree demo", "cli", "demo"),
              ("pairwise 100", "script", PAIRWISE)]
+    states = ("cold", "cold, eager", "warm")
+    if args.smoke:
+        cases, states, args.runs = cases[:1], states[:1], 1
     rows, record = [], []
     for name, mode, payload in cases:
         warm_dir = tempfile.mkdtemp(prefix="emdtree-warm-")
-        for state in ("cold", "cold, eager", "warm"):
+        for state in states:
             runs = []
             for _ in range(args.runs):
                 if state == "warm":

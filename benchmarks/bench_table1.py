@@ -72,10 +72,13 @@ def main(argv=None) -> int:
     ap.add_argument("--lam", type=float, default=10.0, help="Sinkhorn's lambda (POT's reg = 1 / lambda)")
     ap.add_argument("--repeat", type=int, default=None, help="samples per measurement (default 5, --quick 3)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.batch, args.repeat = True, 8, 1
     repeats = args.repeat or (3 if args.quick else 5)
     measured = (2, 10) if args.quick else (10, 100)
-    max_seconds = 6.0 if args.quick else 40.0
+    max_seconds = 1.0 if args.smoke else 6.0 if args.quick else 40.0
 
     info = machine_info()
     print_machine(info)

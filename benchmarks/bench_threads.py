@@ -100,7 +100,10 @@ def main(argv=None) -> int:
                     help="parallel must be this much faster (fraction of the serial time) to count "
                          "(default 0.05)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the script runs")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.quick, args.repeat, args.max_seconds, args.batches, args.pause_ms = True, 3, 0.05, [8, 64], [0.0]
     if args.threads < 1 or any(b < 1 for b in args.batches):
         ap.error("--threads and --batches must be at least 1")
     if any(x < 0 for x in args.pause_ms):

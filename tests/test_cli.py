@@ -63,8 +63,9 @@ def test_info(capsys):
     code, out, _ = run(["info"], capsys)
     assert code == 0
     for key in ("emdtree", "numpy", "numba", "scipy", "Numba threading layer", "Numba threads",
-                "numba-cuda", "CUDA GPU", "Numba cache"):
+                "numba-cuda", "CUDA GPU", "Numba cache", "CPU", "Kernels' vectors"):
         assert any(line.startswith(key + " ") for line in out.splitlines()), key
+    assert any(line.startswith("Kernels' vectors") and "-bit vectors" in line for line in out.splitlines())
     assert "Optional packages:" in out
     for dist in ("torch", "dask", "tqdm", "biom-format"):
         assert any(line.split()[:1] == [dist] for line in out.splitlines()), dist

@@ -384,3 +384,14 @@ def test_reading_a_table_store_recovers_it_in_python_too(tmp_path):
     counts, _, _ = _open_zarr(str(path))
     np.testing.assert_array_equal(np.asarray(counts), np.arange(6.0).reshape(2, 3))
     assert _beside(str(path)) == []
+
+
+def test_cli_names_an_output_folder_that_is_a_file_or_missing(table, capsys):
+    (table / "afile").write_text("")
+    pair = ["pairwise", table / "t.tsv", "--tree", table / "t.nwk", "-q", "-o"]
+    for out in ("afile/d.tsv", "afile/d.zarr", "afile/x/d.zarr"):
+        assert_input_error(pair + [table / out], capsys, "-o", "is a file, not a folder")
+    assert_input_error(pair + [table / "nodir" / "d.tsv"], capsys, "-o", "the folder", "does not exist")
+    assert_input_error(["distance", "1,0", "0,1", "-o", table / "afile" / "v.npy"], capsys,
+                       "is a file, not a folder")
+    assert (table / "afile").read_text() == "" and not (table / "nodir").exists()

@@ -189,9 +189,10 @@ def test_empty_and_single_sample():
     assert emdtree.pairwise(np.ones((1, 4)), tree=tree).tolist() == [[0.0]]
 
 
-def test_threads_give_identical_results():
+def test_threads_give_identical_results(monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two Numba threads")
+    monkeypatch.setenv("EMDTREE_JIT", "eager")  # the kernels, not SciPy, at this size
     rng = np.random.default_rng(14)
     tree = Tree(*random_tree(rng, 300))
     X = unit_rows(rng, 97, tree.n_bins)
@@ -200,6 +201,29 @@ def test_threads_give_identical_results():
     assert np.array_equal(one, two)
     assert np.array_equal(emdtree.pairwise(X, X[:40], tree=tree, n_threads=1),
                           emdtree.pairwise(X, X[:40], tree=tree, n_threads=2))
+
+
+@pytest.mark.parametrize("rho, dtype, normalize", [(1.0, np.float64, "l1"), (1.0, np.float32, "l1"),
+                                                   (1.5, np.float64, None), (2.0, np.float32, None)])
+def test_threads_give_identical_results_for_every_kernel(rho, dtype, normalize, monkeypatch):
+    """Rows turned into phi and pair sums on 1 or 2 threads, super tiles taken in any order: the same bits
+    (min-sum, direct and general kernels; square, condensed and two-set outputs; ragged last tiles)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setenv("EMDTREE_JIT", "eager")  # the kernels, not SciPy, at this size
+    calls = []
+    monkeypatch.setattr(kernels, "pair_sums",
+                        lambda *a, _f=kernels.pair_sums: calls.append(1) or _f(*a))
+    rng = np.random.default_rng(15)
+    tree = Tree(*random_tree(rng, 200))
+    X = (rng.poisson(0.5, (203, tree.n_bins)) + (normalize is None)).astype(dtype)
+    if normalize is None:
+        X /= X.sum(axis=1, keepdims=True)
+    for kwargs in (dict(), dict(condensed=True), dict(Y=X[:70])):
+        one = emdtree.pairwise(X, tree=tree, rho=rho, normalize=normalize, n_threads=1, **kwargs)
+        two = emdtree.pairwise(X, tree=tree, rho=rho, normalize=normalize, n_threads=2, **kwargs)
+        assert one.dtype == dtype and np.array_equal(one, two)
+    assert len(calls) == 3  # the parallel kernel ran
 
 
 class _RowSpy(np.ndarray):
@@ -453,3 +477,24 @@ def test_error_positions_follow_axis(small):
         emdtree.pairwise(bad, tree=tree, axis=0)
     with pytest.raises(ValueError, match=r"X\[:, 1\] has zero total mass"):
         emdtree.pairwise(np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]), tree=tree, axis=0, normalize="l1")
+
+
+@pytest.mark.parametrize("micro, size", [("_micro", 4), ("_micro3", 3)])
+@pytest.mark.parametrize("mode, rho", [(kernels.MODE_ONE, 1.0), (kernels.MODE_ONE_MIN, 1.0),
+                                       (kernels.MODE_TWO, 2.0), (kernels.MODE_GENERAL, 1.5)])
+def test_micro_tiles_add_their_pair_sums(micro, size, mode, rho):
+    """Both register micro tiles (4 x 4 for 32 vector registers, 3 x 3 for AVX2's 16; a machine compiles
+    only one into the pair kernels) add sum_k f(a_ik, b_jk) over a column range to their block of acc."""
+    rng = np.random.default_rng(16)
+    n_cols, k0, k1, stride = 37, 3, 30, 9
+    a, b = rng.random((size + 1, n_cols)), rng.random((size + 2, n_cols))
+    acc = rng.random(stride * (size + 2))
+    before = acc.copy()
+    getattr(kernels, micro)(a.reshape(-1), b.reshape(-1), n_cols, 2 * n_cols, n_cols, n_cols, k0, k1, mode,
+                            rho, acc, 1, stride)
+    x, y = a[1:1 + size, None, k0:k1], b[None, 2:2 + size, k0:k1]
+    terms = np.minimum(x, y) if mode == kernels.MODE_ONE_MIN else np.abs(x - y) ** rho
+    want = before.copy()
+    for r in range(size):
+        want[1 + r * stride:1 + r * stride + size] += terms[r].sum(axis=-1)
+    np.testing.assert_allclose(acc, want, rtol=1e-13)

@@ -158,6 +158,7 @@ def check_outputs(args) -> None:
     if not outputs:
         return
     for out, option in outputs:
+        _check_output_folder(out, option)
         try:
             info = os.stat(out)
         except OSError:
@@ -183,6 +184,19 @@ def check_outputs(args) -> None:
                                      "replacing it would delete: choose another output")
 
 
+def _check_output_folder(out: str, option: str) -> None:
+    """Say before computing when an output's folder is a file, or is missing for a file output
+    (the folders above a Zarr store are made, as :func:`emdtree.io.write_zarr` does)."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(folder):
+        return
+    above = folder
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise InputError(f"{option} {out!r}: {os.path.relpath(above)!r} is a file, not a folder")
+    if not str(out).rstrip("/\\").lower().endswith(".zarr"):
+        raise InputError(f"{option} {out!r}: the folder {os.path.dirname(out)!r} does not exist")
 
 
 def _stderr_is_terminal() -> bool:

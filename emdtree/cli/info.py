@@ -97,10 +97,25 @@ def kernels_status() -> str:
     return f"{state}; {what}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), or what :mod:`platform` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run(args, out: TextIO) -> None:
     import numba
 
     import emdtree
+    from emdtree.kernels import lanes
 
     n_threads = numba.get_num_threads()  # also starts Numba's threading layer
     try:
@@ -114,6 +129,8 @@ def run(args, out: TextIO) -> None:
         ("numpy", np.__version__),
         ("numba", numba.__version__),
         ("scipy", version("scipy")),
+        ("CPU", cpu_model()),
+        ("Kernels' vectors", lanes.vector_isa()),
         ("Numba threading layer", str(layer)),
         ("Numba threads", f"{n_threads} (at most {numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)"),
         ("numba-cuda", package),

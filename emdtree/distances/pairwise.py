@@ -165,16 +165,19 @@ def pairwise(
         ``normalize``) have equal totals. ``False`` skips the checks; the
         result for invalid masses is then undefined.
     n_threads : int, optional
-        Numba threads for the pair sums. By default the threads the host
-        leaves (``EMDTREE_NUM_THREADS``, Numba's count, the affinity mask,
-        torch's count: see docs/deployment.rst) for large matrices and one thread when the pairs times the columns
-        are fewer than ``emdtree.engine.driver.PARALLEL_MIN_WORK`` (a parallel region
+        Numba threads for turning the samples into rows and for the pair
+        sums (each thread takes the next tile of pairs as it finishes one;
+        the result is the same bits on any number of threads). By default
+        the threads the host leaves (``EMDTREE_NUM_THREADS``, Numba's count,
+        the affinity mask, torch's count: see docs/deployment.rst) for large
+        matrices, and one thread when the pairs times the columns are fewer
+        than ``emdtree.engine.driver.PARALLEL_MIN_WORK`` (a parallel region
         costs milliseconds when another core is busy). In a process forked
         from one that ran OpenMP parallel regions, one thread (see
-        :mod:`emdtree.engine.threads`). For ``rho=2`` in float64 most of the work is
-        a matrix product, which runs on NumPy's BLAS and its own threads. Not
-        used with dask arrays, whose tasks run on one thread each (the
-        scheduler's workers are the parallelism).
+        :mod:`emdtree.engine.threads`). For ``rho=2`` in float64 most of the
+        work is a matrix product, which runs on NumPy's BLAS and its own
+        threads. Not used with dask arrays, whose tasks run on one thread
+        each (the scheduler's workers are the parallelism).
 
     Returns
     -------
@@ -266,10 +269,18 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
     """:func:`pairwise` on checked in-memory samples, with the kernels or, ``cold``, NumPy and SciPy;
     ``n_threads`` None picks the threads from the size of the work."""
     n_bins = tree.n_bins
-    parts = [("X", _Rows(xs, "X", ax, dtype, tree, positions, scale, normalize, check_inputs, block, cold))]
+    n_a, n_b = xs.shape[0], xs.shape[0] if ys is None else ys.shape[0]
+    if n_threads is None:  # sized by the pair sums, by far the larger part of the work
+        pairs = n_a * (n_a - 1) // 2 if condensed else n_a * n_b
+        n_threads = usable_threads() if pairs * positions.shape[0] >= _driver.PARALLEL_MIN_WORK else 1
+    n_threads = usable_threads(n_threads)
+    # the rows are turned into phi across the same threads
+    row_threads = 1 if cold else n_threads
+    parts = [("X", _Rows(xs, "X", ax, dtype, tree, positions, scale, normalize, check_inputs, block, cold,
+                         row_threads))]
     if ys is not None:
         parts.append(("Y", _Rows(ys, "Y", ax, dtype, tree, positions, scale, normalize, check_inputs, block,
-                                 cold)))
+                                 cold, row_threads)))
     if check_inputs and normalize is None:
         inputs = [xs] if ys is None else [xs, ys]
         mass_eps = max(float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps) for a in inputs)
@@ -282,7 +293,6 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
 
     a = parts[0][1].x
     b = a if ys is None else parts[1][1].x
-    n_a, n_b = a.shape[0], b.shape[0]
     if ys is not None:
         out, kind = np.zeros(n_a * n_b, dtype=dtype), kernels.OUT_RECT
     elif condensed:
@@ -290,9 +300,6 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
     else:
         out, kind = np.zeros(n_a * n_a, dtype=dtype), kernels.OUT_SQUARE
     n_cols = a.shape[1]
-    if n_threads is None:
-        n_threads = usable_threads() if out.size * n_cols >= _driver.PARALLEL_MIN_WORK else 1
-    n_threads = usable_threads(n_threads)
     tau = n_cols * float(np.finfo(np.float64).eps) / _GRAM_REL
     use_gram = rho == 2.0 and dtype == np.float64 and tau < _GRAM_MAX_TAU
     if out.size and n_cols and cold:
@@ -305,18 +312,29 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
         sum_a = sum_b = np.zeros(0)
         if mode == kernels.MODE_ONE and dtype == np.float64 and low.min() >= 0:
             mode = kernels.MODE_ONE_MIN
-            sum_a = a.sum(axis=1)
-            sum_b = sum_a if ys is None else b.sum(axis=1)
+            sum_a = _row_sums(a, n_threads)
+            sum_b = sum_a if ys is None else _row_sums(b, n_threads)
         args = (a.reshape(-1), b.reshape(-1), n_a, n_b, n_cols, kind, mode, dtype.type(rho), sum_a, sum_b,
                 _MIN_TAU, out)
         if n_threads == 1:
             kernels.pair_sums_serial(*args)
         else:
             with parallel_launch(n_threads):
-                kernels.pair_sums(*args, 8 * n_threads)
+                kernels.pair_sums(*args, n_threads)
     if check_inputs:
         _check_finite(out, kind, n_a, n_b, rho)
     return out if condensed else out.reshape(n_a, n_b)
+
+
+def _row_sums(x: np.ndarray, n_threads: int) -> np.ndarray:
+    """Float64 row sums of the rows ``x``, the same on any number of threads."""
+    sums = np.empty(x.shape[0], dtype=np.float64)
+    if n_threads == 1:
+        kernels.row_sums_serial(x.reshape(-1), x.shape[0], x.shape[1], sums)
+    else:
+        with parallel_launch(n_threads):
+            kernels.row_sums(x.reshape(-1), x.shape[0], x.shape[1], sums)
+    return sums
 
 
 def _sparse_pairs(xs: np.ndarray, ys: np.ndarray | None, dtype: np.dtype, tree: Tree, rho: float,

@@ -16,6 +16,7 @@ from ..engine.normalize import softmax
 from ..trees.tree import Tree
 from ..engine import backends, reference
 from ..engine.plan import plan_of
+from ..engine.threads import parallel_launch
 
 # For rho = 1 in float64 the kernel forms S_i + S_j - 2 sum_k min(x_ik, x_jk), whose
 # rounding error is below ~200 eps (S_i + S_j) (chunked sums of CHUNK / 4 terms per
@@ -63,11 +64,11 @@ def _position(name: str, row: int, col: int, axis: int) -> str:
 
 
 class _Rows:
-    """Transformed rows ``x`` of one input, filled block by block."""
+    """Transformed rows ``x`` of one input, filled block by block (phi on ``n_threads`` threads)."""
 
     def __init__(self, samples: np.ndarray, name: str, axis: int, dtype: np.dtype, tree: Tree,
                  positions: np.ndarray, scale: np.ndarray, normalize: str | None, check: bool,
-                 block: int, cold: bool = False) -> None:
+                 block: int, cold: bool = False, n_threads: int = 1) -> None:
         n, n_cols = samples.shape[0], positions.shape[0]
         lay = tree.layout
         non_bin = np.flatnonzero(lay.bin_at < 0).astype(np.int64)
@@ -114,6 +115,10 @@ class _Rows:
             x = self.x[r0:r1]
             if n_cols and cold:
                 _numpy_phi_columns(tree, rows, positions, x)
+            elif n_cols and n_threads > 1:
+                with parallel_launch(n_threads):
+                    cpu.phi_parallel(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position,
+                                     non_bin, positions, x.reshape(-1), n_threads)
             elif n_cols:
                 cpu.phi_serial(rows.reshape(-1), zeros, 1, 0, r1 - r0, lay.parent, lay.bin_position, non_bin,
                                positions, x.reshape(-1))

@@ -94,6 +94,25 @@ def subtree_sums_as_kernels(plan: TreePlan, d: np.ndarray) -> np.ndarray:
     return phi[row[inner]]
 
 
+def _numpy_bins_from(at_bins: np.ndarray, s: np.ndarray, plan: TreePlan) -> np.ndarray:
+    """``s[up]`` plus ``at_bins`` at the bin rows, into one fresh array: the gather as slices
+    where ``up`` is a few runs of consecutive indices (a chain: two)."""
+    nm, runs = plan.node_major, plan.up_runs
+    if at_bins.ndim == s.ndim and at_bins.shape[1:] != s.shape[1:]:  # (a Hessian's weights)
+        s = np.broadcast_to(s, s.shape[:1] + np.broadcast_shapes(s.shape[1:], at_bins.shape[1:]))
+    if runs is None:
+        out = s[nm.up]
+    else:
+        out = np.empty((nm.up.shape[0],) + s.shape[1:], dtype=np.result_type(s, at_bins))
+        for first, end, source in runs:
+            out[first:end] = s[source:source + end - first]
+    if nm.leaf_bins is None:
+        out += at_bins
+    else:
+        out[nm.leaf_bins] += at_bins  # the leaf bins are distinct
+    return out
+
+
 def _numpy_segment_sum(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((n,) + x.shape[1:], dtype=x.dtype)
     np.add.at(out, idx, x)
@@ -116,7 +135,16 @@ numpy_ops = Ops(
     segments=_numpy_index,
     subtree=_numpy_subtree,
     ancestors=_numpy_ancestors,
+    bins_from=_numpy_bins_from,
 )
+
+
+@functools.cache
+def _identity(n: int) -> np.ndarray:
+    """``0 .. n-1`` as indices (of a scatter that a compiler keeps: not an iota it could fold)."""
+    out = np.arange(n, dtype=np.int32)
+    out.flags.writeable = False
+    return out
 
 
 @functools.cache
@@ -145,6 +173,11 @@ def jax_ops() -> Ops:
         constant=lambda a, like: jnp.asarray(a, dtype=like.dtype),
         index=_numpy_index,
         segments=_numpy_index,
+        transpose=jnp.transpose,
+        sum1=lambda x: jnp.sum(x, axis=-1),
+        mean1=lambda x: jnp.mean(x, axis=-1, keepdims=True),
+        # a scatter is never fused into its uses: the rows are summed once
+        materialize=lambda x: zeros(x, x.shape[0]).at[_identity(x.shape[0])].add(x),
     )
 
 
@@ -167,6 +200,11 @@ def tf_ops() -> Ops:
         constant=lambda a, like: tf.constant(a, dtype=like.dtype),
         index=_numpy_index,
         segments=_numpy_index,
+        transpose=tf.transpose,
+        sum1=lambda x: tf.reduce_sum(x, axis=-1),
+        mean1=lambda x: tf.reduce_mean(x, axis=-1, keepdims=True),
+        # a scatter is never fused into its uses: the rows are summed once (under XLA)
+        materialize=lambda x: tf.math.unsorted_segment_sum(x, _identity(x.shape[0]), x.shape[0]),
     )
 
 

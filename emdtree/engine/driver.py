@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from . import normalize as _normalize, tiers as _tiers
-from .inputs import Rows, check_label_stats, check_result, check_stats
+from .inputs import Rows, check_kernel_stats, check_label_stats, check_result
 from ..kernels import chain, cpu, dense
 from ..kernels import rows as rows_kernel
 from .threads import parallel_launch, usable_threads
@@ -46,9 +46,22 @@ def mode_of(rho: float) -> int:
     return cpu.MODE_GENERAL
 
 
+_CONSTS: dict[tuple[float, str], np.ndarray] = {}
+
+
 def consts_of(rho: float, dtype: np.dtype) -> np.ndarray:
-    """The kernels' scalars in the working dtype: [rho, rho - 1, rho (rho - 1), rho - 2]."""
-    return np.array([rho, rho - 1.0, rho * (rho - 1.0), rho - 2.0], dtype=dtype)
+    """The kernels' scalars in the working dtype: [rho, rho - 1, rho (rho - 1), rho - 2].
+
+    The kernels only read them: the arrays of rho 1 and 2 are made once per dtype
+    and shared by every call.
+    """
+    key = (rho, np.dtype(dtype).char)
+    consts = _CONSTS.get(key)
+    if consts is None:
+        consts = np.array([rho, rho - 1.0, rho * (rho - 1.0), rho - 2.0], dtype=dtype)
+        if rho in (1.0, 2.0):
+            _CONSTS[key] = consts
+    return consts
 
 
 def kernel_arrays(tree: Tree, dtype: np.dtype) -> tuple[np.ndarray, ...]:
@@ -125,56 +138,61 @@ def value_grad(
     bin ``labels[r]`` and ``q`` must be a broadcast row of zeros.
     """
     (p, q), (ps, qs) = rows.arrays, rows.steps
+    tree, dtype, n_rows = rows.tree, rows.dtype, rows.n_rows
     # the sweep order, not the post-order layout: samples then move between the rows and
     # the scratch buffer in bin order (benchmarks/bench_scaling.py); also checks the
     # edge costs against the dtype's range, for the NumPy pass too
-    parent, weight, bin_pos, non_bin = sweep_arrays(rows.tree, rows.dtype)
-    n_rows, n_bins = rows.n_rows, rows.tree.n_bins
-    value = np.empty(n_rows, dtype=rows.dtype)
-    grad = np.empty(n_rows * n_bins if want_grad else 0, dtype=rows.dtype)
-    totals = np.empty((n_rows, 2), dtype=np.float64)
+    parent, weight, bin_pos, non_bin = sweep_arrays(tree, dtype)
+    n_bins = tree.n_bins
     mode = mode_of(rho)
-    consts = consts_of(rho, rows.dtype)
-    pf, qf = p.reshape(-1), q.reshape(-1)
     labels = _NO_LABELS if labels is None else labels
-    chain_kernel = rows.tree._is_canonical_chain and mode != cpu.MODE_GENERAL and not labels.shape[0]
-    # full blocks of BLOCK samples through the blocked kernel, a few left-over
-    # samples one at a time (benchmarks/bench_rows.py)
-    n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
-    if (n_rows and _tiers.use_numpy(n_rows * rows.tree.n_nodes)
-            and plan_of(rows.tree).suits_numpy_pass()):
+    if n_rows and _tiers.use_numpy(n_rows * tree.n_nodes) and plan_of(tree).suits_numpy_pass():
         value, grad, totals, low = numpy_value_grad(rows, rho, want_grad, labels)
-    elif chain_kernel:
-        low = np.empty(n_rows, dtype=np.float64)
-        launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
-               pf, qf, ps, qs, n_rows, kernel_arrays(rows.tree, rows.dtype)[1], mode, want_grad, value, grad,
-               totals, low)
+        compiled = False
     else:
-        lows = [np.zeros(0, dtype=rows.dtype)]
-        if n_blocked:
-            lows.append(np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=rows.dtype))
-            launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
-                   pf, qf, ps, qs, labels, n_blocked, parent, weight, bin_pos, non_bin,
-                   mode, consts, want_grad, value, grad, totals, lows[-1])
-        if n_blocked < n_rows:
-            k = n_blocked * n_bins
-            rest = slice(n_blocked, None)
-            lows.append(np.empty(n_rows - n_blocked, dtype=np.float64))
-            rows_kernel.value_grad_rows(
-                pf[k * ps:], qf[k * qs:], ps, qs, labels[n_blocked:] if labels.shape[0] else labels,
-                n_rows - n_blocked, parent, weight, bin_pos, non_bin,
-                mode, consts, want_grad, value[rest], grad[k if want_grad else 0:], totals[rest], lows[-1],
-            )
-        low = np.concatenate(lows)
-    if check:
-        if labels.shape[0]:
-            check_label_stats(rows, totals, low)
+        value = np.empty(n_rows, dtype=dtype)
+        grad = np.empty(n_rows * n_bins if want_grad else 0, dtype=dtype)
+        totals = np.empty((n_rows, 2), dtype=np.float64)
+        pf, qf = p.reshape(-1), q.reshape(-1)
+        if tree._is_canonical_chain and mode != cpu.MODE_GENERAL and not labels.shape[0]:
+            low = np.empty(n_rows, dtype=np.float64)
+            launch(chain.chain_value_grad_serial, chain.chain_value_grad_parallel, rows,
+                   pf, qf, ps, qs, n_rows, kernel_arrays(tree, dtype)[1], mode, want_grad, value, grad,
+                   totals, low)
         else:
-            check_stats(rows, totals, low)
+            consts = consts_of(rho, dtype)
+            # full blocks of BLOCK samples through the blocked kernel, a few left-over
+            # samples one at a time (benchmarks/bench_rows.py)
+            n_blocked = n_rows if n_rows % cpu.BLOCK >= ROW_KERNEL_MAX else n_rows - n_rows % cpu.BLOCK
+            low = None
+            if n_blocked:
+                low = np.empty((n_blocked + cpu.BLOCK - 1) // cpu.BLOCK, dtype=dtype)
+                launch(cpu.value_grad_serial, cpu.value_grad_parallel, rows,
+                       pf, qf, ps, qs, labels, n_blocked, parent, weight, bin_pos, non_bin,
+                       mode, consts, want_grad, value, grad, totals, low)
+            if n_blocked < n_rows:
+                k = n_blocked * n_bins
+                rest = slice(n_blocked, None)
+                rest_low = np.empty(n_rows - n_blocked, dtype=np.float64)
+                rows_kernel.value_grad_rows(
+                    pf[k * ps:], qf[k * qs:], ps, qs, labels[n_blocked:] if labels.shape[0] else labels,
+                    n_rows - n_blocked, parent, weight, bin_pos, non_bin, mode, consts, want_grad,
+                    value[rest], grad[k if want_grad else 0:], totals[rest], rest_low,
+                )
+                low = rest_low if low is None else np.concatenate((low, rest_low))
+            if low is None:  # no rows
+                low = np.zeros(0, dtype=dtype)
+        compiled = True
+    if check:
         # finite masses, so a value that is not finite is |phi|^rho overflowing; with
         # rho other than 1 and 2 the gradient's rho |phi|^(rho - 1) can overflow alone
-        check_result(rows, rho, value, grad.reshape(n_rows, n_bins) if want_grad and mode == cpu.MODE_GENERAL
-                     else None)
+        checked_grad = grad if want_grad and mode == cpu.MODE_GENERAL else None
+        if labels.shape[0]:
+            check_label_stats(rows, totals, low)
+            check_result(rows, rho, value,
+                         None if checked_grad is None else checked_grad.reshape(n_rows, n_bins))
+        else:
+            check_kernel_stats(rows, rho, totals, low, value, checked_grad, compiled)
     return value, (grad.reshape(n_rows, n_bins) if want_grad else None)
 
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..kernels.checks import row_totals
+from ..kernels.checks import row_totals, stats_pass
 from .normalize import softmax
 from ..trees.tree import Tree
 from . import semantics
@@ -154,6 +154,89 @@ def prepare(
     distributions, and a message about them says so rather than suggest an
     option.
     """
+    rows = _plain_rows(arrays, tree, axis, masses) if normalize is None and applied is None else None
+    if rows is None:
+        rows = _general_rows(arrays, tree, axis, normalize, masses, applied)
+    if normalize == "softmax":
+        return _softmax_rows(rows, masses, check)
+    totals: dict[str, np.ndarray] = {}
+    if normalize is not None or (check and not defer):
+        for i, name in enumerate(rows.names):
+            if name not in masses:
+                if check:
+                    _check_finite(rows, i)
+                continue
+            totals[name] = _mass_totals(rows, i, check)
+        if normalize is not None:
+            out = list(rows.arrays)
+            for i, name in enumerate(rows.names):
+                if name in masses:
+                    tot = totals[name]
+                    zero = np.flatnonzero(tot <= 0)
+                    if zero.size:
+                        where = _batch_position(int(zero[0]) if out[i].shape[0] > 1 else 0, rows.batch_shape)
+                        raise ValueError(f"{name} has zero total mass{where}: cannot normalize")
+                    out[i] = out[i] / tot.astype(rows.dtype)[:, None]
+                    out[i].flags.writeable = False
+            kept = tuple(totals.get(name) for name in rows.names)
+            return rows._replace(arrays=tuple(out), totals=kept, normalize=normalize)
+        if check and len(totals) == 2:
+            _check_totals(rows, totals[masses[0]], totals[masses[1]], masses)
+    return rows
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _plain_rows(arrays: dict[str, Any], tree: Tree | None, axis: Any, masses: tuple[str, ...]) -> Rows | None:
+    """The rows of :func:`_general_rows` for the common case, in a few operations, or None.
+
+    The case: C-contiguous ndarrays of one shape and one dtype (float32 or
+    float64, native byte order), the bin axis last, some of them masses. The
+    general path would neither convert nor broadcast them, and the first
+    error it could raise on them is :func:`resolve_tree`'s, raised here too.
+    """
+    first = None
+    for a in arrays.values():
+        if type(a) is not np.ndarray or not a.flags.c_contiguous:
+            return None
+        if first is None:
+            first = a
+        elif a.shape != first.shape or a.dtype is not first.dtype:
+            return None
+    dtype = first.dtype if first is not None else None
+    if dtype is not _F32 and dtype is not _F64:
+        return None
+    shape = first.shape
+    ndim = len(shape)
+    if ndim == 0 or type(axis) is not int or not (axis == -1 or axis == ndim - 1) or shape[-1] == 0:
+        return None
+    for name in arrays:
+        if name in masses:
+            break
+    else:
+        return None
+    n_bins = shape[-1]
+    tree = resolve_tree(tree, n_bins)
+    batch_shape = shape[:-1]
+    n_rows = math.prod(batch_shape)
+    # one row stands for the whole batch (step 0), as flatten() keeps it
+    step = 0 if n_rows == 1 else 1
+    out = []
+    for a in arrays.values():
+        flat = a.reshape(n_rows, n_bins)
+        flat.setflags(write=False)  # one kernel specialisation whatever the caller's flags
+        out.append(flat)
+    n = len(out)
+    return Rows(tuple(out), (step,) * n, n_rows, batch_shape, ndim - 1, ndim, dtype, tree, (None,) * n,
+                tuple(arrays), (shape,) * n, _EPS[dtype])
+
+
+def _general_rows(
+    arrays: dict[str, Any], tree: Tree | None, axis: Any, normalize: str | None, masses: tuple[str, ...],
+    applied: str | None,
+) -> Rows:
+    """Broadcast and flatten the named arrays to :class:`Rows` (any input :func:`prepare` takes)."""
     normalize = check_normalize(normalize)
     applied = check_normalize(applied)
     raw = {name: _as_array(x, name) for name, x in arrays.items()}
@@ -174,34 +257,9 @@ def prepare(
         out.append(flat)
         steps.append(step)
 
-    rows = Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree,
+    return Rows(tuple(out), tuple(steps), n_rows, batch_shape, ax, ndim, dtype, tree,
                 (None,) * len(out), tuple(raw), tuple(a.shape for a in raw.values()), mass_eps,
                 applied=applied)
-    if normalize == "softmax":
-        return _softmax_rows(rows, masses, check)
-    totals: dict[str, np.ndarray] = {}
-    if normalize is not None or (check and not defer):
-        for i, name in enumerate(raw):
-            if name not in masses:
-                if check:
-                    _check_finite(rows, i)
-                continue
-            totals[name] = _mass_totals(rows, i, check)
-        if normalize is not None:
-            for i, name in enumerate(raw):
-                if name in masses:
-                    tot = totals[name]
-                    zero = np.flatnonzero(tot <= 0)
-                    if zero.size:
-                        where = _batch_position(int(zero[0]) if out[i].shape[0] > 1 else 0, batch_shape)
-                        raise ValueError(f"{name} has zero total mass{where}: cannot normalize")
-                    out[i] = out[i] / tot.astype(dtype)[:, None]
-                    out[i].flags.writeable = False
-            kept = tuple(totals.get(name) for name in raw)
-            return rows._replace(arrays=tuple(out), totals=kept, normalize=normalize)
-        if check and len(totals) == 2:
-            _check_totals(rows, totals[masses[0]], totals[masses[1]], masses)
-    return rows
 
 
 def _check_finite(rows: Rows, i: int) -> None:
@@ -310,7 +368,8 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
                 and all(abs(a - b) <= tol * max(abs(a), abs(b)) for a, b in pairs)):
             return
     sp, sq = totals[:, 0], totals[:, 1]
-    total = totals.sum()
+    with np.errstate(over="ignore"):  # a sum beyond float64 means: read the masses again
+        total = totals.sum()
     if not (low.min() >= 0 and math.isfinite(total) and total <= np.finfo(rows.dtype).max):
         sp, sq = _mass_totals(rows, 0, True), _mass_totals(rows, 1, True)
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps
@@ -318,12 +377,36 @@ def check_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
         _check_totals(rows, sp, sq, rows.names[:2])
 
 
+_NO_GRAD = {np.dtype(t): np.zeros(0, dtype=t) for t in (np.float32, np.float64)}
+
+
+def check_kernel_stats(rows: Rows, rho: float, totals: np.ndarray, low: np.ndarray, value: np.ndarray,
+                       grad: np.ndarray | None, compiled: bool = True) -> None:
+    """:func:`check_stats` and :func:`check_result` for a value-and-gradient call.
+
+    ``grad`` is the flat gradient when it must be checked too, else None. After
+    a compiled kernel (``compiled``), one compiled pass over the statistics
+    (:func:`emdtree.kernels.checks.stats_pass`) comes first: it passes only
+    what both checks would pass, in a fraction of their NumPy calls, and
+    leaves anything else, with its message, to them. The NumPy pass of the
+    first calls of a process does not compile it.
+    """
+    if (compiled and rows.applied is None
+            and stats_pass(totals, low, value, _NO_GRAD[rows.dtype] if grad is None else grad,
+                           max(rows.tree.n_bins, 64) * rows.mass_eps, _MAX[rows.dtype])):
+        return
+    check_stats(rows, totals, low)
+    check_result(rows, rho, value, None if grad is None else grad.reshape(rows.n_rows, rows.tree.n_bins))
+
+
 def check_label_stats(rows: Rows, totals: np.ndarray, low: np.ndarray) -> None:
     """Validate p against class labels: a unit mass on one bin, so p must sum to 1."""
     if rows.n_rows == 0:
         return
     sp = totals[:, 0]
-    if not (low.min() >= 0 and math.isfinite(sp.sum())):
+    with np.errstate(over="ignore"):
+        total = sp.sum()
+    if not (low.min() >= 0 and math.isfinite(total)):
         sp = _mass_totals(rows, 0, True)
     tol = max(rows.tree.n_bins, 64) * rows.mass_eps
     off = np.abs(sp - 1.0) > tol * np.maximum(np.abs(sp), 1.0)
@@ -427,11 +510,12 @@ def _position(rows: Rows, i: int, flat_index: int) -> str:
 
 def restore_bins(flat: np.ndarray, rows: Rows) -> np.ndarray:
     """(n_rows, m) kernel output back to the input layout, the m-axis at the bin axis."""
-    out = flat.reshape(rows.batch_shape + (flat.shape[-1],))
+    shape = rows.batch_shape + (flat.shape[-1],)
+    out = flat if flat.shape == shape else flat.reshape(shape)
     return out if rows.axis == rows.ndim - 1 else np.moveaxis(out, -1, rows.axis)
 
 
 def restore_scalar(flat: np.ndarray, rows: Rows):
     """(n_rows,) kernel output to the batch shape (a NumPy scalar for one sample)."""
-    out = flat.reshape(rows.batch_shape)
+    out = flat if flat.shape == rows.batch_shape else flat.reshape(rows.batch_shape)
     return out[()] if out.ndim == 0 else out

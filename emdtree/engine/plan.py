@@ -251,6 +251,20 @@ class TreePlan:
         )
 
     @property
+    def up_runs(self) -> tuple[tuple[int, int, int], ...] | None:
+        """``node_major.up`` as runs ``(first bin, end bin, first inner index)`` of consecutive
+        indices, where there are at most 8 (a chain: 2), else None: its gather as slices."""
+        return self.converted("up_runs", self._up_runs)
+
+    def _up_runs(self) -> tuple[tuple[int, int, int], ...] | None:
+        up = self.node_major.up.astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, np.diff(up) != 1])
+        if starts.size > 8:
+            return None
+        ends = np.r_[starts[1:], up.size]
+        return tuple((int(a), int(b), int(up[a])) for a, b in zip(starts, ends))
+
+    @property
     def numpy_sums(self) -> NumpySums:
         """The :class:`NumpySums` of the NumPy pass."""
         return self.converted("numpy_sums", self._numpy_sums)

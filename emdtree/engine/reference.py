@@ -12,7 +12,11 @@ that every gather and segment sum moves whole contiguous rows of the batch
 (on a CPU, XLA gathers rows of 512 floats about 3x faster than it gathers
 columns, and scatters them 7x faster). The leaves that carry a bin need no
 sum (their phi is the bin's value); the sums run over the other, *inner*
-positions only (:class:`~emdtree.engine.plan.NodeMajor`).
+positions only (:class:`~emdtree.engine.plan.NodeMajor`). For row-major
+callers, :func:`value_grad_rows` keeps only the tree sums node-major: the
+framework-native losses, whose inputs and gradients are row-major, so pay
+two plain transposes (under XLA on a CPU, a transpose fused with arithmetic
+costs about 2.5x a plain one).
 
 Sums. With the pointer-doubling tables ``a_0 .. a_{T-1}`` of the inner
 positions in post-order (``a_t[j]`` the ``2^t``-th ancestor of ``j``, the
@@ -44,7 +48,7 @@ import numpy as np
 
 from .plan import TreePlan
 
-__all__ = ["Ops", "phi", "value_grad", "hvp", "hessian"]
+__all__ = ["Ops", "phi", "value_grad", "value_grad_rows", "hvp", "hessian"]
 
 
 class Ops(NamedTuple):
@@ -75,6 +79,19 @@ class Ops(NamedTuple):
     # (s (n_inner, rows), plan) -> sums of s over the ancestors-or-self of every inner position;
     # may overwrite s
     ancestors: Callable[[Any, TreePlan], Any] | None = None
+    # For the row-major entry (value_grad_rows): a 2-D transpose, the sum and the mean over the
+    # last axis (keeping it for the mean); None: that entry runs node-major between two transposes
+    # (or, without a transpose, is not offered)
+    transpose: Callable[[Any], Any] | None = None
+    sum1: Callable[[Any], Any] | None = None
+    mean1: Callable[[Any], Any] | None = None
+    # x itself, computed once: a compiler that fuses a chain of gathers into each of its uses
+    # recomputes every step for every element of the use (XLA: 16 reads per element of the
+    # ancestors' sums of the ImageNet tree where one is needed); None: nothing to do
+    materialize: Callable[[Any], Any] | None = None
+    # (at_bins, s, plan) -> the sums over the ancestors-or-self of every bin, (n_bins, rows), from
+    # the values at the bin rows and the inner sums s (n_inner, rows) (_ancestors); may overwrite s
+    bins_from: Callable[[Any, Any, TreePlan], Any] | None = None
 
 
 def _subtree(ops: Ops, d: Any, plan: TreePlan) -> Any:
@@ -101,31 +118,42 @@ def _ancestors(ops: Ops, at_bins: Any, inner: Any, plan: TreePlan) -> tuple[Any,
     """Sums over the ancestors-or-self of every bin, (n_bins, rows), of values at the
     bin rows (0 at inner bins) and at the non-root inner positions, (n_inner - 1, rows);
     and the sums at every inner position, (n_inner, rows)."""
-    s = ops.zero_row(inner)  # the root, last, adds nothing and ends every path
-    if ops.ancestors is not None:
-        s = ops.ancestors(s, plan)
-    else:
-        for a in ops.index(plan, "tables", s):
-            s = s + ops.take(s, a)
+    s = _ancestor_sums(ops, inner, plan)
+    if ops.bins_from is not None:
+        return ops.bins_from(at_bins, s, plan), s
     above = ops.take(s, ops.index(plan, "up", s))
     if plan.node_major.leaf_bins is None:
         return at_bins + above, s
     return above + ops.take(ops.zero_row(at_bins), ops.index(plan, "leaf_slot", s)), s
 
 
-def _edges(ops: Ops, f: Any, w: Any, rho: float) -> tuple[Any, Any]:
-    """``sum w |f|^rho`` over the rows of ``f`` and the slope ``rho w sign(f) |f|^(rho-1)``."""
+def _ancestor_sums(ops: Ops, inner: Any, plan: TreePlan) -> Any:
+    """Sums over the ancestors-or-self of every inner position, (n_inner, rows), of values at
+    the non-root inner positions, (n_inner - 1, rows)."""
+    s = ops.zero_row(inner)  # the root, last, adds nothing and ends every path
+    if ops.ancestors is not None:
+        s = ops.ancestors(s, plan)
+    else:
+        for a in ops.index(plan, "tables", s):
+            s = s + ops.take(s, a)
+    return s if ops.materialize is None else ops.materialize(s)
+
+
+def _edges(ops: Ops, f: Any, w: Any, rho: float, total: Callable | None = None) -> tuple[Any, Any]:
+    """``sum w |f|^rho`` over the rows of ``f`` (over its last axis with ``total=ops.sum1``)
+    and the slope ``rho w sign(f) |f|^(rho-1)``."""
+    total = ops.sum0 if total is None else total
     if rho == 2.0:
-        return ops.sum0(w * (f * f)), (w + w) * f
+        return total(w * (f * f)), (w + w) * f
     if rho == 1.0:
         sign = ops.sign(f)
         # |f| written as f sign(f): automatic differentiation then gives sign(0) = 0,
         # as the kernels do, where the derivative of abs at 0 may be 1
-        return ops.sum0(w * (f * sign)), w * sign
+        return total(w * (f * sign)), w * sign
     a = ops.abs(f)
     # a ** rho rather than a * a ** (rho - 1), whose derivative is 0 * inf at f = 0;
     # a ** (rho - 1) is finite and 0 there (rho > 1)
-    return ops.sum0(w * a**rho), (rho * w) * ops.sign(f) * a ** (rho - 1.0)
+    return total(w * a**rho), (rho * w) * ops.sign(f) * a ** (rho - 1.0)
 
 
 def phi(ops: Ops, d: Any, plan: TreePlan, source: Any = None) -> Any:
@@ -161,6 +189,38 @@ def value_grad(ops: Ops, d: Any, plan: TreePlan, rho: float, want_grad: bool,
         return value, None
     g, _ = _ancestors(ops, slope_b, slope_i, plan)
     return value, g - ops.mean0(g)
+
+
+def value_grad_rows(ops: Ops, d: Any, plan: TreePlan, rho: float, want_grad: bool,
+                    project: bool = True) -> tuple[Any, Any | None]:
+    """:func:`value_grad` of row-major differences ``d = p - q`` (rows, n_bins): the values,
+    (rows,), and the gradient, (rows, n_bins) (without ``project``, its mean over the
+    bins is taken out).
+
+    Only the tree sums run node-major: the bins' own edges, the gradient's
+    sum and its mean are element-wise and row-wise over ``d``, so that one
+    transpose of ``d`` goes in and one of the ancestors' sums (``n_bins`` rows
+    gathered from ``n_inner``) comes out, each a plain copy that a compiler
+    does not fuse with arithmetic (XLA on a CPU: a transposing fusion is
+    about 2.5x slower than the copy). Where the bin rows are the leaf bins
+    only (:class:`~emdtree.engine.plan.NodeMajor`: a chain), or the library
+    has no row-wise operations, :func:`value_grad` runs between transposes.
+    Needs ``ops.transpose``.
+    """
+    nm = plan.node_major
+    if nm.leaf_bins is not None or ops.sum1 is None:
+        value, grad = value_grad(ops, ops.transpose(d), plan, rho, want_grad)
+        return value, (None if grad is None else ops.transpose(grad))
+    inner = _subtree(ops, ops.transpose(d), plan)[:-1, ...]
+    bin_weight = ops.reshape(ops.constant(nm.bin_weight, d), (1, -1))
+    value_b, slope_b = _edges(ops, d, bin_weight, rho, ops.sum1)
+    value_i, slope_i = _edges(ops, inner, ops.constant(nm.inner_weight, d), rho)
+    value = value_b + value_i
+    if not want_grad:
+        return value, None
+    s = _ancestor_sums(ops, slope_i, plan)
+    g = slope_b + ops.transpose(ops.take(s, ops.index(plan, "up", s)))
+    return value, (g - ops.mean1(g) if project else g)
 
 
 def _curvature(ops: Ops, phi_: Any, cw: Any, rho: float) -> Any:

@@ -84,8 +84,9 @@ def check_normalize(normalize: Any) -> str | None:
 def check_rho(rho: Any) -> float:
     """The exponent as a Python float: a finite real number >= 1 (plain Python, so that graph
     tracers can run it)."""
-    if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, _REAL):
-        raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
+    if type(rho) is not float and type(rho) is not int:  # the common types need no isinstance
+        if isinstance(rho, (bool, np.bool_)) or not isinstance(rho, _REAL):
+            raise TypeError(f"rho must be a real number >= 1, got {rho!r}")
     value = float(rho)
     # comparisons only (no math.isfinite), so that a symbolic float of torch.compile passes
     if not (1.0 <= value < math.inf):

@@ -218,6 +218,7 @@ def emd_loss(
             # computation runs, where the kernels would see only the normalised masses
             input = _checked(input, normalize, ax - input.ndim)
     p = jnp.moveaxis(input, ax, -1)
+    logits = p
     if normalize == "softmax":
         p = jax.nn.softmax(p, axis=-1)
     elif normalize == "l1":
@@ -230,8 +231,10 @@ def emd_loss(
     if native:
         if check_inputs:
             _check_concrete(p, q, tree, rho)
-        return _jax_native.emd(p, q.astype(p.dtype) if not labels else q, resolve_tree(tree, n_bins),
-                               rho).astype(out_dtype)
+        q = q.astype(p.dtype) if not labels else q
+        if normalize == "softmax":  # the softmax and the loss under one derivative rule
+            return _jax_native.emd(logits, q, resolve_tree(tree, n_bins), rho, softmax=True).astype(out_dtype)
+        return _jax_native.emd(p, q, resolve_tree(tree, n_bins), rho).astype(out_dtype)
     return _emd(p, q, token, rho, bool(check_inputs)).astype(out_dtype)
 
 

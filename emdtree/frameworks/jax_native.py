@@ -37,6 +37,7 @@ __all__ = ["emd", "hessian_times", "is_preferred"]
 class _Native(NamedTuple):
     ops: nm.Ops
     value_grad: Callable  # (p, q, tree, rho) -> (value, grad), with the custom_jvp rule
+    softmax_value: Callable  # (z, q, tree, rho) -> value after a softmax of the logits z, with its rule
 
 
 @functools.cache
@@ -58,8 +59,11 @@ def _native() -> _Native:
     @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
     def value_grad(p, q, tree, rho):
         """Value (rows,) and dirt-conserving gradient (rows, n_bins) of 2-D ``p`` against ``q``."""
-        value, grad = nm.value_grad(ops, difference(p, q), plan_of(tree), rho, want_grad=True)
-        return value, grad.T
+        if jnp.issubdtype(q.dtype, jnp.integer):
+            d = p - (jnp.arange(p.shape[-1])[None, :] == q[:, None]).astype(p.dtype)
+        else:
+            d = p - q
+        return nm.value_grad_rows(ops, d, plan_of(tree), rho, want_grad=True)
 
     @value_grad.defjvp
     def value_grad_jvp(tree, rho, primals, tangents):
@@ -73,7 +77,33 @@ def _native() -> _Native:
         d_grad = hessian_times(lambda v: nm.hvp(ops, d, v.T, pl, rho).T, p, q, direction, rho)
         return (value, grad), (d_value, d_grad)
 
-    return _Native(ops, value_grad)
+    def softmax(z):
+        e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))
+        return e / jnp.sum(e, axis=-1, keepdims=True)
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+    def softmax_value(z, q, tree, rho):
+        """EMD^rho (rows,) of ``softmax(z)`` (rows, n_bins) against ``q``."""
+        return value_grad(softmax(z), q, tree, rho)[0]
+
+    @softmax_value.defjvp
+    def softmax_value_jvp(tree, rho, primals, tangents):
+        # One rule for the softmax and the loss: the gradient with respect to the logits is
+        # p (g - <p, g>) with g the dirt-conserving gradient (its mean over the bins drops out,
+        # as p sums to 1), formed once, rather than the loss's rule followed by the softmax's.
+        # g keeps its own rule (value_grad), so derivatives of this tangent are those of the
+        # composition.
+        z, q = primals
+        dz, dq = tangents
+        p = softmax(z)
+        value, g = value_grad(p, q, tree, rho)
+        gz = p * (g - jnp.sum(p * g, axis=-1, keepdims=True))
+        d_value = jnp.sum(gz * dz, axis=-1)
+        if jnp.issubdtype(q.dtype, jnp.floating):
+            d_value = d_value - jnp.sum(g * dq, axis=-1)
+        return value, d_value
+
+    return _Native(ops, value_grad, softmax_value)
 
 
 def hessian_times(apply: Callable, p: jax.Array, q: jax.Array, direction: jax.Array, rho: float) -> jax.Array:
@@ -122,11 +152,13 @@ def _third_marker() -> Callable:
     return marker
 
 
-def emd(p: jax.Array, q: jax.Array, tree: Tree, rho: float) -> jax.Array:
+def emd(p: jax.Array, q: jax.Array, tree: Tree, rho: float, softmax: bool = False) -> jax.Array:
     """EMD^rho of ``p`` (..., n_bins) against distributions (..., n_bins) or class indices (...).
 
     Inputs are checked by the caller; ``p`` is float32 or float64 and ``q``
-    in its dtype or integer.
+    in its dtype or integer. With ``softmax``, ``p`` holds logits, normalised
+    by a softmax over the bins: the loss and the softmax then have one
+    derivative rule (the gradient with respect to the logits in one pass).
     """
     import jax.numpy as jnp
 
@@ -134,6 +166,8 @@ def emd(p: jax.Array, q: jax.Array, tree: Tree, rho: float) -> jax.Array:
     batch = p.shape[:-1]
     p_rows = p.reshape(-1, n_bins)
     q_rows = q.reshape(-1) if jnp.issubdtype(q.dtype, jnp.integer) else q.reshape(-1, n_bins)
+    if softmax:
+        return _native().softmax_value(p_rows, q_rows, tree, rho).reshape(batch)
     value, _ = _native().value_grad(p_rows, q_rows, tree, rho)
     return value.reshape(batch)
 

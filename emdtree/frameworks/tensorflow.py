@@ -192,6 +192,7 @@ def emd_loss(
         y_pred = _checked(y_pred, normalize, ax)
     perm = [i for i in range(rank) if i != ax] + [ax]
     p = y_pred if ax == rank - 1 else tf.transpose(y_pred, perm)
+    logits = p
     if normalize == "softmax":
         p = tf.nn.softmax(p, axis=-1)
     elif normalize == "l1":
@@ -216,7 +217,11 @@ def emd_loss(
             q_rows = tf.cast(q_rows, tf.int64)
         elif not sparse:
             q_rows = tf.cast(q_rows, p_rows.dtype)
-        value = _tf_native.emd_rows(p_rows, q_rows, resolve_tree(tree, n_bins), rho, sparse)
+        if normalize == "softmax":  # the softmax and the loss under one gradient
+            value = _tf_native.emd_rows(tf.reshape(logits, [-1, n_bins]), q_rows, resolve_tree(tree, n_bins),
+                                        rho, sparse, softmax=True)
+        else:
+            value = _tf_native.emd_rows(p_rows, q_rows, resolve_tree(tree, n_bins), rho, sparse)
     else:
         value = _emd_rows(p_rows, q_rows, token, rho, check_inputs, sparse, normalize)
     value = tf.reshape(value, batch_shape)

@@ -25,11 +25,14 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["differentiable", "emd_rows", "is_preferred"]
 
 
-def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -> tf.Tensor:
+def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool,
+             softmax: bool = False) -> tf.Tensor:
     """EMD^rho of each row of ``p`` (rows, n_bins) against distributions or int64 class indices (rows,).
 
     Differentiable in ``p`` and a distribution ``q`` (the gradient with
-    respect to ``q`` is the negative of that with respect to ``p``).
+    respect to ``q`` is the negative of that with respect to ``p``). With
+    ``softmax``, ``p`` holds logits, normalised by a softmax over the bins
+    under the loss's own gradient (:func:`differentiable`).
     """
     import tensorflow as tf
 
@@ -37,12 +40,8 @@ def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -
     n_bins = tree.n_bins
 
     def forward(p, q):
-        if sparse:
-            d = tf.transpose(p) - tf.one_hot(q, n_bins, axis=0, dtype=p.dtype)
-        else:
-            d = tf.transpose(p - q)
-        value, grad = nm.value_grad(ops, d, pl, rho, want_grad=True)
-        return value, tf.transpose(grad)
+        d = p - (tf.one_hot(q, n_bins, dtype=p.dtype) if sparse else q)
+        return nm.value_grad_rows(ops, d, pl, rho, want_grad=True)
 
     def hvp(p, q, v):
         if sparse:
@@ -51,10 +50,11 @@ def emd_rows(p: tf.Tensor, q: tf.Tensor, tree: Tree, rho: float, sparse: bool) -
             d = tf.transpose(p - q)
         return tf.transpose(nm.hvp(ops, d, tf.transpose(v), pl, rho))
 
-    return differentiable(forward, hvp, rho, sparse)(p, q)
+    return differentiable(forward, hvp, rho, sparse, softmax)(p, q)
 
 
-def differentiable(forward: Callable, hvp: Callable, rho: float, sparse: bool) -> Callable:
+def differentiable(forward: Callable, hvp: Callable, rho: float, sparse: bool,
+                   softmax: bool = False) -> Callable:
     """``op(p, q)``: the values of ``forward(p, q) -> (value, grad)``, differentiable twice.
 
     The gradient with respect to ``p`` is ``d_value grad`` (the dirt-conserving
@@ -63,6 +63,14 @@ def differentiable(forward: Callable, hvp: Callable, rho: float, sparse: bool) -
     symmetric, so a nested ``tf.GradientTape`` gets :func:`emdtree.emd_hvp`,
     eagerly, in ``tf.function`` and under XLA. A third derivative is zero
     for rho = 1 and 2 and, not implemented otherwise, NaN.
+
+    With ``softmax``, ``op(z, q)`` gives the values of ``forward(softmax(z), q)``
+    for logits ``z``, the softmax and the loss under one gradient: with
+    respect to ``z`` it is ``d_value p (grad - <p, grad>)``, ``p = softmax(z)``
+    (the mean of ``grad`` over the bins drops out, as ``p`` sums to 1), in one
+    pass rather than the loss's gradient followed by the softmax's. The
+    backward recomputes ``p`` from ``z`` (XLA and graphs share it with the
+    forward's) so that a nested tape differentiates it as the composition.
     """
     import tensorflow as tf
 
@@ -84,6 +92,9 @@ def differentiable(forward: Callable, hvp: Callable, rho: float, sparse: bool) -
 
     @tf.custom_gradient
     def op(p, q):
+        z = p
+        if softmax:
+            p = tf.nn.softmax(z)
         value, grad = forward(p, q)
 
         @tf.custom_gradient
@@ -95,6 +106,11 @@ def differentiable(forward: Callable, hvp: Callable, rho: float, sparse: bool) -
             return tf.identity(grad), backward
 
         def backward(d_value):
+            if softmax:
+                p_z = tf.nn.softmax(z)
+                g = d_value[:, None] * gradient(p_z, q)
+                d_z = p_z * (g - tf.reduce_sum(p_z * g, axis=-1, keepdims=True))
+                return d_z, (None if sparse else tf.cast(-g, q.dtype))
             d_p = d_value[:, None] * gradient(p, q)
             # a float32 target beside float64 predictions keeps its dtype (its totals are checked
             # to float32's precision): its gradient comes back in it

@@ -51,3 +51,41 @@ def row_totals(x, totals):  # pragma: no cover
     if first >= 0:
         return first
     return -2 if overflow else -1
+
+
+@njit(cache=True)
+def stats_pass(totals, low, value, grad, tol, big):  # pragma: no cover
+    """Whether a value-and-gradient kernel's statistics show valid inputs and a finite result.
+
+    ``totals`` (rows, 2) holds the float64 totals of p and q, ``low`` the
+    least entries the kernel saw (clamped at 0), ``value`` and ``grad`` its
+    outputs (``grad`` empty when it need not be checked). True only when the
+    masses are non-negative, the totals finite, non-negative, agreeing to
+    ``tol`` (relative) and summing to at most ``big / 2``, and the outputs
+    finite: then the full checks (``emdtree.engine.inputs.check_stats`` and
+    ``check_result``) cannot fail, and False leaves the decision, and the
+    message, to them. The tolerance test is theirs, in the same float64
+    operations; the sum is bounded by half the dtype's range so that its
+    order of summation cannot matter.
+    """
+    for i in range(low.shape[0]):
+        if not low[i] >= 0.0:
+            return False
+    total = 0.0
+    for r in range(totals.shape[0]):
+        a = totals[r, 0]
+        b = totals[r, 1]
+        if not (a >= 0.0 and b >= 0.0 and a < np.inf and b < np.inf):
+            return False
+        total += a + b
+        if abs(a - b) > tol * max(abs(a), abs(b)):
+            return False
+    if not total <= 0.5 * big:
+        return False
+    for i in range(value.shape[0]):
+        if not np.isfinite(value[i]):
+            return False
+    for i in range(grad.shape[0]):
+        if not np.isfinite(grad[i]):
+            return False
+    return True
