@@ -16,7 +16,7 @@ import llvmlite.binding as ll
 import numpy as np
 import pytest
 
-from emdtree.kernels import lanes, simd
+from emdtree.kernels import lanes, pure, simd
 from numba import types
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,9 @@ def test_the_tiles_are_one_vector_wide():
     # each transposed tile fills whole rows of the block
     assert lanes.BLOCK % (width // 4) == 0
     assert f"{8 * width}-bit" in lanes.vector_isa()
+    # the chain scan stops at 256 bits (faster with AVX-512 too), the stand-ins follow it
+    assert lanes.CHAIN_BYTES == min(width, 32)
+    assert pure.CHAIN_BYTES == lanes.CHAIN_BYTES
 
 
 @pytest.mark.parametrize("asm, width", [

@@ -4,8 +4,8 @@ On a chain (bin ``k`` on node ``k``, parent ``k + 1``) phi is the prefix sum of
 ``p - q`` and the gradient before projection is the suffix sum of
 ``c_k = d(w_k |phi_k|^rho)/d(phi_k)``. Both are scans along the row, so the
 chain needs no transpose into a node-major buffer: each row is read in tiles
-of one vector register (:func:`~emdtree.kernels.lanes.vector_bytes`: 16 float32 lanes with
-AVX-512, 8 with AVX2), scanned inside the register by
+of at most 256 bits (``lanes.CHAIN_BYTES``: 8 float32 lanes with AVX2 and with
+AVX-512, where the 512-bit scan measured slower, 4 with 128-bit vectors), scanned inside the register by
 ``log2(lanes)`` shift-and-add steps, and offset by the running total of the
 previous tiles. Only that carry is a dependency between tiles. For ``rho = 1``
 phi is instead summed bin after bin (``phi_k = phi_(k-1) + (p_k - q_k)`` in
@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .jit import njit
-from .lanes import VECTOR_BYTES
+from .lanes import CHAIN_BYTES
 from .simd import _call, _splat_n, tile_lanes
 
 
@@ -75,7 +75,7 @@ def _make_up(power):
     def chain_up(typingctx, pf, qf, p_off, q_off, n_tiles, weight, scratch, out):
         if pf.dtype not in (types.float32, types.float64) or out.dtype != types.float64:
             raise TypeError("chain_up takes float32/float64 rows and a float64 out")
-        m = tile_lanes(pf.dtype)
+        m = CHAIN_BYTES // (4 if pf.dtype == types.float32 else 8)
         sig = types.void(pf, qf, types.intp, types.intp, types.intp, weight, scratch, out)
 
         def codegen(context, builder, signature, args):
@@ -158,7 +158,7 @@ def chain_down(typingctx, scratch, gradf, g_off, n_tiles, carry_in, tail_sum, n_
     holds those of the untiled tail), so the row sums to zero up to the
     rounding of its entries.
     """
-    m = tile_lanes(scratch.dtype)
+    m = CHAIN_BYTES // (4 if scratch.dtype == types.float32 else 8)
     sig = types.void(scratch, gradf, types.intp, types.intp, types.float64, types.float64, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -219,7 +219,7 @@ def _chain_rows(
     r0, r1, pf, qf, p_step, q_step, weight, mode, want_grad, value, gradf, totals, low,
 ):  # pragma: no cover
     n = weight.shape[0]
-    m = VECTOR_BYTES // pf.itemsize
+    m = CHAIN_BYTES // pf.itemsize
     n_tiles = n // m
     tail = n_tiles * m
     scratch = np.empty(n, dtype=pf.dtype)

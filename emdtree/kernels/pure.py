@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lanes import BLOCK, VECTOR_BYTES
+from .lanes import BLOCK, CHAIN_BYTES, VECTOR_BYTES
 
 
 def row_add(buf, dst, src):
@@ -75,7 +75,7 @@ def tile_stats(xf, off, n_tiles, out):
 
 def _chain_up(power):
     def chain_up(pf, qf, p_off, q_off, n_tiles, weight, scratch, out):
-        n = n_tiles * (VECTOR_BYTES // pf.itemsize)
+        n = n_tiles * (CHAIN_BYTES // pf.itemsize)
         a, b = pf[p_off:p_off + n], qf[q_off:q_off + n]
         phi = np.zeros(n, dtype=pf.dtype)
         acc = pf.dtype.type(0)
@@ -101,7 +101,7 @@ chain_up_sq, chain_up_abs = _chain_up(2), _chain_up(1)
 
 
 def chain_down(scratch, gradf, g_off, n_tiles, carry_in, tail_sum, n_bins):
-    n = n_tiles * (VECTOR_BYTES // scratch.itemsize)
+    n = n_tiles * (CHAIN_BYTES // scratch.itemsize)
     g = np.cumsum(scratch[:n][::-1].astype(np.float64))[::-1] + carry_in
     gradf[g_off:g_off + n] = g
     mean = (float(gradf[g_off:g_off + n].astype(np.float64).sum()) + tail_sum) / n_bins
