@@ -151,8 +151,10 @@ def emd_loss(
         twice: ``jax.hessian`` gives :func:`emdtree.emd_hessian`. ``"auto"``
         picks the native path for arrays on an accelerator or over several
         devices (inside a trace: when the default backend is not the CPU or
-        there are several devices), the callback otherwise, where it is
-        faster.
+        there are several devices), the callback otherwise, which checks the
+        inputs under ``jit`` too (the native path cannot raise there). On one
+        CPU thread the native path can be the faster one (ImageNet tree,
+        512 x 1000 logits: 2.6 ms against 4.5 ms): ``"native"`` chooses it.
 
     Returns
     -------
