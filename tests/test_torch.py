@@ -303,3 +303,28 @@ def test_frameworks_load_lazily_and_name_their_extra():
         "        raise AssertionError(name)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("n_bins", [5, 3000])  # a small chain runs as torch operations, a large one on the kernels
+def test_eager_forward_mode_is_refused_or_exact_never_dropped(requires_grad, n_bins):
+    import torch.autograd.forward_ad as fwAD
+
+    gen = torch.Generator().manual_seed(0)
+    tree = emdtree.Tree.chain(n_bins)
+    x = torch.randn(64, n_bins, generator=gen, dtype=torch.float64)
+    q = torch.softmax(torch.randn(64, n_bins, generator=gen, dtype=torch.float64), -1)
+    v = torch.randn(64, n_bins, generator=gen, dtype=torch.float64)
+    for loss, inp in [(EMDLoss(tree, rho=2, normalize="softmax"), x),
+                      (EMDLoss(tree, rho=2), torch.softmax(x, -1))]:
+        want = torch.func.jvp(lambda a, loss=loss: loss(a, q), (inp,), (v,))[1]
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(inp.clone().requires_grad_(requires_grad), v)
+            try:
+                out = loss(dual, q)
+            except NotImplementedError as e:
+                assert "torch.func.jvp" in str(e)
+                continue
+            tangent = fwAD.unpack_dual(out).tangent
+        assert tangent is not None
+        torch.testing.assert_close(tangent, want)

@@ -365,6 +365,19 @@ def _eager(*tensors: Tensor) -> bool:
                 or _dispatch_mode() is not None or torch.overrides.has_torch_function(tensors))
 
 
+def _refuse_dual(*tensors: Tensor) -> None:
+    """Eager forward-mode AD (``torch.autograd.forward_ad``) has no rule in the kernels' operators:
+    say so rather than drop the tangent. ``torch.func.jvp`` and ``jacfwd`` have one."""
+    from torch.autograd import forward_ad
+
+    if forward_ad._current_level < 0:
+        return
+    if any(forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            "emdtree's torch losses have no forward-mode derivative through torch.autograd.forward_ad: "
+            "use torch.func.jvp or torch.func.jacfwd, or reverse mode (backward, torch.func.grad)")
+
+
 def _call(p: Tensor, q: Tensor, token: int, rho: float, check: bool, applied: str, fused: str = "") -> Tensor:
     """EMD^rho of each row of 2-D ``p`` through the operator that fits the mode: the
     ``autograd.Function`` under ``torch.func``, value and gradient when a gradient is wanted.
@@ -372,11 +385,12 @@ def _call(p: Tensor, q: Tensor, token: int, rho: float, check: bool, applied: st
     With ``fused`` (a reduction), ``p`` holds logits and :class:`_SoftmaxEMD` takes their
     softmax and returns the reduced loss (an eager CPU call that wants a gradient).
     """
-    if fused:
-        return _SoftmaxEMD.apply(p, q, token, rho, check, applied, fused)
     if _torch_func.transforms_active():
         function = _torch_func.emd_function(_value_grad_op, _hvp_op, _fold)
         return function.apply(p, q, token, rho, check, applied)[0]
+    _refuse_dual(p, q)
+    if fused:
+        return _SoftmaxEMD.apply(p, q, token, rho, check, applied, fused)
     if torch.is_grad_enabled() and (p.requires_grad or q.requires_grad):
         return _value_grad_op(p, q, token, rho, check, applied)[0]
     if p.device.type == "cpu" and _eager(p, q):
