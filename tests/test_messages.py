@@ -166,6 +166,50 @@ def test_bfloat16_masses_with_unequal_totals_are_named():
         emdtree.emd(np.array([[np.nan, 1, 0, 0]], dtype=ml_dtypes.bfloat16), p)
 
 
+def _bf16_rows(ml_dtypes, n_rows, n_bins, seed):
+    """bfloat16 distributions whose totals are 1 only to bfloat16's precision."""
+    x = np.random.default_rng(seed).random((n_rows, n_bins))
+    x = (x / x.sum(axis=1, keepdims=True)).astype(ml_dtypes.bfloat16)
+    assert np.abs(x.astype(np.float64).sum(axis=1) - 1).max() > 1e-4  # beyond float32's tolerance
+    return x
+
+
+def test_bfloat16_pairwise_metrics_and_unifrac_are_computed_in_float32():
+    # they were refused ("X must hold real numbers, got dtype bfloat16") while emd() computed them
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    tree = emdtree.Tree.from_newick(_TREE)
+    x = _bf16_rows(ml_dtypes, 9, tree.n_bins, 2)
+    x32 = x.astype(np.float32)  # the same values, exactly
+    D = emdtree.pairwise(x, tree=tree)
+    assert D.dtype == np.float32
+    np.testing.assert_array_equal(D, emdtree.pairwise(x32, tree=tree, check_inputs=False))
+    with pytest.raises(ValueError, match="equal total mass"):
+        emdtree.pairwise(x32, tree=tree)  # float32's tolerance: the bfloat16 check is bfloat16's
+    labels = np.arange(9) % tree.n_bins
+    want = emdtree.emd(x, np.eye(tree.n_bins)[labels], tree).astype(np.float64).mean()
+    assert emdtree.metrics.mean_emd(x, labels, tree) == pytest.approx(want, rel=1e-6)
+    report = emdtree.metrics.report(x, labels, tree, ks=(1, 2))
+    assert report["accuracy@1"] == emdtree.metrics.topk_accuracy(x32, labels, 1)
+    assert report["mean_emd"] == pytest.approx(want, rel=1e-6)
+    np.testing.assert_array_equal(emdtree.weighted_unifrac(x * 8, tree),
+                                  emdtree.weighted_unifrac(x32 * 8, tree))
+    with pytest.raises(ValueError, match=r"pred\[\d\] sums to 2"):
+        emdtree.metrics.mean_emd(x * 2, labels, tree)
+
+
+def test_bfloat16_on_dask_is_computed_in_float32():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    da = pytest.importorskip("dask.array")
+    tree = emdtree.Tree.from_newick(_TREE)
+    x = _bf16_rows(ml_dtypes, 9, tree.n_bins, 3)
+    lazy = da.from_array(x, chunks=(4, -1))
+    np.testing.assert_allclose(emdtree.pairwise(lazy, tree=tree).compute(scheduler="sync"),
+                               emdtree.pairwise(x, tree=tree), rtol=1e-6, atol=1e-7)
+    labels = np.arange(9) % tree.n_bins
+    assert emdtree.metrics.mean_emd(lazy, labels, tree) == pytest.approx(
+        emdtree.metrics.mean_emd(x, labels, tree), rel=1e-6)
+
+
 def test_names_that_differ_in_unicode_normalisation_are_told_apart(tmp_path, capsys):
     import unicodedata
 

@@ -38,7 +38,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..engine import driver as _driver, tiers as _tiers
+from ..engine import driver as _driver, semantics, tiers as _tiers
 from ..engine.inputs import check_rho, reject_masked, working_dtype
 from ..kernels import cpu
 from ..kernels import pairwise as kernels
@@ -68,7 +68,7 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {arr.shape}")
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not semantics.narrow_float(arr.dtype):  # bfloat16: in float32
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr if axis == 1 else arr.T
 
@@ -183,8 +183,9 @@ def pairwise(
     -------
     ndarray or dask.array.Array
         ``(n, m)``, or ``(n, n)`` when ``Y`` is None, or ``(n (n - 1) / 2,)``
-        with ``condensed=True``; float32 when every input is float32, else
-        float64. A dask array when ``X`` or ``Y`` is one: blocked by the
+        with ``condensed=True``; float32 when every input is float32 (or a
+        float of two bytes or less: float16, bfloat16, whose totals are
+        checked to their own precision), else float64. A dask array when ``X`` or ``Y`` is one: blocked by the
         row blocks of ``X`` and ``Y``, each row block transformed once and,
         for ``Y=None``, each pair of blocks computed once (the blocks below
         the diagonal are transposes); input errors are raised when it is
@@ -283,7 +284,7 @@ def _pairs(xs: np.ndarray, ys: np.ndarray | None, ax: int, dtype: np.dtype, tree
                                  cold, row_threads)))
     if check_inputs and normalize is None:
         inputs = [xs] if ys is None else [xs, ys]
-        mass_eps = max(float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps) for a in inputs)
+        mass_eps = max(semantics.float_eps(a.dtype) for a in inputs)
         _check_equal_totals(parts, n_bins, mass_eps, ax)
     low = np.minimum.reduce([rows.low for _, rows in parts])
     high = np.maximum.reduce([rows.high for _, rows in parts])

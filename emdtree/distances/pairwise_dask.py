@@ -209,7 +209,7 @@ def _as_samples(x: Any, name: str, axis: int, rows: int | None):
         x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {tuple(x.shape)}")
-    if np.dtype(x.dtype).kind not in "biuf":
+    if np.dtype(x.dtype).kind not in "biuf" and not semantics.narrow_float(x.dtype):  # bfloat16: float32
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     lazy = x if isinstance(x, da.Array) else da.from_array(x, chunks=(rows or "auto", -1))
     if axis == 0:
@@ -238,8 +238,7 @@ def pairwise_dask(X: Any, Y: Any, tree: Tree | None, rho: float, normalize: str 
 
     positions, scale = _columns(tree, rho)
     inputs = [xs] if ys is None else [xs, ys]
-    mass_eps = max(float(np.finfo(a.dtype if np.dtype(a.dtype).kind == "f" else np.float64).eps)
-                   for a in inputs)
+    mass_eps = max(semantics.float_eps(a.dtype) for a in inputs)
     token = tokenize(xs.name, None if ys is None else ys.name, rho, normalize, check_inputs, axis,
                      tree.layout.parent, tree.layout.weight, tree.layout.bin_at)
     t0_key = None

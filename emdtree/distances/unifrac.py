@@ -82,6 +82,7 @@ def _check_counts(counts: Any, tree: Tree) -> Any:
     if not _is_dask(counts):
         reject_masked(counts, "counts")
         counts = counts if isinstance(counts, np.ndarray) else np.asarray(counts)
+    counts = semantics.widened(counts)  # bfloat16 and the like: computed in float32
     if counts.ndim != 2:
         raise ValueError(f"counts must be a 2-D array (n_samples, n_bins), got shape {tuple(counts.shape)}")
     if np.dtype(counts.dtype).kind not in "biuf":

@@ -113,6 +113,12 @@ def narrow_float(dtype: Any) -> bool:
             and dtype.name.startswith(("bfloat", "float")))
 
 
+def widened(arr: Any) -> Any:
+    """``arr`` cast to float32 where it holds floats of ``ml_dtypes`` (bfloat16, float8, ...), which
+    NumPy stores but does not compute in; any other array as it is (dask arrays stay lazy)."""
+    return arr.astype(np.float32) if narrow_float(arr.dtype) else arr
+
+
 def float_eps(dtype: Any) -> float:
     """Machine epsilon of a mass dtype: its own for floats (``ml_dtypes``' included), float64's for
     integers."""

@@ -9,6 +9,7 @@ from ..engine import driver as _driver
 from .._api import emd
 from ..kernels.ranking import rank_top_k, rank_top_k_parallel
 from ..engine.labels import value_grad_labels
+from ..engine.semantics import float_eps, narrow_float
 from .inputs import explain_masses
 from ..engine.threads import parallel_launch, usable_threads
 from ..trees.tree import Tree
@@ -28,7 +29,7 @@ def chunk_emd(pred: np.ndarray, target: np.ndarray, is_labels: bool, start: int,
             q = _one_hot(target, pred.shape[1], dtype) if is_labels else target
             value = emd(pred, q, tree, rho, normalize=normalize)
     except ValueError:
-        eps = float(np.finfo(dtype).eps)
+        eps = max(float(np.finfo(dtype).eps), float_eps(pred.dtype))
         explain_masses(pred, None if is_labels else np.asarray(target), start, eps, normalize)
         raise
     return np.asarray(value, dtype=np.float64).reshape(-1)
@@ -44,7 +45,7 @@ def _labels_direct(pred_dtype: np.dtype, tree: Tree | None, rho: float) -> bool:
     take the chain kernel, whose float32 error is about a third of the tree
     kernel's on a 1000-bin chain.
     """
-    if pred_dtype.kind == "f" and pred_dtype not in (np.float32, np.float64):
+    if pred_dtype not in (np.float32, np.float64) and (pred_dtype.kind == "f" or narrow_float(pred_dtype)):
         return False
     if rho in (1.0, 2.0) and (tree is None or tree._is_canonical_chain):
         return False
@@ -59,7 +60,8 @@ def _one_hot(labels: np.ndarray, n_bins: int, dtype: np.dtype) -> np.ndarray:
 
 def ranks(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(rank of each label, (m, k) best classes)`` of a chunk, through the kernel."""
-    dtype = np.float32 if scores.dtype.kind == "f" and scores.dtype.itemsize <= 4 else np.float64
+    narrow = narrow_float(scores.dtype) or (scores.dtype.kind == "f" and scores.dtype.itemsize <= 4)
+    dtype = np.float32 if narrow else np.float64
     x = np.ascontiguousarray(scores, dtype=dtype).view()
     y = np.ascontiguousarray(labels, dtype=np.int64).view()
     x.flags.writeable = y.flags.writeable = False  # one specialisation whatever the caller's flags

@@ -27,7 +27,9 @@ def host(x: Any, name: str = "input") -> Any:
     if is_dask(x):
         return x
     if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        # NumPy has no bfloat16: in float32, as emdtree.emd takes such tensors
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
     reject_masked(x, name)
     return np.asarray(x)
 
@@ -41,7 +43,7 @@ def is_dask(x: Any) -> bool:
 def check_scores(pred: Any, name: str = "pred") -> None:
     if pred.ndim != 2:
         raise ValueError(f"{name} must have shape (n_samples, n_bins), got shape {tuple(pred.shape)}")
-    if np.dtype(pred.dtype).kind not in "biuf":
+    if np.dtype(pred.dtype).kind not in "biuf" and not semantics.narrow_float(pred.dtype):
         raise TypeError(f"{name} must hold real numbers, got dtype {pred.dtype}")
     if pred.shape[1] == 0:
         raise ValueError(f"{name} has no bins (shape {tuple(pred.shape)})")
@@ -72,7 +74,7 @@ def check_target(pred: Any, target: Any) -> bool:
             f"target must be class indices of shape ({pred.shape[0]},) or distributions of pred's shape "
             f"{tuple(pred.shape)}, got shape {tuple(target.shape)}"
         )
-    if np.dtype(target.dtype).kind not in "biuf":
+    if np.dtype(target.dtype).kind not in "biuf" and not semantics.narrow_float(target.dtype):
         raise TypeError(f"target must hold real numbers, got dtype {target.dtype}")
     return False
 
