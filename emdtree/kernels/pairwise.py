@@ -15,7 +15,11 @@ four rows of ``x`` and four of ``y`` in registers, so each loaded value
 serves four pairs (3 x 3 in super tiles of 66 where the code has 16 vector
 registers, as with AVX2: see ``MICRO``). The column loop of a micro tile is a sum of independent
 lanes that LLVM vectorises (``fastmath`` reassociation is allowed for these
-sums only). Chunk sums are formed in the working dtype and added to float64
+sums only: one compiled micro tile serves the serial and the parallel kernel).
+The pairs outside micro tiles, the row sums and the direct sums go through
+:func:`_single`, whose eight lanes are written out: it is compiled for several
+argument types (a parallel loop's index is unsigned), and with reassociation
+each compilation could choose its own order. Chunk sums are formed in the working dtype and added to float64
 accumulators, so the rounding error grows with ``CHUNK + n_cols / CHUNK``.
 
 Work items are super tiles (for a square matrix only those on or above the
