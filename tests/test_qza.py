@@ -171,6 +171,35 @@ def test_cli_dask_path(tmp_path, capsys):
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
 
 
+def test_cli_reads_a_feature_table_by_blocks(tmp_path, capsys, monkeypatch):
+    # an EMP-size artifact made dense as a whole would not fit in memory: with dask installed the
+    # table is read as .biom files are, the sparse matrix once and its rows a block at a time
+    pytest.importorskip("dask.array")
+    from emdtree.formats import io as formats_io
+    from emdtree.formats.lazy_tables import _BiomRows
+
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(1.0, (9, 3)) + (np.arange(3) == 0)
+    samples = [f"x{i}" for i in range(9)]
+    table = make_artifact(tmp_path / "big.qza", "FeatureTable[Frequency]",
+                          {"feature-table.biom": biom_bytes(tmp_path, counts, samples)})
+    blocks = []
+    monkeypatch.setattr(_BiomRows, "__getitem__",
+                        lambda self, index, _f=_BiomRows.__getitem__: blocks.append(_f(self, index).shape)
+                        or _f(self, index))
+    monkeypatch.setattr(formats_io.Table, "__init__", None)  # no whole table in memory
+    code, out, err = run(["unifrac", table, "--tree", tree_qza(tmp_path), "-o", "-", "--block-size", "4"],
+                         capsys)
+    assert code == 0, err
+    assert blocks and max(rows for rows, _ in blocks) <= 4
+    ids = out.splitlines()[0].split("\t")[1:]
+    values = np.array([line.split("\t")[1:] for line in out.splitlines()[1:]], dtype=float)
+    assert ids == samples
+    monkeypatch.undo()
+    want = emdtree.weighted_unifrac(emdtree.io.read_table(table), Tree.from_newick(NEWICK))
+    np.testing.assert_allclose(values, want, rtol=1e-13, atol=1e-15)
+
+
 def test_cli_errors(tmp_path, capsys, monkeypatch):
     table = table_qza(tmp_path)
     unrooted = tree_qza(tmp_path, "unrooted.qza", "Phylogeny[Unrooted]")

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..formats.lazy_tables import LAZY_SUFFIXES
+from ..formats.lazy_tables import LAZY_SUFFIXES, SPARSE_SUFFIXES
 
 
 class _Input(ValueError):
@@ -29,15 +29,16 @@ class _Input(ValueError):
 def wanted(args) -> bool:
     """Whether ``emdtree pairwise`` or ``emdtree unifrac`` takes the dask path for these arguments.
 
-    A BIOM table needs only the ``biom`` extra: it is read by blocks when dask
-    is installed, and in memory otherwise (the same matrix).
+    A BIOM table or a QIIME 2 feature table (``.qza``) needs only the ``biom``
+    extra: it is read by blocks when dask is installed (never made dense as a
+    whole), and in memory otherwise (the same matrix).
     """
     table = str(args.table).rstrip("/\\").lower()
     if getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None:
         return True
     if _is_zarr(args.output):
         return True
-    if table.endswith(".biom"):
+    if table.endswith(SPARSE_SUFFIXES):
         return _has_dask()
     return table.endswith(LAZY_SUFFIXES)
 

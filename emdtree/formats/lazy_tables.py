@@ -1,12 +1,13 @@
-"""Count tables as dask arrays chunked by samples: Zarr, HDF5 and BIOM files.
+"""Count tables as dask arrays chunked by samples: Zarr, HDF5, BIOM files and QIIME 2 feature tables.
 
 A table that does not fit in memory stays on disk; each task reads the rows
 of its block (the workers of a cluster open the file themselves, so it must be
 on storage they share). Layout of a Zarr group or HDF5 file: an array
 ``counts`` of shape ``(n_samples, n_features)`` (``transpose`` for one
 feature per row), and optionally 1-D string arrays ``sample_ids`` and
-``feature_names``. BIOM files (sparse, HDF5 or JSON) are read once into a
-sparse matrix; each block is made dense when a task needs it. Other formats
+``feature_names``. BIOM files (sparse, HDF5 or JSON) and QIIME 2
+``FeatureTable`` artifacts (``.qza``, a BIOM table in a zip archive) are read
+once into a sparse matrix; each block is made dense when a task needs it. Other formats
 are read by :func:`emdtree.io.read_table` and chunked in memory.
 """
 
@@ -20,7 +21,9 @@ import numpy as np
 
 from ..trees.tree import Tree
 
-LAZY_SUFFIXES = (".zarr", ".h5", ".hdf5", ".biom")
+LAZY_SUFFIXES = (".zarr", ".h5", ".hdf5", ".biom", ".qza")
+#: Sparse tables: read by blocks where dask is installed, else in memory (the same matrix).
+SPARSE_SUFFIXES = (".biom", ".qza")
 
 
 class _HDF5Rows:
@@ -38,7 +41,8 @@ class _HDF5Rows:
 
 
 class _BiomRows:
-    """Rows (samples) of a BIOM table, loaded once per process, made dense block by block."""
+    """Rows (samples) of a BIOM table or feature-table artifact, loaded once per process, made dense
+    block by block."""
 
     _cache: dict[str, Any] = {}
 
@@ -62,6 +66,11 @@ class _BiomRows:
 
 
 def _load_biom(path: str) -> tuple[list[str], list[str], Any]:
+    """Sample ids, feature ids and the sparse (samples, features) counts of a ``.biom`` or ``.qza`` table."""
+    if path.lower().endswith(".qza"):
+        from . import qiime
+
+        return qiime.read_table_artifact(path)
     try:
         import biom
     except ImportError:
@@ -141,8 +150,9 @@ def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int, dr
     Parameters
     ----------
     path : str or path-like
-        A ``.zarr`` group, an ``.h5`` / ``.hdf5`` file, a ``.biom`` table,
-        or any table :func:`emdtree.io.read_table` reads.
+        A ``.zarr`` group, an ``.h5`` / ``.hdf5`` file, a ``.biom`` table, a
+        QIIME 2 feature-table artifact (``.qza``), or any table
+        :func:`emdtree.io.read_table` reads.
     tree : Tree
         The tree whose tip names the feature names are matched to.
     block_rows : int
@@ -150,7 +160,7 @@ def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int, dr
     drop_missing : bool, default False
         Leave out features that are not bins of the tree (else an error).
     transpose : bool, default False
-        The stored counts have one feature per row (not for BIOM).
+        The stored counts have one feature per row (not for BIOM and ``.qza``).
 
     Returns
     -------
@@ -173,9 +183,10 @@ def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int, dr
             raise ValueError(f"the counts in {text!r} must be numbers, got dtype {counts.dtype}")
         if transpose:  # the names keep their meaning: only the counts are stored the other way
             counts = counts.T
-    elif suffix == ".biom":
+    elif suffix in SPARSE_SUFFIXES:
         if transpose:
-            raise ValueError("a BIOM file carries its orientation: do not pass transpose")
+            what = "a BIOM file" if suffix == ".biom" else "a QIIME 2 artifact"
+            raise ValueError(f"{what} carries its orientation: do not pass transpose")
         if not os.path.isfile(text):
             raise FileNotFoundError(f"no such table: {text!r}")
         ids, features, matrix = _load_biom(text)
