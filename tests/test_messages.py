@@ -210,6 +210,22 @@ def test_bfloat16_on_dask_is_computed_in_float32():
         emdtree.metrics.mean_emd(x, labels, tree), rel=1e-6)
 
 
+def test_scipy_sparse_tables_are_taken_or_named():
+    # they were read as 0-d object arrays: "X must be a 2-D array (n_samples, n_bins), got shape ()"
+    sparse = pytest.importorskip("scipy.sparse")
+    tree = emdtree.Tree.from_newick(_TREE)
+    dense = np.random.default_rng(4).poisson(1.0, (7, tree.n_bins)) + np.eye(7, tree.n_bins, dtype=int)
+    for kind in (sparse.csr_matrix, sparse.csc_array):
+        X = kind(dense)
+        np.testing.assert_array_equal(emdtree.weighted_unifrac(X, tree), emdtree.weighted_unifrac(dense, tree))
+        np.testing.assert_array_equal(emdtree.pairwise(X, X[:3], tree=tree, normalize="l1"),
+                                      emdtree.pairwise(dense, dense[:3], tree=tree, normalize="l1"))
+        with pytest.raises(TypeError, match=r"pred is a SciPy sparse matrix: pass pred.toarray\(\)"):
+            emdtree.metrics.mean_emd(X, np.zeros(7, dtype=int), tree, normalize="l1")
+    with pytest.raises(TypeError, match="X of type builtins.object is not an array emdtree understands"):
+        emdtree.pairwise(object(), tree=tree)
+
+
 def test_names_that_differ_in_unicode_normalisation_are_told_apart(tmp_path, capsys):
     import unicodedata
 

@@ -65,7 +65,7 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{name} is a GPU array; pairwise takes host arrays")
     reject_masked(x, name)
-    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    arr = x if isinstance(x, np.ndarray) else semantics.host_rows(x, name, sparse=True)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {arr.shape}")
     if arr.dtype.kind not in "biuf" and not semantics.narrow_float(arr.dtype):  # bfloat16: in float32
@@ -133,7 +133,7 @@ def pairwise(
         A ``numpy.memmap`` is read in blocks of rows, never whole. A dask
         array (for ``X`` or ``Y``) gives a lazy dask array of the same
         distances, computed block by block on the active scheduler (see
-        :doc:`/scaling`).
+        :doc:`/scaling`). A SciPy sparse matrix is made dense.
     Y : array_like, shape (m, n_bins), optional
         Second set of samples. When None, the square matrix between the
         samples of ``X``: each pair is computed once and mirrored, so the

@@ -81,7 +81,7 @@ def _check_counts(counts: Any, tree: Tree) -> Any:
         raise TypeError("counts is a GPU array; weighted_unifrac takes host arrays")
     if not _is_dask(counts):
         reject_masked(counts, "counts")
-        counts = counts if isinstance(counts, np.ndarray) else np.asarray(counts)
+        counts = counts if isinstance(counts, np.ndarray) else semantics.host_rows(counts, "counts", sparse=True)
     counts = semantics.widened(counts)  # bfloat16 and the like: computed in float32
     if counts.ndim != 2:
         raise ValueError(f"counts must be a 2-D array (n_samples, n_bins), got shape {tuple(counts.shape)}")
@@ -129,7 +129,8 @@ def weighted_unifrac(
         :func:`emdtree.io.read_table` returns), whose features are matched
         to the tree's bin names. A ``numpy.memmap`` is read in blocks of
         rows. A dask array gives a lazy dask array, as
-        :func:`emdtree.pairwise` does.
+        :func:`emdtree.pairwise` does. A SciPy sparse matrix is made dense
+        (for tables too large for that, a dask array of row blocks).
     tree : Tree
         The phylogeny: branch lengths are the edge costs (a branch length on
         the root is ignored, as emdtree trees have no edge above the root).

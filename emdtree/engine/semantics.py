@@ -119,6 +119,26 @@ def widened(arr: Any) -> Any:
     return arr.astype(np.float32) if narrow_float(arr.dtype) else arr
 
 
+def is_scipy_sparse(x: Any) -> bool:
+    """Whether ``x`` is a SciPy sparse matrix or array."""
+    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "toarray")
+
+
+def host_rows(x: Any, name: str, sparse: bool = False) -> np.ndarray:
+    """``x`` as a NumPy array, or a ``TypeError`` naming ``name`` for what NumPy would turn into a
+    0-d object array; SciPy sparse matrices made dense where ``sparse``, else refused by name."""
+    if is_scipy_sparse(x):
+        if sparse:
+            return x.toarray()
+        raise TypeError(f"{name} is a SciPy sparse matrix: pass {name}.toarray() (emdtree.pairwise and "
+                        "emdtree.weighted_unifrac take sparse tables as they are)")
+    arr = np.asarray(x)
+    if arr.dtype == object and arr.ndim == 0:
+        raise TypeError(f"{name} of type {type(x).__module__}.{type(x).__qualname__} is not an array "
+                        "emdtree understands")
+    return arr
+
+
 def float_eps(dtype: Any) -> float:
     """Machine epsilon of a mass dtype: its own for floats (``ml_dtypes``' included), float64's for
     integers."""

@@ -31,7 +31,7 @@ def host(x: Any, name: str = "input") -> Any:
         # NumPy has no bfloat16: in float32, as emdtree.emd takes such tensors
         return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
     reject_masked(x, name)
-    return np.asarray(x)
+    return semantics.host_rows(x, name)
 
 
 def is_dask(x: Any) -> bool:
