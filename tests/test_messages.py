@@ -217,7 +217,8 @@ def test_scipy_sparse_tables_are_taken_or_named():
     dense = np.random.default_rng(4).poisson(1.0, (7, tree.n_bins)) + np.eye(7, tree.n_bins, dtype=int)
     for kind in (sparse.csr_matrix, sparse.csc_array):
         X = kind(dense)
-        np.testing.assert_array_equal(emdtree.weighted_unifrac(X, tree), emdtree.weighted_unifrac(dense, tree))
+        np.testing.assert_array_equal(emdtree.weighted_unifrac(X, tree),
+                                      emdtree.weighted_unifrac(dense, tree))
         np.testing.assert_array_equal(emdtree.pairwise(X, X[:3], tree=tree, normalize="l1"),
                                       emdtree.pairwise(dense, dense[:3], tree=tree, normalize="l1"))
         with pytest.raises(TypeError, match=r"pred is a SciPy sparse matrix: pass pred.toarray\(\)"):

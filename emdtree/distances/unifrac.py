@@ -81,7 +81,8 @@ def _check_counts(counts: Any, tree: Tree) -> Any:
         raise TypeError("counts is a GPU array; weighted_unifrac takes host arrays")
     if not _is_dask(counts):
         reject_masked(counts, "counts")
-        counts = counts if isinstance(counts, np.ndarray) else semantics.host_rows(counts, "counts", sparse=True)
+        if not isinstance(counts, np.ndarray):
+            counts = semantics.host_rows(counts, "counts", sparse=True)
     counts = semantics.widened(counts)  # bfloat16 and the like: computed in float32
     if counts.ndim != 2:
         raise ValueError(f"counts must be a 2-D array (n_samples, n_bins), got shape {tuple(counts.shape)}")
