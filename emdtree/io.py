@@ -11,10 +11,14 @@ come as Newick, saved :class:`~emdtree.Tree` files or QIIME 2
     table = emdtree.io.read_table("table.qza")
     D = emdtree.weighted_unifrac(table, tree)
     emdtree.io.write_matrix("distances.tsv", D, table.sample_ids)
+
+A table too large to hold dense (the Earth Microbiome Project's size) is
+opened as a dask array of sample blocks with :func:`open_counts` instead.
 """
 
 from __future__ import annotations
 
+from .formats.lazy_tables import open_counts
 from .formats.io import (
     Table,
     Matrix,
@@ -33,12 +37,13 @@ __all__ = [
     "read_table",
     "match_features",
     "load_counts",
+    "open_counts",
     "write_matrix",
     "read_matrix",
 ]
 
 # the objects answer to their public module: pickles, reprs, Keras configs and the docs
 for _name in __all__:
-    if getattr(globals()[_name], "__module__", None) == "emdtree.formats.io":
+    if str(getattr(globals()[_name], "__module__", "")).startswith("emdtree.formats."):
         globals()[_name].__module__ = __name__
 del _name

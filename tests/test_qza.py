@@ -200,6 +200,30 @@ def test_cli_reads_a_feature_table_by_blocks(tmp_path, capsys, monkeypatch):
     np.testing.assert_allclose(values, want, rtol=1e-13, atol=1e-15)
 
 
+def test_open_counts_gives_sample_blocks_of_any_table(tmp_path):
+    da = pytest.importorskip("dask.array")
+    tree = Tree.from_newick(NEWICK)
+    qza = table_qza(tmp_path)
+    (tmp_path / "t.biom").write_bytes(biom_bytes(tmp_path))
+    text = tmp_path / "t.tsv"
+    text.write_text("sample\t" + "\t".join(FEATURES) + "\n" + "".join(
+        f"{s}\t" + "\t".join(str(int(c)) for c in row) + "\n" for s, row in zip(SAMPLES, COUNTS)))
+    ids, want = emdtree.io.load_counts(qza, tree)
+    for path in (qza, tmp_path / "t.biom", text):
+        got_ids, counts = emdtree.io.open_counts(path, tree, block_rows=2)
+        assert isinstance(counts, da.Array) and counts.chunks == ((2, 1), (tree.n_bins,))
+        assert got_ids == ids == SAMPLES
+        np.testing.assert_array_equal(counts.compute(scheduler="sync"), want)
+        np.testing.assert_allclose(emdtree.weighted_unifrac(counts, tree).compute(scheduler="sync"),
+                                   emdtree.weighted_unifrac(want, tree), rtol=1e-13, atol=1e-15)
+    assert emdtree.io.open_counts(qza, tree)[1].chunks[0] == (3,)  # the default block: every sample here
+    with pytest.raises(ValueError, match="block_rows must be a positive integer, got 0"):
+        emdtree.io.open_counts(qza, tree, block_rows=0)
+    with pytest.raises(ValueError, match="a QIIME 2 artifact carries its orientation"):
+        emdtree.io.open_counts(qza, tree, transpose=True)
+    assert emdtree.io.open_counts.__module__ == "emdtree.io"
+
+
 def test_cli_errors(tmp_path, capsys, monkeypatch):
     table = table_qza(tmp_path)
     unrooted = tree_qza(tmp_path, "unrooted.qza", "Phylogeny[Unrooted]")

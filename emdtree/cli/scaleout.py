@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..formats.lazy_tables import LAZY_SUFFIXES, SPARSE_SUFFIXES
+from ..formats.lazy_tables import LAZY_SUFFIXES, SPARSE_SUFFIXES, default_block_rows
 
 
 class _Input(ValueError):
@@ -69,12 +69,6 @@ def _is_zarr(path: str) -> bool:
 
 #: Seconds to wait for the scheduler of ``--scheduler`` to answer.
 CONNECT_TIMEOUT_S = 5.0
-
-
-def default_block_rows(n_nodes: int) -> int:
-    """Samples per block: about 16 million phi values per block, in multiples of 64, 64 to 4096."""
-    rows = (1 << 24) // max(n_nodes, 1) // 64 * 64
-    return int(min(4096, max(64, rows)))
 
 
 @contextlib.contextmanager

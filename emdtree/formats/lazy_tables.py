@@ -143,9 +143,21 @@ def _to_bins(block: np.ndarray, columns: np.ndarray, bins: np.ndarray, n_bins: i
     return out
 
 
-def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int, drop_missing: bool = False,
-                transpose: bool = False) -> tuple[list[str], Any]:
+def default_block_rows(n_nodes: int) -> int:
+    """Samples per block: about 16 million phi values per block, in multiples of 64, 64 to 4096."""
+    rows = (1 << 24) // max(n_nodes, 1) // 64 * 64
+    return int(min(4096, max(64, rows)))
+
+
+def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int | None = None,
+                drop_missing: bool = False, transpose: bool = False) -> tuple[list[str], Any]:
     """Sample ids and a dask array ``(n_samples, tree.n_bins)`` of counts, chunked by ``block_rows`` samples.
+
+    The table is never held dense as a whole: Zarr and HDF5 tables stay on
+    disk, BIOM and ``.qza`` tables are held sparse, and each block of samples
+    is made dense when a task needs it. Pass the array to
+    :func:`emdtree.weighted_unifrac` or :func:`emdtree.pairwise` for a lazy
+    distance matrix.
 
     Parameters
     ----------
@@ -155,8 +167,9 @@ def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int, dr
         :func:`emdtree.io.read_table` reads.
     tree : Tree
         The tree whose tip names the feature names are matched to.
-    block_rows : int
-        Samples per chunk.
+    block_rows : int, optional
+        Samples per chunk; by default about 16 million tree nodes' worth
+        (64 to 4096 samples), as the command line chooses.
     drop_missing : bool, default False
         Leave out features that are not bins of the tree (else an error).
     transpose : bool, default False
@@ -166,11 +179,29 @@ def open_counts(path: str | os.PathLike[str], tree: Tree, *, block_rows: int, dr
     -------
     sample_ids : list of str
     counts : dask.array.Array, shape (n_samples, tree.n_bins)
+
+    Examples
+    --------
+    >>> import pathlib, tempfile, emdtree
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+    >>> _ = path.write_text("sample,c,a\\ns1,1,2\\ns2,0,5\\n")
+    >>> tree = emdtree.Tree.from_newick("((a:1,b:2):0.5,c:3);")
+    >>> ids, counts = emdtree.io.open_counts(path, tree, block_rows=1)  # doctest: +SKIP
+    >>> counts.chunks, counts.compute()  # doctest: +SKIP
+    (((1, 1), (3,)), array([[2., 0., 1.],
+           [5., 0., 0.]]))
     """
-    import dask.array as da
+    try:
+        import dask.array as da
+    except ImportError:
+        raise ImportError("emdtree.io.open_counts gives a dask array: pip install emdtree[dask]") from None
 
     from . import io
 
+    if block_rows is None:
+        block_rows = default_block_rows(tree.n_nodes)
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+        raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
     text = os.fspath(path)
     suffix = pathlib.Path(text.rstrip("/\\")).suffix.lower()
     if suffix in (".zarr", ".h5", ".hdf5"):
