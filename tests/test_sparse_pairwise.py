@@ -248,3 +248,65 @@ def test_dask_invalid_block_names_the_row(route):
     with pytest.raises(ValueError, match=r"X\[9, 4\]"):
         emdtree.pairwise(dask_array.from_array(X, chunks=(4, -1)), tree=tree, normalize="l1").compute(
             scheduler="sync")
+
+
+# ----------------------------------------------------------------------------- SciPy sparse input
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normalize", ["l1", None])
+def test_scipy_sparse_input_is_read_as_it_is(route, monkeypatch, dtype, normalize):
+    """A SciPy sparse table goes to the sparse route without being made dense (here: no
+    ``toarray`` of more than one row), and gives the bits of the same table passed dense."""
+    sp = pytest.importorskip("scipy.sparse")
+    monkeypatch.setenv("EMDTREE_JIT", "eager")  # the kernels, not SciPy's cdist, at this size
+    rng = np.random.default_rng(21)
+    tree = Tree(*random_tree(rng, 400))
+    x = sparse_samples(rng, 60, tree.n_bins, dtype=dtype, total=None if normalize else 6.0)
+    y = x[:17]
+    want = emdtree.pairwise(x, y, tree=tree, normalize=normalize)
+    want_square = emdtree.pairwise(x, tree=tree, normalize=normalize)
+    calls = route("sparse")
+    whole = sp.csr_array.toarray
+    monkeypatch.setattr(sp.csr_array, "toarray", lambda self, *a, **k: (
+        pytest.fail(f"a sparse input of shape {self.shape} was made dense") if self.shape[0] > 1
+        else whole(self, *a, **k)))
+    for kind in (sp.csr_matrix, sp.csc_array, sp.coo_matrix):
+        got = emdtree.pairwise(kind(x), kind(y), tree=tree, normalize=normalize)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(emdtree.pairwise(kind(x), tree=tree, normalize=normalize), want_square)
+    np.testing.assert_array_equal(emdtree.pairwise(sp.csc_array(x.T), tree=tree, normalize=normalize, axis=0),
+                                  want_square)
+    assert len(calls) == 7
+
+
+def test_scipy_sparse_input_falls_back_and_names_bad_entries(route):
+    sp = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(22)
+    tree = Tree(*random_tree(rng, 50))
+    x = sparse_samples(rng, 12, tree.n_bins)
+    route("dense")  # too dense for the sparse route: made dense, same values
+    np.testing.assert_array_equal(emdtree.pairwise(sp.csr_matrix(x), tree=tree, normalize="l1"),
+                                  emdtree.pairwise(x, tree=tree, normalize="l1"))
+    route("sparse")
+    for value, what in ((-1.0, "is negative"), (np.nan, "is not finite")):
+        bad = sp.lil_array(x)
+        bad[3, 4] = value
+        with pytest.raises(ValueError, match=rf"X\[3, 4\] = .* {what}"):
+            emdtree.pairwise(bad, tree=tree, normalize="l1")
+    with pytest.raises(TypeError, match="X must hold real numbers, got dtype complex128"):
+        emdtree.pairwise(sp.csr_matrix(x.astype(complex)), tree=tree)
+
+
+def test_weighted_unifrac_of_a_scipy_sparse_table(route, monkeypatch):
+    sp = pytest.importorskip("scipy.sparse")
+    monkeypatch.setenv("EMDTREE_JIT", "eager")
+    rng = np.random.default_rng(23)
+    tree = Tree(*random_tree(rng, 400))
+    counts = sparse_samples(rng, 40, tree.n_bins).astype(np.int64)
+    counts[[3, 17]] = 0  # samples without counts
+    calls = route("sparse")
+    for normalized in (False, True):
+        got = emdtree.weighted_unifrac(sp.csr_matrix(counts), tree, normalized=normalized)
+        np.testing.assert_array_equal(got, emdtree.weighted_unifrac(counts, tree, normalized=normalized))
+    assert calls  # the sparse route ran

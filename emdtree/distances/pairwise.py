@@ -65,7 +65,13 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{name} is a GPU array; pairwise takes host arrays")
     reject_masked(x, name)
-    arr = x if isinstance(x, np.ndarray) else semantics.host_rows(x, name, sparse=True)
+    if _sparse.is_csr(x):  # kept sparse: the sparse route reads it as it is
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {x.shape}")
+        if np.dtype(x.dtype).kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        return _sparse.csr_rows(x if axis == 1 else x.T)
+    arr = x if isinstance(x, np.ndarray) else semantics.host_rows(x, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {arr.shape}")
     if arr.dtype.kind not in "biuf" and not semantics.narrow_float(arr.dtype):  # bfloat16: in float32
@@ -133,7 +139,9 @@ def pairwise(
         A ``numpy.memmap`` is read in blocks of rows, never whole. A dask
         array (for ``X`` or ``Y``) gives a lazy dask array of the same
         distances, computed block by block on the active scheduler (see
-        :doc:`/scaling`). A SciPy sparse matrix is made dense.
+        :doc:`/scaling`). A SciPy sparse matrix or array is read as it is
+        by the sparse route (made dense only where that route does not
+        apply: small or dense tables).
     Y : array_like, shape (m, n_bins), optional
         Second set of samples. When None, the square matrix between the
         samples of ``X``: each pair is computed once and mirrored, so the
@@ -260,6 +268,9 @@ def pairwise(
                                condensed, n_threads)
         if sparse is not None:
             return sparse
+    # SciPy sparse tables that are small, dense or hold what the dense route names
+    xs = xs.toarray() if _sparse.is_csr(xs) else xs
+    ys = ys.toarray() if _sparse.is_csr(ys) else ys
     return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
                   n_threads, cold)
 

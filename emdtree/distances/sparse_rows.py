@@ -17,6 +17,8 @@ distances to rounding (``tests/test_sparse_pairwise.py``). Only masses (no
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..engine.threads import parallel_launch, usable_threads
@@ -120,10 +122,49 @@ def column_of(tree: Tree, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-def masses(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """The non-zero masses of the dense rows ``(n, n_bins)`` as CSR (``ptr``, ``idx``, float64 ``val``)
-    and the row totals; None when more than :data:`INPUT_MAX_DENSITY` of the entries are non-zero
-    or an entry is NaN, infinite or negative (the dense route then names it)."""
+def is_csr(x: Any) -> bool:
+    """Whether ``x`` is a SciPy sparse matrix or array (as :func:`csr_rows` returns)."""
+    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "toarray")
+
+
+def csr_rows(x: Any) -> Any:
+    """A SciPy sparse table as a canonical CSR array (a copy: sorted columns, no duplicates, no
+    stored zeros), whose rows give the same masses to this module as the dense rows would."""
+    import scipy.sparse as sp
+
+    out = sp.csr_array(x, copy=True)
+    out.sum_duplicates()
+    out.eliminate_zeros()
+    return out
+
+
+def first_row_total(x: Any) -> float:
+    """The float64 total of the first row, summed as NumPy sums a dense row."""
+    row = x[0:1].toarray()[0] if is_csr(x) else x[0]
+    return float(np.sum(row, dtype=np.float64))
+
+
+def _csr_masses(rows: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`masses` of the rows of a canonical CSR array (:func:`csr_rows`)."""
+    n, c = rows.shape
+    data = rows.data
+    if data.dtype.kind not in "biuf" or data.shape[0] > INPUT_MAX_DENSITY * n * c:
+        return None
+    val = data.astype(np.float64)
+    if not (np.all(np.isfinite(val)) and np.all(val >= 0)):
+        return None
+    ptr = rows.indptr.astype(np.int64)
+    totals = np.bincount(np.repeat(np.arange(n), np.diff(ptr)), weights=val, minlength=n)
+    return ptr, rows.indices.astype(np.int64), val, totals
+
+
+def masses(rows: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The non-zero masses of the dense rows ``(n, n_bins)`` (or of a CSR array from
+    :func:`csr_rows`) as CSR (``ptr``, ``idx``, float64 ``val``) and the row totals; None when more
+    than :data:`INPUT_MAX_DENSITY` of the entries are non-zero or an entry is NaN, infinite or
+    negative (the dense route then names it)."""
+    if is_csr(rows):
+        return _csr_masses(rows)
     rows = np.ascontiguousarray(rows)
     if rows.dtype.kind not in "biuf":
         return None
@@ -224,15 +265,16 @@ def distances(a: SparseRows, b: SparseRows | None, rho: float, n_threads: int | 
     return out
 
 
-def in_memory(inputs: list[np.ndarray], dtype: np.dtype, tree: Tree, positions: np.ndarray,
+def in_memory(inputs: list[Any], dtype: np.dtype, tree: Tree, positions: np.ndarray,
               scale: np.ndarray, normalize: str | None, check: bool, step: int) -> list[SparseRows] | None:
-    """The sparse rows of each input (n, n_bins), read ``step`` rows at a time, when they are sparse
-    enough; None for the dense route (also for masses that the dense route refuses: it names the entry)."""
+    """The sparse rows of each input (n, n_bins; dense or from :func:`csr_rows`), read ``step`` rows
+    at a time, when they are sparse enough; None for the dense route (also for masses that the dense
+    route refuses: it names the entry)."""
     if normalize not in (None, "l1") or any(x.shape[0] == 0 for x in inputs):
         return None
     eps = max(float(np.finfo(x.dtype if x.dtype.kind == "f" else np.float64).eps) for x in inputs)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflowing total goes to the dense route
-        t0 = float(np.sum(inputs[0][0], dtype=np.float64)) if check and normalize is None else None
+        t0 = first_row_total(inputs[0]) if check and normalize is None else None
     out = []
     for x in inputs:
         parts = []

@@ -23,6 +23,7 @@ from ..engine import semantics
 from ..engine.inputs import reject_masked
 from ..formats.io import Table, table_on_bins
 from ..trees.tree import Tree
+from . import sparse_rows
 from .pairwise import _is_dask, pairwise
 
 __all__ = ["weighted_unifrac"]
@@ -79,10 +80,14 @@ def _check_counts(counts: Any, tree: Tree) -> Any:
         raise TypeError(f"tree must be an emdtree.Tree, got {type(tree).__name__}")
     if hasattr(counts, "__cuda_array_interface__") and not isinstance(counts, np.ndarray):
         raise TypeError("counts is a GPU array; weighted_unifrac takes host arrays")
-    if not _is_dask(counts):
+    if sparse_rows.is_csr(counts):  # kept sparse: pairwise's sparse route reads it as it is
+        if np.dtype(counts.dtype).kind not in "biuf":
+            raise TypeError(f"counts must hold real numbers, got dtype {counts.dtype}")
+        counts = sparse_rows.csr_rows(counts)
+    elif not _is_dask(counts):
         reject_masked(counts, "counts")
         if not isinstance(counts, np.ndarray):
-            counts = semantics.host_rows(counts, "counts", sparse=True)
+            counts = semantics.host_rows(counts, "counts")
     counts = semantics.widened(counts)  # bfloat16 and the like: computed in float32
     if counts.ndim != 2:
         raise ValueError(f"counts must be a 2-D array (n_samples, n_bins), got shape {tuple(counts.shape)}")
@@ -130,8 +135,8 @@ def weighted_unifrac(
         :func:`emdtree.io.read_table` returns), whose features are matched
         to the tree's bin names. A ``numpy.memmap`` is read in blocks of
         rows. A dask array gives a lazy dask array, as
-        :func:`emdtree.pairwise` does. A SciPy sparse matrix is made dense
-        (for tables too large for that, a dask array of row blocks).
+        :func:`emdtree.pairwise` does. A SciPy sparse matrix or array is
+        read as it is by :func:`emdtree.pairwise`'s sparse route.
     tree : Tree
         The phylogeny: branch lengths are the edge costs (a branch length on
         the root is ignored, as emdtree trees have no edge above the root).
@@ -200,11 +205,19 @@ def weighted_unifrac(
                                    not isinstance(block_size, (numbers.Integral, np.integer))):
         raise TypeError(f"block_size must be an integer, got {block_size!r}")
     rows = max(1, _STAT_VALUES // max(tree.n_bins, 1))
-    stats = np.concatenate([_row_stats(counts[s:s + rows], d, s) for s in range(0, n, rows)]) \
-        if n else np.zeros((0, 2))
+    sparse = sparse_rows.is_csr(counts)
+    stats = np.concatenate([_row_stats(counts[s:s + rows].toarray() if sparse else counts[s:s + rows], d, s)
+                            for s in range(0, n, rows)]) if n else np.zeros((0, 2))
     u, empty = stats[:, 0], stats[:, 1] > 0
     safe = counts
-    if empty.any():  # l1 has no total to divide by: any sample stands in, its distances are replaced
+    if empty.any() and sparse:  # any sample stands in: here one count on the first bin
+        import scipy.sparse as sp
+
+        stand_in = sp.csr_array((np.ones(int(empty.sum()), dtype=counts.dtype),
+                                 (np.flatnonzero(empty), np.zeros(int(empty.sum()), dtype=np.int64))),
+                                shape=counts.shape)
+        safe = sparse_rows.csr_rows(counts + stand_in)
+    elif empty.any():  # l1 has no total to divide by: any sample stands in, its distances are replaced
         safe = np.array(counts, copy=True)
         safe[empty] = 1
     # the counts are checked above (finite, >= 0, a finite total): pairwise need not read them again
