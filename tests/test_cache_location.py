@@ -159,7 +159,7 @@ def test_cache_root_follows_the_platform_rules(monkeypatch, tmp_path):
 def _build_wheel(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.cfg", "README.rst", "LICENSE"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, src / name)
     _copy_package(src)
