@@ -1,6 +1,7 @@
 """pytest configuration for the checkout: the doctests of an optional adapter are
-skipped, with the reason, when its framework is not installed, and every call runs
-the compiled kernels (``EMDTREE_JIT=eager``): which path a call takes must not
+skipped, with the reason, when its framework is not installed (those of the lazy
+tables when dask is not), and every call runs the compiled kernels
+(``EMDTREE_JIT=eager``): which path a call takes must not
 depend on how long earlier tests took. tests/test_tiers.py tests the NumPy path
 that first calls take in a new process, and the choice between the two.
 
@@ -26,6 +27,7 @@ _FRAMEWORK_OF = {
     Path("emdtree", "frameworks", "tensorflow.py"): ("tensorflow", "tensorflow"),
     Path("emdtree", "jax.py"): ("jax", "jax"),
     Path("emdtree", "frameworks", "jax.py"): ("jax", "jax"),
+    Path("emdtree", "formats", "lazy_tables.py"): ("dask", "dask"),
 }
 _ROOT = Path(__file__).parent
 

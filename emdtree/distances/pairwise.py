@@ -65,18 +65,14 @@ def _check_samples(x: Any, name: str, axis: int) -> np.ndarray:
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(f"{name} is a GPU array; pairwise takes host arrays")
     reject_masked(x, name)
-    if _sparse.is_csr(x):  # kept sparse: the sparse route reads it as it is
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {x.shape}")
-        if np.dtype(x.dtype).kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-        return _sparse.csr_rows(x if axis == 1 else x.T)
-    arr = x if isinstance(x, np.ndarray) else semantics.host_rows(x, name)
+    sparse = semantics.is_scipy_sparse(x)  # kept sparse: the sparse route reads it as it is
+    arr = x if isinstance(x, np.ndarray) or sparse else semantics.host_rows(x, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_bins), got shape {arr.shape}")
     if arr.dtype.kind not in "biuf" and not semantics.narrow_float(arr.dtype):  # bfloat16: in float32
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr if axis == 1 else arr.T
+    arr = arr if axis == 1 else arr.T
+    return _sparse.csr_rows(arr) if sparse else arr
 
 
 def _is_dask(x: Any) -> bool:
@@ -193,11 +189,11 @@ def pairwise(
         ``(n, m)``, or ``(n, n)`` when ``Y`` is None, or ``(n (n - 1) / 2,)``
         with ``condensed=True``; float32 when every input is float32 (or a
         float of two bytes or less: float16, bfloat16, whose totals are
-        checked to their own precision), else float64. A dask array when ``X`` or ``Y`` is one: blocked by the
-        row blocks of ``X`` and ``Y``, each row block transformed once and,
-        for ``Y=None``, each pair of blocks computed once (the blocks below
-        the diagonal are transposes); input errors are raised when it is
-        computed. ``condensed=True`` is not available then.
+        checked to their own precision), else float64. A dask array when
+        ``X`` or ``Y`` is one: blocked by the row blocks of ``X`` and
+        ``Y``, each row block transformed once and, for ``Y=None``, each pair
+        of blocks computed once (the blocks below the diagonal are
+        transposes); input errors are raised when it is computed. ``condensed=True`` is not available then.
 
     Raises
     ------
@@ -269,8 +265,8 @@ def pairwise(
         if sparse is not None:
             return sparse
     # SciPy sparse tables that are small, dense or hold what the dense route names
-    xs = xs.toarray() if _sparse.is_csr(xs) else xs
-    ys = ys.toarray() if _sparse.is_csr(ys) else ys
+    xs = xs.toarray() if semantics.is_scipy_sparse(xs) else xs
+    ys = ys.toarray() if semantics.is_scipy_sparse(ys) else ys
     return _pairs(xs, ys, ax, dtype, tree, rho, positions, scale, normalize, check_inputs, block, condensed,
                   n_threads, cold)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.semantics import is_scipy_sparse
 from ..engine.threads import parallel_launch, usable_threads
 from ..kernels import sparse_pairwise as kernels
 from ..trees.tree import Tree
@@ -122,11 +123,6 @@ def column_of(tree: Tree, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-def is_csr(x: Any) -> bool:
-    """Whether ``x`` is a SciPy sparse matrix or array (as :func:`csr_rows` returns)."""
-    return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "toarray")
-
-
 def csr_rows(x: Any) -> Any:
     """A SciPy sparse table as a canonical CSR array (a copy: sorted columns, no duplicates, no
     stored zeros), whose rows give the same masses to this module as the dense rows would."""
@@ -140,7 +136,7 @@ def csr_rows(x: Any) -> Any:
 
 def first_row_total(x: Any) -> float:
     """The float64 total of the first row, summed as NumPy sums a dense row."""
-    row = x[0:1].toarray()[0] if is_csr(x) else x[0]
+    row = x[0:1].toarray()[0] if is_scipy_sparse(x) else x[0]
     return float(np.sum(row, dtype=np.float64))
 
 
@@ -163,7 +159,7 @@ def masses(rows: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] |
     :func:`csr_rows`) as CSR (``ptr``, ``idx``, float64 ``val``) and the row totals; None when more
     than :data:`INPUT_MAX_DENSITY` of the entries are non-zero or an entry is NaN, infinite or
     negative (the dense route then names it)."""
-    if is_csr(rows):
+    if is_scipy_sparse(rows):
         return _csr_masses(rows)
     rows = np.ascontiguousarray(rows)
     if rows.dtype.kind not in "biuf":

@@ -80,9 +80,7 @@ def _check_counts(counts: Any, tree: Tree) -> Any:
         raise TypeError(f"tree must be an emdtree.Tree, got {type(tree).__name__}")
     if hasattr(counts, "__cuda_array_interface__") and not isinstance(counts, np.ndarray):
         raise TypeError("counts is a GPU array; weighted_unifrac takes host arrays")
-    if sparse_rows.is_csr(counts):  # kept sparse: pairwise's sparse route reads it as it is
-        if np.dtype(counts.dtype).kind not in "biuf":
-            raise TypeError(f"counts must hold real numbers, got dtype {counts.dtype}")
+    if semantics.is_scipy_sparse(counts):  # kept sparse: pairwise's sparse route reads it as it is
         counts = sparse_rows.csr_rows(counts)
     elif not _is_dask(counts):
         reject_masked(counts, "counts")
@@ -205,7 +203,7 @@ def weighted_unifrac(
                                    not isinstance(block_size, (numbers.Integral, np.integer))):
         raise TypeError(f"block_size must be an integer, got {block_size!r}")
     rows = max(1, _STAT_VALUES // max(tree.n_bins, 1))
-    sparse = sparse_rows.is_csr(counts)
+    sparse = semantics.is_scipy_sparse(counts)
     stats = np.concatenate([_row_stats(counts[s:s + rows].toarray() if sparse else counts[s:s + rows], d, s)
                             for s in range(0, n, rows)]) if n else np.zeros((0, 2))
     u, empty = stats[:, 0], stats[:, 1] > 0

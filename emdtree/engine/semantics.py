@@ -124,12 +124,10 @@ def is_scipy_sparse(x: Any) -> bool:
     return type(x).__module__.startswith("scipy.sparse") and hasattr(x, "toarray")
 
 
-def host_rows(x: Any, name: str, sparse: bool = False) -> np.ndarray:
-    """``x`` as a NumPy array, or a ``TypeError`` naming ``name`` for what NumPy would turn into a
-    0-d object array; SciPy sparse matrices made dense where ``sparse``, else refused by name."""
+def host_rows(x: Any, name: str) -> np.ndarray:
+    """``x`` as a NumPy array, or a ``TypeError`` naming ``name`` for a SciPy sparse matrix and for
+    what NumPy would turn into a 0-d object array."""
     if is_scipy_sparse(x):
-        if sparse:
-            return x.toarray()
         raise TypeError(f"{name} is a SciPy sparse matrix: pass {name}.toarray() (emdtree.pairwise and "
                         "emdtree.weighted_unifrac take sparse tables as they are)")
     arr = np.asarray(x)

@@ -19,8 +19,9 @@ sums only: one compiled micro tile serves the serial and the parallel kernel).
 The pairs outside micro tiles, the row sums and the direct sums go through
 :func:`_single`, whose eight lanes are written out: it is compiled for several
 argument types (a parallel loop's index is unsigned), and with reassociation
-each compilation could choose its own order. Chunk sums are formed in the working dtype and added to float64
-accumulators, so the rounding error grows with ``CHUNK + n_cols / CHUNK``.
+each compilation could choose its own order. Chunk sums are formed in the
+working dtype and added to float64 accumulators, so the rounding error grows
+with ``CHUNK + n_cols / CHUNK``.
 
 Work items are super tiles (for a square matrix only those on or above the
 diagonal); in the parallel kernel each thread takes the next one as it finishes
