@@ -369,6 +369,16 @@ def _pairwise_value(case):
     return np.diagonal(d).copy(), None
 
 
+def _pairwise_sparse_value(case):
+    import scipy.sparse as sp
+
+    import emdtree
+
+    x, y = _pairwise_inputs(case)
+    d = emdtree.pairwise(sp.csr_array(x), sp.csc_matrix(y), tree_of(case), case.rho, normalize=case.normalize)
+    return np.diagonal(d).copy(), None
+
+
 def _pairwise_dask_value(case):
     import dask.array as da
 
@@ -713,6 +723,8 @@ DOORS: list[Door] = [
          subset="small"),
     Door("pairwise", _pairwise_value),
     Door("pairwise-dask", _pairwise_dask_value, needs=("dask",)),
+    # SciPy sparse tables hold masses (the sparse route reads their stored entries)
+    Door("pairwise-scipy-sparse", _pairwise_sparse_value, softmax=False),
     # (errors name a file's sample and feature, and end in exit status 2)
     Door("cli-distance", _cli_distance, keeps_dtype=False, names_entries=False),
     # a text table is float64: float32 rows summing to 1 in float32 do not in float64
